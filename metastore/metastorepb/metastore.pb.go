@@ -1597,6 +1597,137 @@ func (x *ApplyResult) GetErrorDetail() string {
 	return ""
 }
 
+// Repository is a repository's own record. Stored under repo/<name>.
+type Repository struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Name            string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	CreatedUnixNano int64                  `protobuf:"varint,2,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Repository) Reset() {
+	*x = Repository{}
+	mi := &file_metastore_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Repository) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Repository) ProtoMessage() {}
+
+func (x *Repository) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Repository.ProtoReflect.Descriptor instead.
+func (*Repository) Descriptor() ([]byte, []int) {
+	return file_metastore_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Repository) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Repository) GetCreatedUnixNano() int64 {
+	if x != nil {
+		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+// Descriptor describes a manifest for the referrers API. Stored under
+// referrer/<repo>/<subject>/<digest>.
+type Descriptor struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	MediaType       string                 `protobuf:"bytes,1,opt,name=media_type,json=mediaType,proto3" json:"media_type,omitempty"`
+	Digest          string                 `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	Size            uint64                 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	ArtifactType    string                 `protobuf:"bytes,4,opt,name=artifact_type,json=artifactType,proto3" json:"artifact_type,omitempty"`
+	AnnotationsJson []byte                 `protobuf:"bytes,5,opt,name=annotations_json,json=annotationsJson,proto3" json:"annotations_json,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Descriptor) Reset() {
+	*x = Descriptor{}
+	mi := &file_metastore_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Descriptor) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Descriptor) ProtoMessage() {}
+
+func (x *Descriptor) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Descriptor.ProtoReflect.Descriptor instead.
+func (*Descriptor) Descriptor() ([]byte, []int) {
+	return file_metastore_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Descriptor) GetMediaType() string {
+	if x != nil {
+		return x.MediaType
+	}
+	return ""
+}
+
+func (x *Descriptor) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *Descriptor) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *Descriptor) GetArtifactType() string {
+	if x != nil {
+		return x.ArtifactType
+	}
+	return ""
+}
+
+func (x *Descriptor) GetAnnotationsJson() []byte {
+	if x != nil {
+		return x.AnnotationsJson
+	}
+	return nil
+}
+
 var File_metastore_proto protoreflect.FileDescriptor
 
 const file_metastore_proto_rawDesc = "" +
@@ -1732,7 +1863,19 @@ const file_metastore_proto_rawDesc = "" +
 	"\vApplyResult\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x01 \x01(\tR\terrorCode\x12!\n" +
-	"\ferror_detail\x18\x02 \x01(\tR\verrorDetailB9Z7github.com/strata-registry/strata/metastore/metastorepbb\x06proto3"
+	"\ferror_detail\x18\x02 \x01(\tR\verrorDetail\"L\n" +
+	"\n" +
+	"Repository\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
+	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\"\xa7\x01\n" +
+	"\n" +
+	"Descriptor\x12\x1d\n" +
+	"\n" +
+	"media_type\x18\x01 \x01(\tR\tmediaType\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x04R\x04size\x12#\n" +
+	"\rartifact_type\x18\x04 \x01(\tR\fartifactType\x12)\n" +
+	"\x10annotations_json\x18\x05 \x01(\fR\x0fannotationsJsonB9Z7github.com/strata-registry/strata/metastore/metastorepbb\x06proto3"
 
 var (
 	file_metastore_proto_rawDescOnce sync.Once
@@ -1746,7 +1889,7 @@ func file_metastore_proto_rawDescGZIP() []byte {
 	return file_metastore_proto_rawDescData
 }
 
-var file_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_metastore_proto_goTypes = []any{
 	(*Command)(nil),         // 0: strata.metastore.v1.Command
 	(*ShardRef)(nil),        // 1: strata.metastore.v1.ShardRef
@@ -1768,6 +1911,8 @@ var file_metastore_proto_goTypes = []any{
 	(*DeleteManifest)(nil),  // 17: strata.metastore.v1.DeleteManifest
 	(*DeleteTag)(nil),       // 18: strata.metastore.v1.DeleteTag
 	(*ApplyResult)(nil),     // 19: strata.metastore.v1.ApplyResult
+	(*Repository)(nil),      // 20: strata.metastore.v1.Repository
+	(*Descriptor)(nil),      // 21: strata.metastore.v1.Descriptor
 }
 var file_metastore_proto_depIdxs = []int32{
 	10, // 0: strata.metastore.v1.Command.open_upload:type_name -> strata.metastore.v1.OpenUpload
@@ -1813,7 +1958,7 @@ func file_metastore_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metastore_proto_rawDesc), len(file_metastore_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

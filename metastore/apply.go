@@ -1,0 +1,522 @@
+package metastore
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/strata-registry/strata/metastore/metastorepb"
+)
+
+// txn applies one command inside the batch of its log entries. Every command
+// reads and checks first and writes only once nothing can refuse it.
+type txn struct {
+	b   *pebble.Batch
+	now int64
+}
+
+func (t *txn) apply(cmd *pb.Command) error {
+	switch op := cmd.Op.(type) {
+	case *pb.Command_OpenUpload:
+		return t.openUpload(op.OpenUpload)
+	case *pb.Command_UpdateUpload:
+		return t.updateUpload(op.UpdateUpload)
+	case *pb.Command_CancelUpload:
+		return t.cancelUpload(op.CancelUpload)
+	case *pb.Command_CommitBlob:
+		return t.commitBlob(op.CommitBlob)
+	case *pb.Command_MountBlob:
+		return t.mountBlob(op.MountBlob)
+	case *pb.Command_UnlinkBlob:
+		return t.unlinkBlob(op.UnlinkBlob)
+	case *pb.Command_PutManifest:
+		return t.putManifest(op.PutManifest)
+	case *pb.Command_DeleteManifest:
+		return t.deleteManifest(op.DeleteManifest)
+	case *pb.Command_DeleteTag:
+		return t.deleteTag(op.DeleteTag)
+	case nil:
+		return fmt.Errorf("%w: empty command", ErrCommandInvalid)
+	default:
+		return fmt.Errorf("%w: unknown command %T", ErrCommandInvalid, op)
+	}
+}
+
+// ---- record helpers ----
+
+func (t *txn) has(key []byte) (bool, error) {
+	_, c, err := t.b.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	c.Close()
+	return true, nil
+}
+
+// load reads key into m; found is false when the key is absent.
+func (t *txn) load(key []byte, m proto.Message) (found bool, err error) {
+	v, c, err := t.b.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	if err := proto.Unmarshal(v, m); err != nil {
+		return false, fmt.Errorf("%w: %q: %v", ErrCorrupt, key, err)
+	}
+	return true, nil
+}
+
+func (t *txn) put(key []byte, m proto.Message) error {
+	v, err := proto.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return t.b.Set(key, v, nil)
+}
+
+func (t *txn) set(key []byte) error { return t.b.Set(key, nil, nil) }
+func (t *txn) del(key []byte) error { return t.b.Delete(key, nil) }
+
+func (t *txn) ensureRepo(repo string) error {
+	ok, err := t.has(repoKey(repo))
+	if err != nil || ok {
+		return err
+	}
+	return t.put(repoKey(repo), &pb.Repository{Name: repo, CreatedUnixNano: t.now})
+}
+
+func (t *txn) addRefs(dgst string, links, manifestRefs int64) error {
+	var rc pb.RefCount
+	if _, err := t.load(refCountKey(dgst), &rc); err != nil {
+		return err
+	}
+	rc.Links += links
+	rc.ManifestRefs += manifestRefs
+	if rc.Links <= 0 && rc.ManifestRefs <= 0 {
+		return t.del(refCountKey(dgst))
+	}
+	return t.put(refCountKey(dgst), &rc)
+}
+
+func (t *txn) emit(ev *pb.Event) error {
+	var seq uint64
+	v, c, err := t.b.Get([]byte(keyOutboxSeq))
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+	case err != nil:
+		return err
+	default:
+		if len(v) == 8 {
+			seq = beUint64(v)
+		}
+		c.Close()
+	}
+	seq++
+	ev.Seq = seq
+	ev.TimeUnixNano = t.now
+	if err := t.b.Set([]byte(keyOutboxSeq), be64(nil, seq), nil); err != nil {
+		return err
+	}
+	return t.put(outboxKey(seq), ev)
+}
+
+func segmentsLength(segs []*pb.Segment) uint64 {
+	var n uint64
+	for _, s := range segs {
+		n += s.Length
+	}
+	return n
+}
+
+// ---- uploads ----
+
+func (t *txn) openUpload(c *pb.OpenUpload) error {
+	if c.Id == "" || c.Repo == "" {
+		return fmt.Errorf("%w: upload needs an id and a repository", ErrCommandInvalid)
+	}
+	if ok, err := t.has(uploadKey(c.Id)); err != nil {
+		return err
+	} else if ok {
+		return fmt.Errorf("%w: upload %s exists", ErrCommandInvalid, c.Id)
+	}
+	return t.put(uploadKey(c.Id), &pb.Upload{
+		Id: c.Id, Repo: c.Repo, StartedUnixNano: t.now, UpdatedUnixNano: t.now,
+	})
+}
+
+func (t *txn) loadUpload(id string) (*pb.Upload, error) {
+	var u pb.Upload
+	ok, err := t.load(uploadKey(id), &u)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: %s", ErrUploadUnknown, id)
+	}
+	return &u, nil
+}
+
+func (t *txn) updateUpload(c *pb.UpdateUpload) error {
+	u, err := t.loadUpload(c.Id)
+	if err != nil {
+		return err
+	}
+	if u.Offset != c.ExpectOffset {
+		return fmt.Errorf("%w: upload %s is at %d, request started at %d", ErrUploadOffset, c.Id, u.Offset, c.ExpectOffset)
+	}
+	if c.NewOffset != u.Offset+segmentsLength(c.Segments) {
+		return fmt.Errorf("%w: new offset %d does not match %d bytes of segments", ErrCommandInvalid, c.NewOffset, segmentsLength(c.Segments))
+	}
+	u.Offset = c.NewOffset
+	u.Sha256State = c.Sha256State
+	u.Segments = append(u.Segments, c.Segments...)
+	u.UpdatedUnixNano = t.now
+	return t.put(uploadKey(c.Id), u)
+}
+
+func (t *txn) cancelUpload(c *pb.CancelUpload) error {
+	u, err := t.loadUpload(c.Id)
+	if err != nil {
+		return err
+	}
+	if err := t.orphan(u.Repo, "", u.Segments); err != nil {
+		return err
+	}
+	return t.del(uploadKey(c.Id))
+}
+
+// orphan records segments that no blob will reference, for the sweeper.
+func (t *txn) orphan(repo, dgst string, segs []*pb.Segment) error {
+	if len(segs) == 0 {
+		return nil
+	}
+	ids := make([]string, 0, len(segs))
+	for _, s := range segs {
+		if err := t.put(orphanKey(s.Id), s); err != nil {
+			return err
+		}
+		ids = append(ids, s.Id)
+	}
+	return t.emit(&pb.Event{Type: "blob.orphan", Repo: repo, Digest: dgst, Segments: ids})
+}
+
+// ---- blobs ----
+
+func (t *txn) commitBlob(c *pb.CommitBlob) error {
+	if c.Repo == "" || c.Digest == "" {
+		return fmt.Errorf("%w: commit needs a repository and a digest", ErrCommandInvalid)
+	}
+	segs := c.Segments
+	var u *pb.Upload
+	if c.UploadId != "" {
+		var err error
+		if u, err = t.loadUpload(c.UploadId); err != nil {
+			return err
+		}
+		if u.Repo != c.Repo {
+			return fmt.Errorf("%w: upload %s belongs to another repository", ErrUploadUnknown, c.UploadId)
+		}
+		if u.Offset != c.ExpectOffset {
+			return fmt.Errorf("%w: upload %s is at %d, request started at %d", ErrUploadOffset, c.UploadId, u.Offset, c.ExpectOffset)
+		}
+		segs = append(slices.Clip(u.Segments), c.Segments...)
+	}
+	if n := segmentsLength(segs); n != c.Size {
+		return fmt.Errorf("%w: %d bytes stored, %d declared", ErrSizeInvalid, n, c.Size)
+	}
+	var existing pb.BlobLayout
+	exists, err := t.load(blobKey(c.Digest), &existing)
+	if err != nil {
+		return err
+	}
+	linked, err := t.has(linkKey(c.Repo, c.Digest))
+	if err != nil {
+		return err
+	}
+	// Checks done; write.
+	if u != nil {
+		if err := t.del(uploadKey(u.Id)); err != nil {
+			return err
+		}
+	}
+	if exists {
+		// Content is stored once: the new copy's shards are orphans.
+		if err := t.orphan(c.Repo, c.Digest, segs); err != nil {
+			return err
+		}
+	} else {
+		if err := t.put(blobKey(c.Digest), &pb.BlobLayout{
+			Digest: c.Digest, Size: c.Size, Segments: segs, CreatedUnixNano: t.now,
+		}); err != nil {
+			return err
+		}
+	}
+	if err := t.ensureRepo(c.Repo); err != nil {
+		return err
+	}
+	if !linked {
+		if err := t.link(c.Repo, c.Digest); err != nil {
+			return err
+		}
+	}
+	return t.emit(&pb.Event{Type: "blob.push", Repo: c.Repo, Digest: c.Digest, Size: c.Size})
+}
+
+func (t *txn) link(repo, dgst string) error {
+	if err := t.set(linkKey(repo, dgst)); err != nil {
+		return err
+	}
+	if err := t.set(blobRepoKey(dgst, repo)); err != nil {
+		return err
+	}
+	return t.addRefs(dgst, 1, 0)
+}
+
+func (t *txn) mountBlob(c *pb.MountBlob) error {
+	if c.Repo == "" || c.Digest == "" {
+		return fmt.Errorf("%w: mount needs a repository and a digest", ErrCommandInvalid)
+	}
+	var layout pb.BlobLayout
+	ok, err := t.load(blobKey(c.Digest), &layout)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrBlobUnknown, c.Digest)
+	}
+	if c.From != "" {
+		src, err := t.has(linkKey(c.From, c.Digest))
+		if err != nil {
+			return err
+		}
+		if !src {
+			return fmt.Errorf("%w: %s in %s", ErrBlobUnknown, c.Digest, c.From)
+		}
+	}
+	linked, err := t.has(linkKey(c.Repo, c.Digest))
+	if err != nil || linked {
+		return err
+	}
+	if err := t.ensureRepo(c.Repo); err != nil {
+		return err
+	}
+	if err := t.link(c.Repo, c.Digest); err != nil {
+		return err
+	}
+	return t.emit(&pb.Event{Type: "blob.mount", Repo: c.Repo, Digest: c.Digest, Size: layout.Size})
+}
+
+func (t *txn) unlinkBlob(c *pb.UnlinkBlob) error {
+	linked, err := t.has(linkKey(c.Repo, c.Digest))
+	if err != nil {
+		return err
+	}
+	if !linked {
+		return fmt.Errorf("%w: %s in %s", ErrBlobUnknown, c.Digest, c.Repo)
+	}
+	if err := t.del(linkKey(c.Repo, c.Digest)); err != nil {
+		return err
+	}
+	if err := t.del(blobRepoKey(c.Digest, c.Repo)); err != nil {
+		return err
+	}
+	if err := t.addRefs(c.Digest, -1, 0); err != nil {
+		return err
+	}
+	return t.emit(&pb.Event{Type: "blob.delete", Repo: c.Repo, Digest: c.Digest})
+}
+
+// ---- manifests and tags ----
+
+func (t *txn) putManifest(c *pb.PutManifest) error {
+	if c.Repo == "" || c.Digest == "" || len(c.Body) == 0 {
+		return fmt.Errorf("%w: manifest needs a repository, a digest and a body", ErrCommandInvalid)
+	}
+	for _, d := range c.Blobs {
+		ok, err := t.has(linkKey(c.Repo, d))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("%w: blob %s is not in %s", ErrManifestBlobUnknown, d, c.Repo)
+		}
+	}
+	for _, d := range c.Manifests {
+		ok, err := t.has(manifestKey(c.Repo, d))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("%w: manifest %s is not in %s", ErrManifestBlobUnknown, d, c.Repo)
+		}
+	}
+	exists, err := t.has(manifestKey(c.Repo, c.Digest))
+	if err != nil {
+		return err
+	}
+	// Tag moves: read the current records before writing anything.
+	type move struct {
+		tag string
+		old *pb.TagRecord
+		had bool
+	}
+	moves := make([]move, 0, len(c.Tags))
+	for _, tag := range c.Tags {
+		mv := move{tag: tag, old: &pb.TagRecord{}}
+		if mv.had, err = t.load(tagKey(c.Repo, tag), mv.old); err != nil {
+			return err
+		}
+		moves = append(moves, mv)
+	}
+
+	// Checks done; write.
+	if err := t.ensureRepo(c.Repo); err != nil {
+		return err
+	}
+	if !exists {
+		rec := &pb.ManifestRecord{
+			Digest: c.Digest, MediaType: c.MediaType, Body: c.Body, PushedUnixNano: t.now,
+			Blobs: c.Blobs, Manifests: append(slices.Clip(c.Manifests), c.OptionalManifests...),
+			Subject: c.Subject, ArtifactType: c.ArtifactType, AnnotationsJson: c.AnnotationsJson,
+		}
+		if err := t.put(manifestKey(c.Repo, c.Digest), rec); err != nil {
+			return err
+		}
+		for _, d := range rec.Blobs {
+			if err := t.addRefs(d, 0, 1); err != nil {
+				return err
+			}
+		}
+		for _, d := range rec.Manifests {
+			if err := t.addRefs(d, 0, 1); err != nil {
+				return err
+			}
+		}
+		if c.Subject != "" {
+			if err := t.put(referrerKey(c.Repo, c.Subject, c.Digest), &pb.Descriptor{
+				MediaType: c.MediaType, Digest: c.Digest, Size: uint64(len(c.Body)),
+				ArtifactType: c.ArtifactType, AnnotationsJson: c.AnnotationsJson,
+			}); err != nil {
+				return err
+			}
+		}
+		if err := t.emit(&pb.Event{Type: "manifest.push", Repo: c.Repo, Digest: c.Digest,
+			MediaType: c.MediaType, Size: uint64(len(c.Body))}); err != nil {
+			return err
+		}
+	}
+	for _, mv := range moves {
+		if mv.had && mv.old.Digest == c.Digest {
+			continue
+		}
+		if err := t.moveTag(c.Repo, mv.tag, c.Digest, mv.had, mv.old); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// moveTag points tag at dgst ("" deletes it), recording the move in the
+// tag's history and the outbox.
+func (t *txn) moveTag(repo, tag, dgst string, had bool, old *pb.TagRecord) error {
+	seq := uint64(1)
+	if had {
+		seq = old.Seq + 1
+		if err := t.del(tagRevKey(repo, old.Digest, tag)); err != nil {
+			return err
+		}
+	}
+	if err := t.put(tagHistKey(repo, tag, seq), &pb.TagHistoryEntry{Digest: dgst, TimeUnixNano: t.now}); err != nil {
+		return err
+	}
+	if dgst == "" {
+		if err := t.del(tagKey(repo, tag)); err != nil {
+			return err
+		}
+		return t.emit(&pb.Event{Type: "tag.delete", Repo: repo, Tag: tag, Digest: old.Digest})
+	}
+	if err := t.put(tagKey(repo, tag), &pb.TagRecord{Digest: dgst, UpdatedUnixNano: t.now, Seq: seq}); err != nil {
+		return err
+	}
+	if err := t.set(tagRevKey(repo, dgst, tag)); err != nil {
+		return err
+	}
+	return t.emit(&pb.Event{Type: "tag.push", Repo: repo, Tag: tag, Digest: dgst})
+}
+
+func (t *txn) deleteManifest(c *pb.DeleteManifest) error {
+	var rec pb.ManifestRecord
+	ok, err := t.load(manifestKey(c.Repo, c.Digest), &rec)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s in %s", ErrManifestUnknown, c.Digest, c.Repo)
+	}
+	// Tags pointing at it go with it.
+	var tags []string
+	pfx := tagRevPrefix(c.Repo, c.Digest)
+	it, err := t.b.NewIter(&pebble.IterOptions{LowerBound: pfx, UpperBound: prefixEnd(pfx)})
+	if err != nil {
+		return err
+	}
+	for it.First(); it.Valid(); it.Next() {
+		tags = append(tags, string(it.Key()[len(pfx):]))
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	olds := make([]*pb.TagRecord, len(tags))
+	for i, tag := range tags {
+		olds[i] = &pb.TagRecord{}
+		if _, err := t.load(tagKey(c.Repo, tag), olds[i]); err != nil {
+			return err
+		}
+	}
+	// Checks done; write.
+	for i, tag := range tags {
+		if err := t.moveTag(c.Repo, tag, "", true, olds[i]); err != nil {
+			return err
+		}
+	}
+	for _, d := range rec.Blobs {
+		if err := t.addRefs(d, 0, -1); err != nil {
+			return err
+		}
+	}
+	for _, d := range rec.Manifests {
+		if err := t.addRefs(d, 0, -1); err != nil {
+			return err
+		}
+	}
+	if rec.Subject != "" {
+		if err := t.del(referrerKey(c.Repo, rec.Subject, c.Digest)); err != nil {
+			return err
+		}
+	}
+	if err := t.del(manifestKey(c.Repo, c.Digest)); err != nil {
+		return err
+	}
+	return t.emit(&pb.Event{Type: "manifest.delete", Repo: c.Repo, Digest: c.Digest, MediaType: rec.MediaType})
+}
+
+func (t *txn) deleteTag(c *pb.DeleteTag) error {
+	var old pb.TagRecord
+	ok, err := t.load(tagKey(c.Repo, c.Tag), &old)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s in %s", ErrTagUnknown, c.Tag, c.Repo)
+	}
+	return t.moveTag(c.Repo, c.Tag, "", true, &old)
+}

@@ -1,0 +1,100 @@
+package metastore
+
+import "encoding/binary"
+
+// The Pebble key layout. Repository names never contain a NUL byte, so NUL
+// separates a repository name from what follows it, and a prefix scan of
+// "tag/<repo>\x00" cannot run into repository "<repo>/sub".
+//
+//	meta/applied                          last applied Raft index (8 bytes BE)
+//	meta/outbox-seq                       last outbox sequence (8 bytes BE)
+//	repo/<repo>                           Repository
+//	manifest/<repo>\0<digest>             ManifestRecord
+//	tag/<repo>\0<tag>                     TagRecord
+//	tagrev/<repo>\0<digest>\0<tag>        (empty) tags pointing at a manifest
+//	taghist/<repo>\0<tag>\0<seq BE>       TagHistoryEntry
+//	referrer/<repo>\0<subject>\0<digest>  Descriptor of a manifest whose subject is <subject>
+//	blob/<digest>                         BlobLayout
+//	link/<repo>\0<digest>                 (empty) the repository may serve the blob
+//	blobrepo/<digest>\0<repo>             (empty) reverse of link/
+//	rc/<digest>                           RefCount
+//	upload/<id>                           Upload
+//	orphan/<segment id>                   Segment whose shards no blob references
+//	outbox/<seq BE>                       Event
+const (
+	sep = "\x00"
+
+	keyApplied   = "meta/applied"
+	keyOutboxSeq = "meta/outbox-seq"
+
+	pfxRepo     = "repo/"
+	pfxManifest = "manifest/"
+	pfxTag      = "tag/"
+	pfxTagRev   = "tagrev/"
+	pfxTagHist  = "taghist/"
+	pfxReferrer = "referrer/"
+	pfxBlob     = "blob/"
+	pfxLink     = "link/"
+	pfxBlobRepo = "blobrepo/"
+	pfxRefCount = "rc/"
+	pfxUpload   = "upload/"
+	pfxOrphan   = "orphan/"
+	pfxOutbox   = "outbox/"
+)
+
+func k(parts ...string) []byte {
+	n := 0
+	for _, p := range parts {
+		n += len(p) + 1
+	}
+	b := make([]byte, 0, n)
+	for i, p := range parts {
+		if i > 1 {
+			b = append(b, 0)
+		}
+		b = append(b, p...)
+	}
+	return b
+}
+
+func repoKey(repo string) []byte               { return k(pfxRepo, repo) }
+func manifestKey(repo, dgst string) []byte     { return k(pfxManifest, repo, dgst) }
+func manifestPrefix(repo string) []byte        { return append(k(pfxManifest, repo), 0) }
+func tagKey(repo, tag string) []byte           { return k(pfxTag, repo, tag) }
+func tagPrefix(repo string) []byte             { return append(k(pfxTag, repo), 0) }
+func tagRevKey(repo, dgst, tag string) []byte  { return k(pfxTagRev, repo, dgst, tag) }
+func tagRevPrefix(repo, dgst string) []byte    { return append(k(pfxTagRev, repo, dgst), 0) }
+func referrerKey(repo, subj, dgst string) []byte {
+	return k(pfxReferrer, repo, subj, dgst)
+}
+func referrerPrefix(repo, subj string) []byte { return append(k(pfxReferrer, repo, subj), 0) }
+func blobKey(dgst string) []byte              { return k(pfxBlob, dgst) }
+func linkKey(repo, dgst string) []byte        { return k(pfxLink, repo, dgst) }
+func blobRepoKey(dgst, repo string) []byte    { return k(pfxBlobRepo, dgst, repo) }
+func blobRepoPrefix(dgst string) []byte       { return append(k(pfxBlobRepo, dgst), 0) }
+func refCountKey(dgst string) []byte          { return k(pfxRefCount, dgst) }
+func uploadKey(id string) []byte              { return k(pfxUpload, id) }
+func orphanKey(segID string) []byte           { return k(pfxOrphan, segID) }
+func outboxKey(seq uint64) []byte             { return be64(k(pfxOutbox), seq) }
+
+func tagHistKey(repo, tag string, seq uint64) []byte {
+	return be64(append(k(pfxTagHist, repo, tag), 0), seq)
+}
+
+func be64(prefix []byte, v uint64) []byte {
+	return binary.BigEndian.AppendUint64(prefix, v)
+}
+
+// prefixEnd returns the smallest key greater than every key with prefix p.
+func prefixEnd(p []byte) []byte {
+	end := append([]byte(nil), p...)
+	for i := len(end) - 1; i >= 0; i-- {
+		end[i]++
+		if end[i] != 0 {
+			return end[:i+1]
+		}
+	}
+	return nil
+}
+
+func beUint64(b []byte) uint64 { return binary.BigEndian.Uint64(b) }
