@@ -272,6 +272,9 @@ func (t *txn) commitBlob(c *pb.CommitBlob) error {
 }
 
 func (t *txn) link(repo, dgst string) error {
+	if err := t.del(tombKey(repo, dgst)); err != nil {
+		return err
+	}
 	if err := t.set(linkKey(repo, dgst)); err != nil {
 		return err
 	}
@@ -329,6 +332,9 @@ func (t *txn) unlinkBlob(c *pb.UnlinkBlob) error {
 	if err := t.del(blobRepoKey(c.Digest, c.Repo)); err != nil {
 		return err
 	}
+	if err := t.b.Set(tombKey(c.Repo, c.Digest), be64(nil, uint64(t.now)), nil); err != nil {
+		return err
+	}
 	if err := t.addRefs(c.Digest, -1, 0); err != nil {
 		return err
 	}
@@ -348,6 +354,15 @@ func (t *txn) putManifest(c *pb.PutManifest) error {
 		}
 		if !ok {
 			return fmt.Errorf("%w: blob %s is not in %s", ErrManifestBlobUnknown, d, c.Repo)
+		}
+	}
+	for _, d := range c.OptionalBlobs {
+		ok, err := t.has(tombKey(c.Repo, d))
+		if err != nil {
+			return err
+		}
+		if ok {
+			return fmt.Errorf("%w: blob %s was deleted from %s", ErrManifestBlobUnknown, d, c.Repo)
 		}
 	}
 	for _, d := range c.Manifests {
@@ -385,7 +400,7 @@ func (t *txn) putManifest(c *pb.PutManifest) error {
 	if !exists {
 		rec := &pb.ManifestRecord{
 			Digest: c.Digest, MediaType: c.MediaType, Body: c.Body, PushedUnixNano: t.now,
-			Blobs: c.Blobs, Manifests: append(slices.Clip(c.Manifests), c.OptionalManifests...),
+			Blobs: append(slices.Clip(c.Blobs), c.OptionalBlobs...), Manifests: append(slices.Clip(c.Manifests), c.OptionalManifests...),
 			Subject: c.Subject, ArtifactType: c.ArtifactType, AnnotationsJson: c.AnnotationsJson,
 		}
 		if err := t.put(manifestKey(c.Repo, c.Digest), rec); err != nil {

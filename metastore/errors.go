@@ -23,17 +23,17 @@ var (
 )
 
 var errorCodes = map[string]error{
-	"UPLOAD_UNKNOWN":         ErrUploadUnknown,
-	"UPLOAD_OFFSET":          ErrUploadOffset,
-	"BLOB_UNKNOWN":           ErrBlobUnknown,
-	"SIZE_INVALID":           ErrSizeInvalid,
-	"MANIFEST_UNKNOWN":       ErrManifestUnknown,
-	"MANIFEST_BLOB_UNKNOWN":  ErrManifestBlobUnknown,
-	"REPO_UNKNOWN":           ErrRepoUnknown,
-	"TAG_UNKNOWN":            ErrTagUnknown,
-	"TAG_IMMUTABLE":          ErrTagImmutable,
-	"COMMAND_INVALID":        ErrCommandInvalid,
-	"CORRUPT":                ErrCorrupt,
+	"UPLOAD_UNKNOWN":        ErrUploadUnknown,
+	"UPLOAD_OFFSET":         ErrUploadOffset,
+	"BLOB_UNKNOWN":          ErrBlobUnknown,
+	"SIZE_INVALID":          ErrSizeInvalid,
+	"MANIFEST_UNKNOWN":      ErrManifestUnknown,
+	"MANIFEST_BLOB_UNKNOWN": ErrManifestBlobUnknown,
+	"REPO_UNKNOWN":          ErrRepoUnknown,
+	"TAG_UNKNOWN":           ErrTagUnknown,
+	"TAG_IMMUTABLE":         ErrTagImmutable,
+	"COMMAND_INVALID":       ErrCommandInvalid,
+	"CORRUPT":               ErrCorrupt,
 }
 
 // ErrorCode returns the stable code of err's metastore sentinel, or "" if err

@@ -17,6 +17,7 @@ import "encoding/binary"
 //	blob/<digest>                         BlobLayout
 //	link/<repo>\0<digest>                 (empty) the repository may serve the blob
 //	blobrepo/<digest>\0<repo>             (empty) reverse of link/
+//	tomb/<repo>\0<digest>                 (8 bytes BE time) the repository deleted the blob
 //	rc/<digest>                           RefCount
 //	upload/<id>                           Upload
 //	orphan/<segment id>                   Segment whose shards no blob references
@@ -36,6 +37,7 @@ const (
 	pfxBlob     = "blob/"
 	pfxLink     = "link/"
 	pfxBlobRepo = "blobrepo/"
+	pfxTomb     = "tomb/"
 	pfxRefCount = "rc/"
 	pfxUpload   = "upload/"
 	pfxOrphan   = "orphan/"
@@ -57,13 +59,13 @@ func k(parts ...string) []byte {
 	return b
 }
 
-func repoKey(repo string) []byte               { return k(pfxRepo, repo) }
-func manifestKey(repo, dgst string) []byte     { return k(pfxManifest, repo, dgst) }
-func manifestPrefix(repo string) []byte        { return append(k(pfxManifest, repo), 0) }
-func tagKey(repo, tag string) []byte           { return k(pfxTag, repo, tag) }
-func tagPrefix(repo string) []byte             { return append(k(pfxTag, repo), 0) }
-func tagRevKey(repo, dgst, tag string) []byte  { return k(pfxTagRev, repo, dgst, tag) }
-func tagRevPrefix(repo, dgst string) []byte    { return append(k(pfxTagRev, repo, dgst), 0) }
+func repoKey(repo string) []byte              { return k(pfxRepo, repo) }
+func manifestKey(repo, dgst string) []byte    { return k(pfxManifest, repo, dgst) }
+func manifestPrefix(repo string) []byte       { return append(k(pfxManifest, repo), 0) }
+func tagKey(repo, tag string) []byte          { return k(pfxTag, repo, tag) }
+func tagPrefix(repo string) []byte            { return append(k(pfxTag, repo), 0) }
+func tagRevKey(repo, dgst, tag string) []byte { return k(pfxTagRev, repo, dgst, tag) }
+func tagRevPrefix(repo, dgst string) []byte   { return append(k(pfxTagRev, repo, dgst), 0) }
 func referrerKey(repo, subj, dgst string) []byte {
 	return k(pfxReferrer, repo, subj, dgst)
 }
@@ -72,6 +74,7 @@ func blobKey(dgst string) []byte              { return k(pfxBlob, dgst) }
 func linkKey(repo, dgst string) []byte        { return k(pfxLink, repo, dgst) }
 func blobRepoKey(dgst, repo string) []byte    { return k(pfxBlobRepo, dgst, repo) }
 func blobRepoPrefix(dgst string) []byte       { return append(k(pfxBlobRepo, dgst), 0) }
+func tombKey(repo, dgst string) []byte        { return k(pfxTomb, repo, dgst) }
 func refCountKey(dgst string) []byte          { return k(pfxRefCount, dgst) }
 func uploadKey(id string) []byte              { return k(pfxUpload, id) }
 func orphanKey(segID string) []byte           { return k(pfxOrphan, segID) }

@@ -1328,8 +1328,12 @@ type PutManifest struct {
 	Subject           string                 `protobuf:"bytes,9,opt,name=subject,proto3" json:"subject,omitempty"`
 	ArtifactType      string                 `protobuf:"bytes,10,opt,name=artifact_type,json=artifactType,proto3" json:"artifact_type,omitempty"`
 	AnnotationsJson   []byte                 `protobuf:"bytes,11,opt,name=annotations_json,json=annotationsJson,proto3" json:"annotations_json,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Blobs that may be absent (a sparse manifest), unless the repository
+	// deleted them: a tombstoned blob is refused, so a push can never commit
+	// against content a deletion or the garbage collector just removed.
+	OptionalBlobs []string `protobuf:"bytes,12,rep,name=optional_blobs,json=optionalBlobs,proto3" json:"optional_blobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PutManifest) Reset() {
@@ -1435,6 +1439,13 @@ func (x *PutManifest) GetArtifactType() string {
 func (x *PutManifest) GetAnnotationsJson() []byte {
 	if x != nil {
 		return x.AnnotationsJson
+	}
+	return nil
+}
+
+func (x *PutManifest) GetOptionalBlobs() []string {
+	if x != nil {
+		return x.OptionalBlobs
 	}
 	return nil
 }
@@ -1839,7 +1850,7 @@ const file_metastore_proto_rawDesc = "" +
 	"\n" +
 	"UnlinkBlob\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x16\n" +
-	"\x06digest\x18\x02 \x01(\tR\x06digest\"\xcd\x02\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\"\xf4\x02\n" +
 	"\vPutManifest\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x1d\n" +
@@ -1853,7 +1864,8 @@ const file_metastore_proto_rawDesc = "" +
 	"\asubject\x18\t \x01(\tR\asubject\x12#\n" +
 	"\rartifact_type\x18\n" +
 	" \x01(\tR\fartifactType\x12)\n" +
-	"\x10annotations_json\x18\v \x01(\fR\x0fannotationsJson\"<\n" +
+	"\x10annotations_json\x18\v \x01(\fR\x0fannotationsJson\x12%\n" +
+	"\x0eoptional_blobs\x18\f \x03(\tR\roptionalBlobs\"<\n" +
 	"\x0eDeleteManifest\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\"1\n" +

@@ -1,0 +1,254 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/strata-registry/strata/metastore"
+	pb "github.com/strata-registry/strata/metastore/metastorepb"
+)
+
+// Sentinel errors of the cluster layer.
+var (
+	ErrNotLeader = errors.New("cluster: not the leader")
+	ErrNoLeader  = errors.New("cluster: no leader")
+	ErrShutdown  = errors.New("cluster: shutting down")
+)
+
+// Config configures a meta node.
+type Config struct {
+	NodeID   string // stable id of this node
+	Dir      string // where the Raft log, stable store and snapshots live
+	RaftAddr string // address the Raft transport binds to; port 0 picks one
+	// Bootstrap makes a node with no Raft state start a new cluster with
+	// itself as the only voter.
+	Bootstrap bool
+	// SnapshotThreshold is how many log entries since the last snapshot
+	// trigger a new one (the log is compacted behind it).
+	SnapshotThreshold uint64
+	// TrailingLogs is how many entries stay in the log after a snapshot, so
+	// that slightly lagging followers catch up without one.
+	TrailingLogs uint64
+	Logger       *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = 8192
+	}
+	if c.TrailingLogs == 0 {
+		c.TrailingLogs = 10240
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate reports a configuration that cannot work.
+func (c *Config) Validate() error {
+	if c.NodeID == "" {
+		return errors.New("cluster: node id is required")
+	}
+	if c.Dir == "" {
+		return errors.New("cluster: data directory is required")
+	}
+	if c.RaftAddr == "" {
+		return errors.New("cluster: raft address is required")
+	}
+	return nil
+}
+
+// Node is one meta node: a Raft voter whose FSM is the metastore.
+type Node struct {
+	cfg       Config
+	raft      *raft.Raft
+	store     *metastore.Store
+	logs      *raftboltdb.BoltStore
+	transport *raft.NetworkTransport
+}
+
+// Open starts Raft on st. The caller keeps ownership of st and closes it
+// after Node.Close.
+func Open(cfg Config, st *metastore.Store) (*Node, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
+		return nil, err
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.TrailingLogs = cfg.TrailingLogs
+	rc.SnapshotInterval = 30 * time.Second
+	// The metastore keeps its own applied index durably, so a restart need
+	// not rebuild it from the snapshot; entries it already has are skipped.
+	rc.NoSnapshotRestoreOnStart = true
+	rc.HeartbeatTimeout = 500 * time.Millisecond
+	rc.ElectionTimeout = 500 * time.Millisecond
+	rc.LeaderLeaseTimeout = 250 * time.Millisecond
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = 256
+	rc.Logger = hclog.New(&hclog.LoggerOptions{
+		Name: "raft", Level: hclog.Warn, Output: os.Stderr,
+	})
+
+	logs, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
+	if err != nil {
+		return nil, fmt.Errorf("cluster: raft log store: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, rc.Logger)
+	if err != nil {
+		logs.Close()
+		return nil, fmt.Errorf("cluster: snapshot store: %w", err)
+	}
+	addr, err := net.ResolveTCPAddr("tcp", cfg.RaftAddr)
+	if err != nil {
+		logs.Close()
+		return nil, fmt.Errorf("cluster: raft address %q: %w", cfg.RaftAddr, err)
+	}
+	transport, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, nil, 3, 10*time.Second, rc.Logger)
+	if err != nil {
+		logs.Close()
+		return nil, fmt.Errorf("cluster: raft transport on %s: %w", addr, err)
+	}
+	r, err := raft.NewRaft(rc, &fsm{st: st}, logs, logs, snaps, transport)
+	if err != nil {
+		transport.Close()
+		logs.Close()
+		return nil, fmt.Errorf("cluster: start raft: %w", err)
+	}
+	n := &Node{cfg: cfg, raft: r, store: st, logs: logs, transport: transport}
+	if cfg.Bootstrap {
+		has, err := raft.HasExistingState(logs, logs, snaps)
+		if err != nil {
+			n.Close()
+			return nil, err
+		}
+		if !has {
+			f := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
+				ID: rc.LocalID, Address: transport.LocalAddr(), Suffrage: raft.Voter,
+			}}})
+			if err := f.Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+				n.Close()
+				return nil, fmt.Errorf("cluster: bootstrap: %w", err)
+			}
+			cfg.Logger.Info("bootstrapped a new cluster", "node", cfg.NodeID, "raft", transport.LocalAddr())
+		}
+	}
+	return n, nil
+}
+
+// RaftAddr is the address the Raft transport listens on.
+func (n *Node) RaftAddr() string { return string(n.transport.LocalAddr()) }
+
+// IsLeader reports whether this node is the Raft leader.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// WaitLeader blocks until the cluster has a leader or ctx ends.
+func (n *Node) WaitLeader(ctx context.Context) error {
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if addr, _ := n.raft.LeaderWithID(); addr != "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %v", ErrNoLeader, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// Propose replicates cmd through the Raft log and returns once it has been
+// applied: nil, or the metastore error that refused it. The proposer stamps
+// the command's time if unset. Only the leader can propose.
+func (n *Node) Propose(ctx context.Context, cmd *pb.Command) error {
+	if cmd.TimeUnixNano == 0 {
+		cmd.TimeUnixNano = time.Now().UnixNano()
+	}
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		return err
+	}
+	timeout := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	f := n.raft.Apply(data, timeout)
+	if err := f.Error(); err != nil {
+		return raftErr(err)
+	}
+	if resp, ok := f.Response().(error); ok {
+		return resp
+	}
+	return nil
+}
+
+// LinearizableRead returns once a read of the local state will see every
+// write acknowledged before the call: this node is verified to still be the
+// leader, and everything committed has been applied.
+func (n *Node) LinearizableRead(ctx context.Context) error {
+	if err := n.raft.VerifyLeader().Error(); err != nil {
+		return raftErr(err)
+	}
+	commit := n.raft.CommitIndex()
+	for n.raft.AppliedIndex() < commit {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond):
+		}
+	}
+	return nil
+}
+
+func raftErr(err error) error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
+		errors.Is(err, raft.ErrLeadershipTransferInProgress):
+		return fmt.Errorf("%w: %v", ErrNotLeader, err)
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return ErrShutdown
+	case errors.Is(err, raft.ErrEnqueueTimeout):
+		return fmt.Errorf("%w: %v", ErrNoLeader, err)
+	}
+	return err
+}
+
+// Stats returns Raft's own counters (state, term, indexes).
+func (n *Node) Stats() map[string]string { return n.raft.Stats() }
+
+// Snapshot forces a Raft snapshot now.
+func (n *Node) Snapshot() error { return n.raft.Snapshot().Error() }
+
+// Close stops Raft and closes the log store. It does not close the metastore.
+func (n *Node) Close() error {
+	var errs []error
+	if n.raft != nil {
+		errs = append(errs, n.raft.Shutdown().Error())
+	}
+	if n.transport != nil {
+		errs = append(errs, n.transport.Close())
+	}
+	if n.logs != nil {
+		errs = append(errs, n.logs.Close())
+	}
+	return errors.Join(errs...)
+}
+
+var _ io.Closer = (*Node)(nil)

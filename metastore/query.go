@@ -1,0 +1,231 @@
+package metastore
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/cockroachdb/pebble/v2"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/strata-registry/strata/metastore/metastorepb"
+)
+
+// The queries read the local database. Whether what they read is current is
+// the caller's business (cluster/ fences linearizable reads).
+
+func (s *Store) load(key []byte, m proto.Message, notFound error) error {
+	v, c, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return notFound
+	}
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := proto.Unmarshal(v, m); err != nil {
+		return fmt.Errorf("%w: %q: %v", ErrCorrupt, key, err)
+	}
+	return nil
+}
+
+func (s *Store) has(key []byte) (bool, error) {
+	_, c, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	c.Close()
+	return true, nil
+}
+
+// Blob returns a blob's layout wherever it is linked.
+func (s *Store) Blob(dgst string) (*pb.BlobLayout, error) {
+	var l pb.BlobLayout
+	if err := s.load(blobKey(dgst), &l, fmt.Errorf("%w: %s", ErrBlobUnknown, dgst)); err != nil {
+		return nil, err
+	}
+	return &l, nil
+}
+
+// RepoBlob returns a blob's layout if repo links it.
+func (s *Store) RepoBlob(repo, dgst string) (*pb.BlobLayout, error) {
+	ok, err := s.has(linkKey(repo, dgst))
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("%w: %s in %s", ErrBlobUnknown, dgst, repo)
+	}
+	return s.Blob(dgst)
+}
+
+// BlobRepositories lists up to limit repositories that link the blob.
+func (s *Store) BlobRepositories(dgst string, limit int) ([]string, error) {
+	pfx := blobRepoPrefix(dgst)
+	var out []string
+	err := s.scan(pfx, nil, func(key, _ []byte) bool {
+		out = append(out, string(key[len(pfx):]))
+		return len(out) < limit
+	})
+	return out, err
+}
+
+// RefCount returns what keeps a digest alive (zero values when nothing does).
+func (s *Store) RefCount(dgst string) (*pb.RefCount, error) {
+	var rc pb.RefCount
+	if err := s.load(refCountKey(dgst), &rc, nil); err != nil {
+		return nil, err
+	}
+	return &rc, nil
+}
+
+// Upload returns an open upload session.
+func (s *Store) Upload(id string) (*pb.Upload, error) {
+	var u pb.Upload
+	if err := s.load(uploadKey(id), &u, fmt.Errorf("%w: %s", ErrUploadUnknown, id)); err != nil {
+		return nil, err
+	}
+	return &u, nil
+}
+
+// Manifest returns a manifest of repo by digest.
+func (s *Store) Manifest(repo, dgst string) (*pb.ManifestRecord, error) {
+	var m pb.ManifestRecord
+	if err := s.load(manifestKey(repo, dgst), &m, fmt.Errorf("%w: %s in %s", ErrManifestUnknown, dgst, repo)); err != nil {
+		return nil, err
+	}
+	return &m, nil
+}
+
+// Tag returns a tag of repo.
+func (s *Store) Tag(repo, tag string) (*pb.TagRecord, error) {
+	var t pb.TagRecord
+	if err := s.load(tagKey(repo, tag), &t, fmt.Errorf("%w: %s in %s", ErrTagUnknown, tag, repo)); err != nil {
+		return nil, err
+	}
+	return &t, nil
+}
+
+// Repository returns a repository's record.
+func (s *Store) Repository(repo string) (*pb.Repository, error) {
+	var r pb.Repository
+	if err := s.load(repoKey(repo), &r, fmt.Errorf("%w: %s", ErrRepoUnknown, repo)); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Tags lists up to n tags of repo in lexical order, starting after last.
+// more reports whether tags remain after the page. n <= 0 means no limit.
+func (s *Store) Tags(repo, last string, n int) (tags []string, more bool, err error) {
+	return s.page(tagPrefix(repo), last, n)
+}
+
+// Repositories lists up to n repository names in lexical order, after last.
+func (s *Store) Repositories(last string, n int) (names []string, more bool, err error) {
+	return s.page([]byte(pfxRepo), last, n)
+}
+
+// page lists the suffixes of keys under pfx after last, n at most.
+func (s *Store) page(pfx []byte, last string, n int) ([]string, bool, error) {
+	var start []byte
+	if last != "" {
+		start = append(append(append([]byte(nil), pfx...), last...), 0)
+	}
+	out := []string{}
+	more := false
+	err := s.scan(pfx, start, func(key, _ []byte) bool {
+		if n > 0 && len(out) == n {
+			more = true
+			return false
+		}
+		out = append(out, string(key[len(pfx):]))
+		return true
+	})
+	return out, more, err
+}
+
+// Referrers lists the descriptors of manifests in repo whose subject is subj.
+func (s *Store) Referrers(repo, subj string) ([]*pb.Descriptor, error) {
+	var out []*pb.Descriptor
+	var derr error
+	err := s.scan(referrerPrefix(repo, subj), nil, func(key, v []byte) bool {
+		var d pb.Descriptor
+		if err := proto.Unmarshal(v, &d); err != nil {
+			derr = fmt.Errorf("%w: %q: %v", ErrCorrupt, key, err)
+			return false
+		}
+		out = append(out, &d)
+		return true
+	})
+	if err == nil {
+		err = derr
+	}
+	return out, err
+}
+
+// Events returns up to n outbox events with sequence greater than after.
+func (s *Store) Events(after uint64, n int) ([]*pb.Event, error) {
+	var out []*pb.Event
+	var derr error
+	err := s.scan([]byte(pfxOutbox), outboxKey(after+1), func(key, v []byte) bool {
+		var e pb.Event
+		if err := proto.Unmarshal(v, &e); err != nil {
+			derr = fmt.Errorf("%w: %q: %v", ErrCorrupt, key, err)
+			return false
+		}
+		out = append(out, &e)
+		return len(out) < n
+	})
+	if err == nil {
+		err = derr
+	}
+	return out, err
+}
+
+// Orphans returns up to n segments that no blob references, after the
+// segment id after.
+func (s *Store) Orphans(after string, n int) ([]*pb.Segment, error) {
+	var start []byte
+	if after != "" {
+		start = append(orphanKey(after), 0)
+	}
+	var out []*pb.Segment
+	var derr error
+	err := s.scan([]byte(pfxOrphan), start, func(key, v []byte) bool {
+		var seg pb.Segment
+		if err := proto.Unmarshal(v, &seg); err != nil {
+			derr = fmt.Errorf("%w: %q: %v", ErrCorrupt, key, err)
+			return false
+		}
+		out = append(out, &seg)
+		return len(out) < n
+	})
+	if err == nil {
+		err = derr
+	}
+	return out, err
+}
+
+// scan calls fn for each key under pfx from start (or the prefix's first key)
+// until fn returns false. key and value are valid only during the call.
+func (s *Store) scan(pfx, start []byte, fn func(key, value []byte) bool) error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: pfx, UpperBound: prefixEnd(pfx)})
+	if err != nil {
+		return err
+	}
+	var ok bool
+	if start != nil {
+		ok = it.SeekGE(start)
+	} else {
+		ok = it.First()
+	}
+	for ; ok; ok = it.Next() {
+		if !fn(it.Key(), it.Value()) {
+			break
+		}
+	}
+	return it.Close()
+}
