@@ -1,0 +1,142 @@
+# Strata — developer and CI entry points. `make help` lists the targets.
+#
+# Every client tool the tests drive is installed at a pinned version into
+# bin/tools (see `make tools`), and bin/tools is put first on PATH for the
+# tests, so a run never depends on whatever happens to be installed globally.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+GO        ?= go
+BIN_DIR   := $(CURDIR)/bin
+TOOLS_DIR := $(BIN_DIR)/tools
+STRATA    := $(BIN_DIR)/strata
+
+# Pinned tool versions. Bump deliberately; `make tools` reinstalls on change.
+CRANE_VERSION       := v0.22.1
+ORAS_VERSION        := v1.3.6
+REGCTL_VERSION      := v0.11.7
+PROTOC_GEN_GO       := v1.36.12
+PROTOC_GEN_GO_GRPC  := v1.5.1
+
+CRANE_PKG           := github.com/google/go-containerregistry/cmd/crane
+ORAS_PKG            := oras.land/oras/cmd/oras
+REGCTL_PKG          := github.com/regclient/regclient/cmd/regctl
+PROTOC_GEN_GO_PKG   := google.golang.org/protobuf/cmd/protoc-gen-go
+PROTOC_GEN_GRPC_PKG := google.golang.org/grpc/cmd/protoc-gen-go-grpc
+
+# One stamp file per tool and version: installs happen once per version.
+TOOL_STAMPS := \
+	$(TOOLS_DIR)/.crane@$(CRANE_VERSION) \
+	$(TOOLS_DIR)/.oras@$(ORAS_VERSION) \
+	$(TOOLS_DIR)/.regctl@$(REGCTL_VERSION) \
+	$(TOOLS_DIR)/.protoc-gen-go@$(PROTOC_GEN_GO) \
+	$(TOOLS_DIR)/.protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC)
+
+# Debian packages for tools that are not Go modules: package:command.
+APT_TOOLS := skopeo:skopeo protobuf-compiler:protoc
+
+TEST_TIMEOUT ?= 20m
+RACE_TIMEOUT ?= 40m
+# Extra flags for go test, e.g. GOTEST_FLAGS=-count=1 to bypass the test cache.
+GOTEST_FLAGS ?=
+FUZZTIME     ?= 30s
+BENCH        ?= .
+LDFLAGS      ?= -s -w
+
+# The OCI conformance runner lives in the shared tree beside the checkout.
+CONFORMANCE_SCRIPT ?= $(CURDIR)/../shared/tools/oci-conformance.sh
+export CONFORMANCE_SCRIPT
+
+# Tools first on PATH for anything that runs tests.
+TEST_ENV := PATH="$(TOOLS_DIR):$$PATH"
+
+PROTO_FILES = $(shell find . -name '*.proto' -not -path './.git/*' -not -path './bin/*' | sort)
+
+.PHONY: help
+help: ## Show this list of targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## Build bin/strata (static, CGO_ENABLED=0)
+	@mkdir -p $(BIN_DIR)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(STRATA) ./cmd/strata
+
+.PHONY: run
+run: build ## Build, then run a single-process dev registry (bin/strata serve --dev)
+	$(STRATA) serve --dev
+
+.PHONY: test
+test: tools ## Tools, go vet, go test (unit + e2e with real clients), then conformance
+	$(GO) vet ./...
+	$(TEST_ENV) $(GO) test -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) ./...
+	@$(MAKE) conformance
+
+.PHONY: test-race
+test-race: tools ## go test -race over every package
+	$(TEST_ENV) $(GO) test -race -timeout $(RACE_TIMEOUT) $(GOTEST_FLAGS) ./...
+
+.PHONY: conformance
+conformance: build ## OCI conformance (PROFILE=all) against a fresh dev server, or CONFORMANCE_URL
+	$(TEST_ENV) STRATA_BIN=$(STRATA) $(CURDIR)/deploy/scripts/conformance.sh
+
+.PHONY: fuzz
+fuzz: ## Run every Fuzz* target in the repo for FUZZTIME each (default 30s)
+	$(TEST_ENV) FUZZTIME=$(FUZZTIME) GO=$(GO) $(CURDIR)/deploy/scripts/fuzz.sh
+
+.PHONY: bench
+bench: ## Run benchmarks (go test -run XXX -bench . -benchmem ./...; BENCH=regexp narrows)
+	$(TEST_ENV) $(GO) test -run XXX -bench '$(BENCH)' -benchmem ./...
+
+.PHONY: generate
+generate: tools ## Regenerate protobuf/gRPC code from every *.proto (paths=source_relative)
+	$(if $(PROTO_FILES),protoc -I . \
+		--plugin=protoc-gen-go=$(TOOLS_DIR)/protoc-gen-go \
+		--plugin=protoc-gen-go-grpc=$(TOOLS_DIR)/protoc-gen-go-grpc \
+		--go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative \
+		$(PROTO_FILES),@echo "no .proto files")
+
+.PHONY: lint
+lint: ## gofmt -l must be empty, then go vet
+	@out="$$(gofmt -l $$(find . -name '*.go' -not -path './.git/*' -not -path './bin/*'))"; \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+.PHONY: tools
+tools: $(TOOL_STAMPS) apt-tools ## Install pinned test/codegen tools into bin/tools (+ skopeo, protoc via apt)
+
+$(TOOLS_DIR)/.crane@%:
+	@$(call go_install,$(CRANE_PKG),crane,$*)
+$(TOOLS_DIR)/.oras@%:
+	@$(call go_install,$(ORAS_PKG),oras,$*)
+$(TOOLS_DIR)/.regctl@%:
+	@$(call go_install,$(REGCTL_PKG),regctl,$*)
+$(TOOLS_DIR)/.protoc-gen-go@%:
+	@$(call go_install,$(PROTOC_GEN_GO_PKG),protoc-gen-go,$*)
+$(TOOLS_DIR)/.protoc-gen-go-grpc@%:
+	@$(call go_install,$(PROTOC_GEN_GRPC_PKG),protoc-gen-go-grpc,$*)
+
+# go_install(pkg, name, version): install into bin/tools, replace stamps of other versions.
+define go_install
+	mkdir -p $(TOOLS_DIR); \
+	echo "installing $(2)@$(3)"; \
+	GOBIN=$(TOOLS_DIR) CGO_ENABLED=0 $(GO) install $(1)@$(3); \
+	rm -f $(TOOLS_DIR)/.$(2)@*; touch $(TOOLS_DIR)/.$(2)@$(3)
+endef
+
+.PHONY: apt-tools
+apt-tools: ## Install skopeo and protoc with apt-get when missing (root only)
+	@missing=""; \
+	for pc in $(APT_TOOLS); do command -v "$${pc#*:}" >/dev/null 2>&1 || missing="$$missing $${pc%%:*}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "warning: missing$$missing; install them (not root, not installing)" >&2; exit 0; fi; \
+	echo "apt-get install$$missing"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null
+
+.PHONY: clean
+clean: ## Remove bin/ (binary and tools) and conformance-results/ (keeps ./strata-data)
+	rm -rf $(BIN_DIR) $(CURDIR)/conformance-results
