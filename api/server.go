@@ -92,9 +92,16 @@ func (s *Server) Handler() http.Handler {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	mux.Handle("/v2/", s.instrument(http.HandlerFunc(s.serveV2)))
-	mux.Handle("/v2", s.instrument(http.HandlerFunc(s.serveV2)))
-	return mux
+	// /v2 is routed here, not by the ServeMux, which would clean paths
+	// such as /v2/a//b/... and redirect instead of refusing the name.
+	v2 := s.instrument(http.HandlerFunc(s.serveV2))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v2" || strings.HasPrefix(r.URL.Path, "/v2/") {
+			v2.ServeHTTP(w, r)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // route is a parsed /v2/ path.

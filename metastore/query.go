@@ -1,6 +1,8 @@
 package metastore
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -228,4 +230,25 @@ func (s *Store) scan(pfx, start []byte, fn func(key, value []byte) bool) error {
 		}
 	}
 	return it.Close()
+}
+
+// Fingerprint hashes the whole replicated state except the applied index:
+// two replicas that applied the same log have the same fingerprint, and a
+// refused command leaves it unchanged.
+func (s *Store) Fingerprint() ([32]byte, error) {
+	h := sha256.New()
+	var n [binary.MaxVarintLen64]byte
+	err := s.scan([]byte{}, nil, func(k, v []byte) bool {
+		if string(k) == keyApplied {
+			return true
+		}
+		h.Write(n[:binary.PutUvarint(n[:], uint64(len(k)))])
+		h.Write(k)
+		h.Write(n[:binary.PutUvarint(n[:], uint64(len(v)))])
+		h.Write(v)
+		return true
+	})
+	var out [32]byte
+	copy(out[:], h.Sum(nil))
+	return out, err
 }
