@@ -44,7 +44,8 @@ RACE_TIMEOUT ?= 40m
 GOTEST_FLAGS ?=
 FUZZTIME     ?= 30s
 BENCH        ?= .
-LDFLAGS      ?= -s -w
+VERSION      ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS      ?= -s -w -X main.version=$(VERSION)
 
 # The OCI conformance runner lives in the shared tree beside the checkout.
 CONFORMANCE_SCRIPT ?= $(CURDIR)/../shared/tools/oci-conformance.sh
