@@ -1,0 +1,463 @@
+package blobstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/zeebo/blake3"
+)
+
+var (
+	// ErrStoreLocked is returned by OpenLocal when another store has the directory open.
+	ErrStoreLocked = errors.New("blobstore: directory in use by another store")
+	// ErrNodeMismatch is returned by OpenLocal when the directory belongs to another node id.
+	ErrNodeMismatch = errors.New("blobstore: directory belongs to another node")
+)
+
+// The on-disk layout of a LocalStore rooted at dir:
+//
+//	dir/
+//	├── LOCK                       flock(2)ed while a store has dir open
+//	├── NODE                       the node id dir belongs to, checked on open
+//	├── staging/                   shards being written; emptied on open
+//	│   └── <segment>.<index>.<random>
+//	└── shards/
+//	    ├── 3f/                    the first two characters of the segment id
+//	    │   ├── 3f9c…e1.0          a shard file: 64-byte header, then the payload
+//	    │   ├── 3f9c…e1.4          (see the format in shard.go)
+//	    │   └── …
+//	    └── a0/
+//	        └── …
+//
+// staging/ and shards/ are on the same filesystem, so a shard is written in
+// staging, fsynced, renamed into shards/ and made durable by fsyncing its
+// directory: a reader never sees a partial shard, and a crash leaves at most
+// garbage in staging.
+const (
+	lockFile   = "LOCK"
+	nodeFile   = "NODE"
+	stagingDir = "staging"
+	shardsDir  = "shards"
+)
+
+// LocalStore is a ShardStore on a local filesystem. Open it with OpenLocal.
+type LocalStore struct {
+	nodeID  string
+	dir     string
+	shards  string // dir/shards
+	staging string // dir/staging
+	lock    *os.File
+	closed  atomic.Bool
+
+	// Running totals for Usage, counted on open and kept up to date by Put
+	// and Delete (approximate under concurrent writes of the same shard).
+	count atomic.Int64
+	used  atomic.Int64
+}
+
+var _ ShardStore = (*LocalStore)(nil)
+
+// OpenLocal opens (creating if needed) the shard directory dir of node
+// nodeID. It takes an exclusive lock on dir, refuses a directory that belongs
+// to another node id, empties the staging area left by a crash and counts the
+// shards present.
+func OpenLocal(nodeID, dir string) (*LocalStore, error) {
+	if nodeID == "" {
+		return nil, errors.New("blobstore: empty node id")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("blobstore: open %s: %w", dir, err)
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("blobstore: open %s: %w", dir, err)
+	}
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		lock.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%w: %s", ErrStoreLocked, dir)
+		}
+		return nil, fmt.Errorf("blobstore: lock %s: %w", dir, err)
+	}
+	s := &LocalStore{
+		nodeID:  nodeID,
+		dir:     dir,
+		shards:  filepath.Join(dir, shardsDir),
+		staging: filepath.Join(dir, stagingDir),
+		lock:    lock,
+	}
+	if err := s.init(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *LocalStore) init() error {
+	// The directory is bound to one node id: shard refs name the node, so
+	// serving these shards under another id would make them unfindable.
+	path := filepath.Join(s.dir, nodeFile)
+	switch b, err := os.ReadFile(path); {
+	case err == nil:
+		if got := string(bytes.TrimSpace(b)); got != s.nodeID {
+			return fmt.Errorf("%w: %s belongs to %q, not %q", ErrNodeMismatch, s.dir, got, s.nodeID)
+		}
+	case errors.Is(err, fs.ErrNotExist):
+		if err := writeFileDurable(path, []byte(s.nodeID+"\n")); err != nil {
+			return fmt.Errorf("blobstore: write %s: %w", path, err)
+		}
+	default:
+		return fmt.Errorf("blobstore: read %s: %w", path, err)
+	}
+	if err := os.RemoveAll(s.staging); err != nil {
+		return fmt.Errorf("blobstore: clean staging: %w", err)
+	}
+	for _, d := range []string{s.staging, s.shards} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return fmt.Errorf("blobstore: open %s: %w", s.dir, err)
+		}
+	}
+	if err := syncDir(s.dir); err != nil {
+		return fmt.Errorf("blobstore: sync %s: %w", s.dir, err)
+	}
+	return s.countShards()
+}
+
+// countShards sets the Usage totals from the files under shards/.
+func (s *LocalStore) countShards() error {
+	var n, used int64
+	err := filepath.WalkDir(s.shards, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				n++
+				used += fi.Size()
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("blobstore: scan %s: %w", s.shards, err)
+	}
+	s.count.Store(n)
+	s.used.Store(used)
+	return nil
+}
+
+// Close releases the directory lock. Later calls fail with ErrClosed.
+func (s *LocalStore) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	return s.lock.Close() // closing the descriptor drops the flock
+}
+
+// Dir returns the directory the store was opened on.
+func (s *LocalStore) Dir() string { return s.dir }
+
+// NodeID implements ShardStore.
+func (s *LocalStore) NodeID() string { return s.nodeID }
+
+// ShardPath returns the file that holds (or would hold) shard id, or "" for
+// an invalid id.
+func (s *LocalStore) ShardPath(id ShardID) string {
+	if id.Validate() != nil {
+		return ""
+	}
+	return filepath.Join(s.shards, id.Segment[:2], id.String())
+}
+
+func (s *LocalStore) check(ctx context.Context, id *ShardID) error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if id != nil {
+		return id.Validate()
+	}
+	return nil
+}
+
+// Put implements ShardStore: staging file, fsync, rename, fsync directory.
+func (s *LocalStore) Put(ctx context.Context, id ShardID, data []byte, sum [32]byte) error {
+	if err := s.check(ctx, &id); err != nil {
+		return err
+	}
+	if got := blake3.Sum256(data); got != sum {
+		return fmt.Errorf("%w: put %s: data does not match its checksum", ErrShardCorrupt, id)
+	}
+	prefix := filepath.Join(s.shards, id.Segment[:2])
+	switch err := os.Mkdir(prefix, 0o755); {
+	case err == nil:
+		if err := syncDir(s.shards); err != nil {
+			return fmt.Errorf("blobstore: put %s: %w", id, err)
+		}
+	case !errors.Is(err, fs.ErrExist):
+		return fmt.Errorf("blobstore: put %s: %w", id, err)
+	}
+
+	f, err := os.CreateTemp(s.staging, id.String()+".*")
+	if err != nil {
+		return fmt.Errorf("blobstore: put %s: %w", id, err)
+	}
+	tmp := f.Name()
+	hdr := encodeShardHeader(shardHeader{Index: id.Index, Length: uint64(len(data)), Sum: sum})
+	err = writeAll(f, hdr[:], data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	final := filepath.Join(prefix, id.String())
+	var old int64 = -1
+	if err == nil {
+		if fi, serr := os.Lstat(final); serr == nil {
+			old = fi.Size()
+		}
+		err = os.Rename(tmp, final)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("blobstore: put %s: %w", id, err)
+	}
+	size := int64(shardHeaderSize + len(data))
+	if old >= 0 {
+		s.used.Add(size - old)
+	} else {
+		s.count.Add(1)
+		s.used.Add(size)
+	}
+	if err := syncDir(prefix); err != nil {
+		return fmt.Errorf("blobstore: put %s: %w", id, err)
+	}
+	return nil
+}
+
+// Get implements ShardStore with one whole-file read.
+func (s *LocalStore) Get(ctx context.Context, id ShardID) ([]byte, error) {
+	if err := s.check(ctx, &id); err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(s.ShardPath(id))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s on %s", ErrShardNotFound, id, s.nodeID)
+		}
+		return nil, fmt.Errorf("blobstore: get %s: %w", id, err)
+	}
+	h, err := decodeShardHeader(b)
+	if err == nil {
+		err = checkHeader(h, id, int64(len(b)))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get %s on %s: %w", id, s.nodeID, err)
+	}
+	payload := b[shardHeaderSize:]
+	if blake3.Sum256(payload) != h.Sum {
+		return nil, fmt.Errorf("%w: %s on %s: payload checksum mismatch", ErrShardCorrupt, id, s.nodeID)
+	}
+	return payload, nil
+}
+
+// checkHeader checks a decoded header against the shard it should describe
+// and the size of its file.
+func checkHeader(h shardHeader, id ShardID, fileSize int64) error {
+	if h.Index != id.Index {
+		return fmt.Errorf("%w: header names index %d", ErrShardCorrupt, h.Index)
+	}
+	if want := uint64(fileSize - shardHeaderSize); h.Length != want {
+		return fmt.Errorf("%w: header says %d payload bytes, file has %d", ErrShardCorrupt, h.Length, want)
+	}
+	return nil
+}
+
+// Delete implements ShardStore.
+func (s *LocalStore) Delete(ctx context.Context, id ShardID) error {
+	if err := s.check(ctx, &id); err != nil {
+		return err
+	}
+	path := s.ShardPath(id)
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err := os.Remove(path); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return fmt.Errorf("blobstore: delete %s: %w", id, err)
+	}
+	if fi != nil {
+		s.count.Add(-1)
+		s.used.Add(-fi.Size())
+	}
+	return nil
+}
+
+// Stat implements ShardStore: it reads only the header.
+func (s *LocalStore) Stat(ctx context.Context, id ShardID) (ShardInfo, error) {
+	if err := s.check(ctx, &id); err != nil {
+		return ShardInfo{}, err
+	}
+	info, err := statFile(s.ShardPath(id), id)
+	if errors.Is(err, fs.ErrNotExist) {
+		return ShardInfo{}, fmt.Errorf("%w: %s on %s", ErrShardNotFound, id, s.nodeID)
+	}
+	return info, err
+}
+
+// statFile reads the header of the shard file at path. On a damaged header
+// it returns the error together with what it could learn (ID and a Size from
+// the file size), which List reports.
+func statFile(path string, id ShardID) (ShardInfo, error) {
+	info := ShardInfo{ID: id}
+	f, err := os.Open(path)
+	if err != nil {
+		return info, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return info, fmt.Errorf("blobstore: stat %s: %w", id, err)
+	}
+	info.Size = max(fi.Size()-shardHeaderSize, 0)
+	var buf [shardHeaderSize]byte
+	if _, err := io.ReadFull(f, buf[:]); err != nil {
+		return info, fmt.Errorf("%w: stat %s: %v", ErrShardCorrupt, id, err)
+	}
+	h, err := decodeShardHeader(buf[:])
+	if err == nil {
+		err = checkHeader(h, id, fi.Size())
+	}
+	if err != nil {
+		return info, fmt.Errorf("stat %s: %w", id, err)
+	}
+	info.Sum = h.Sum
+	return info, nil
+}
+
+// List implements ShardStore. It relies on the layout: every name in
+// shards/xy/ starts with xy, so walking the sorted directories in order and
+// the sorted names within each gives all names in sorted order.
+func (s *LocalStore) List(ctx context.Context, after string, limit int) ([]ShardInfo, error) {
+	if err := s.check(ctx, nil); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		limit = DefaultListLimit
+	}
+	prefixes, err := os.ReadDir(s.shards)
+	if err != nil {
+		return nil, fmt.Errorf("blobstore: list: %w", err)
+	}
+	var out []ShardInfo
+	for _, p := range prefixes {
+		name := p.Name()
+		if !p.IsDir() || len(name) != 2 || len(after) >= 2 && name < after[:2] {
+			continue
+		}
+		entries, err := os.ReadDir(filepath.Join(s.shards, name))
+		if err != nil {
+			return nil, fmt.Errorf("blobstore: list: %w", err)
+		}
+		for _, e := range entries {
+			if e.Name() <= after || !e.Type().IsRegular() {
+				continue
+			}
+			id, err := ParseShardID(e.Name())
+			if err != nil || id.Segment[:2] != name {
+				continue // not a shard file
+			}
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			info, err := statFile(filepath.Join(s.shards, name, e.Name()), id)
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // deleted meanwhile
+			}
+			out = append(out, info)
+			if len(out) == limit {
+				return out, nil
+			}
+		}
+	}
+	return out, nil
+}
+
+// Usage implements ShardStore, with the filesystem's numbers from statfs(2).
+func (s *LocalStore) Usage(ctx context.Context) (Usage, error) {
+	if err := s.check(ctx, nil); err != nil {
+		return Usage{}, err
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(s.dir, &st); err != nil {
+		return Usage{}, fmt.Errorf("blobstore: statfs %s: %w", s.dir, err)
+	}
+	return Usage{
+		Shards:   s.count.Load(),
+		Used:     s.used.Load(),
+		Capacity: st.Blocks * uint64(st.Bsize),
+		Free:     st.Bavail * uint64(st.Bsize),
+	}, nil
+}
+
+// writeAll writes the buffers to f in order.
+func writeAll(f *os.File, bufs ...[]byte) error {
+	for _, b := range bufs {
+		if _, err := f.Write(b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// syncDir fsyncs a directory, making the creation, removal or renaming of
+// its entries durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// writeFileDurable writes a small file atomically and durably.
+func writeFileDurable(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}

@@ -1,0 +1,715 @@
+package blobstore
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/zeebo/blake3"
+
+	"github.com/strata-registry/strata/erasure"
+	"github.com/strata-registry/strata/metastore/metastorepb"
+)
+
+var (
+	// ErrWriteQuorum is returned by Write when a segment could not be made
+	// durable on enough nodes.
+	ErrWriteQuorum = errors.New("blobstore: write quorum not reached")
+	// ErrSegmentUnreadable is returned by ReadRange when fewer than k good
+	// shards of a segment could be fetched.
+	ErrSegmentUnreadable = errors.New("blobstore: segment unreadable")
+	// ErrInvalidSegment is returned for segment metadata that cannot describe
+	// a segment (bad geometry, sizes or format).
+	ErrInvalidSegment = errors.New("blobstore: invalid segment")
+	// ErrInvalidRange is returned by ReadRange for a range outside the blob.
+	ErrInvalidRange = errors.New("blobstore: invalid range")
+	// ErrNodeUnavailable is returned for a shard on a node that is not among
+	// the current nodes.
+	ErrNodeUnavailable = errors.New("blobstore: node unavailable")
+)
+
+// Defaults of Config.
+const (
+	DefaultSegmentSize        = 8 << 20
+	DefaultSmallBlobThreshold = 256 << 10
+	DefaultWriteConcurrency   = 2
+	DefaultHedgeAfter         = time.Second
+	DefaultStragglerTimeout   = 10 * time.Second
+
+	// MaxSegmentSize bounds Config.SegmentSize.
+	MaxSegmentSize = 1 << 30
+)
+
+// Config configures a Store. Zero fields take the defaults.
+type Config struct {
+	// SegmentSize is the size of the segments Write cuts a stream into;
+	// the last segment of a Write may be shorter. Default 8 MiB.
+	SegmentSize int
+	// K and M are the erasure geometry of segments of at least
+	// SmallBlobThreshold bytes: K data and M parity shards. Default 1 and 0
+	// (one copy: the single-node development setup).
+	K, M int
+	// SmallBlobThreshold: segments shorter than this are stored as 1+M
+	// replicas (k = 1) instead, which costs little for small segments and
+	// spares them the fan-out. Default 256 KiB; negative turns it off.
+	SmallBlobThreshold int
+	// WriteConcurrency is how many segments Write puts at once while it
+	// reads the next. Memory is bounded by (WriteConcurrency+1) segment
+	// buffers. Default 2.
+	WriteConcurrency int
+	// HedgeAfter: when the first shards asked for a segment have not all
+	// arrived after this long, ReadRange asks as many more nodes (parity
+	// shards) and uses whichever k arrive first. Default 1s; negative: never.
+	HedgeAfter time.Duration
+	// StragglerTimeout: once a segment's write quorum is durable, the
+	// remaining Puts get this long before they are cancelled and their shards
+	// left to repair. Default 10s; negative: wait for every Put.
+	StragglerTimeout time.Duration
+	// OnShardError, if set, is called (synchronously, so it must be quick)
+	// for every shard ReadRange could not use: missing, unreachable or
+	// corrupt. It is the hook that feeds the repair queue.
+	OnShardError func(segmentID string, ref *metastorepb.ShardRef, err error)
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	if c.SegmentSize == 0 {
+		c.SegmentSize = DefaultSegmentSize
+	}
+	if c.K == 0 {
+		c.K = 1
+	}
+	if c.SmallBlobThreshold == 0 {
+		c.SmallBlobThreshold = DefaultSmallBlobThreshold
+	}
+	if c.WriteConcurrency == 0 {
+		c.WriteConcurrency = DefaultWriteConcurrency
+	}
+	if c.HedgeAfter == 0 {
+		c.HedgeAfter = DefaultHedgeAfter
+	}
+	if c.StragglerTimeout == 0 {
+		c.StragglerTimeout = DefaultStragglerTimeout
+	}
+	return c
+}
+
+// Validate reports whether c (with defaults applied) is usable.
+func (c Config) Validate() error {
+	switch {
+	case c.SegmentSize < 1 || c.SegmentSize > MaxSegmentSize:
+		return fmt.Errorf("blobstore: segment size %d out of range 1..%d", c.SegmentSize, MaxSegmentSize)
+	case c.K < 1 || c.M < 0 || c.K+c.M > erasure.MaxShards:
+		return fmt.Errorf("blobstore: erasure geometry %d+%d out of range", c.K, c.M)
+	case c.WriteConcurrency < 1:
+		return fmt.Errorf("blobstore: write concurrency %d < 1", c.WriteConcurrency)
+	}
+	return nil
+}
+
+// Node is a storage node as the pipelines see it.
+type Node struct {
+	Info   NodeInfo
+	Shards ShardStore
+}
+
+// WriteQuorum is how many of the k+m shards of a segment must be durable for
+// the segment to count as written: k, or k+1 when k == m (so that two
+// disjoint halves of the shards can never both hold a quorum), and all k
+// shards when there is no parity.
+func WriteQuorum(k, m int) int {
+	if m > 0 && k == m {
+		return k + 1
+	}
+	return k
+}
+
+// Store is the cluster-wide blob store: the write and read pipelines over
+// the storage nodes. It is safe for concurrent use.
+type Store struct {
+	cfg   Config
+	nodes func() []Node
+	large *erasure.Codec // K+M
+	small *erasure.Codec // 1+M, for segments under SmallBlobThreshold
+	seal  sealer
+
+	codecs sync.Map // [2]int{k, m} -> *erasure.Codec, for reading any geometry
+	bufCap int
+	bufs   sync.Pool // *[]byte of cap bufCap
+}
+
+// New returns a Store. nodes is called for every segment written and every
+// read or delete, and returns the storage nodes to use now (the healthy
+// ones), so membership may change under a running Store.
+func New(cfg Config, nodes func() []Node) (*Store, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if nodes == nil {
+		return nil, errors.New("blobstore: nil node source")
+	}
+	s := &Store{cfg: cfg, nodes: nodes, seal: plainSealer{}}
+	var err error
+	if s.large, err = s.codec(cfg.K, cfg.M); err != nil {
+		return nil, err
+	}
+	if s.small, err = s.codec(1, cfg.M); err != nil {
+		return nil, err
+	}
+	// A buffer holds a segment, its seal overhead, its zero padding and its
+	// parity, so that sealing and encoding allocate nothing.
+	ov := s.seal.Overhead()
+	s.bufCap = max(cfg.SegmentSize+ov, s.large.EncodedSize(cfg.SegmentSize+ov))
+	if cfg.SmallBlobThreshold > 0 {
+		smallMax := min(cfg.SegmentSize, cfg.SmallBlobThreshold-1)
+		s.bufCap = max(s.bufCap, s.small.EncodedSize(smallMax+ov))
+	}
+	s.bufs.New = func() any {
+		b := make([]byte, s.bufCap)
+		return &b
+	}
+	return s, nil
+}
+
+// Config returns the configuration in use, defaults applied.
+func (s *Store) Config() Config { return s.cfg }
+
+// codec returns the (cached) codec for a geometry.
+func (s *Store) codec(k, m int) (*erasure.Codec, error) {
+	key := [2]int{k, m}
+	if c, ok := s.codecs.Load(key); ok {
+		return c.(*erasure.Codec), nil
+	}
+	c, err := erasure.New(k, m)
+	if err != nil {
+		return nil, err
+	}
+	actual, _ := s.codecs.LoadOrStore(key, c)
+	return actual.(*erasure.Codec), nil
+}
+
+// newSegmentID returns a random segment id: 32 hex digits.
+func newSegmentID() string {
+	var b [16]byte
+	rand.Read(b[:]) // never fails (crypto/rand since Go 1.24)
+	return hex.EncodeToString(b[:])
+}
+
+// Write reads r to EOF and stores it as segments of Config.SegmentSize bytes
+// (the last may be shorter; zero bytes make no segment). Every byte read is
+// written to h, if not nil, in order, as it is read: h is the running digest
+// of an upload. Each segment is sealed, erasure coded, its shards checksummed
+// with BLAKE3 and put in parallel on distinct nodes chosen by Place, with up
+// to WriteConcurrency segments in flight while the next is read.
+//
+// A segment is written when WriteQuorum(k, m) of its shards are durable; its
+// ShardRefs name only the shards that were, and any missing ones are for
+// repair to add. A Put that fails is retried on the next unused node in
+// placement order (a spare), while there is one. Write returns the segments in order and the number of
+// bytes read from r. When a segment misses its quorum the error wraps
+// ErrWriteQuorum; on any error Write deletes what it wrote (best effort) and
+// nothing it returns is usable.
+func (s *Store) Write(ctx context.Context, r io.Reader, h hash.Hash) ([]*metastorepb.Segment, int64, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	var (
+		mu    sync.Mutex
+		segs  []*metastorepb.Segment
+		first error
+		wg    sync.WaitGroup
+		total int64
+	)
+	fail := func(err error) {
+		mu.Lock()
+		if first == nil {
+			first = err
+			cancel(err)
+		}
+		mu.Unlock()
+	}
+	slots := make(chan struct{}, s.cfg.WriteConcurrency)
+
+	for i := 0; ctx.Err() == nil; i++ {
+		bp := s.bufs.Get().(*[]byte)
+		buf := *bp
+		n, rerr := io.ReadFull(r, buf[:s.cfg.SegmentSize])
+		if n > 0 {
+			if h != nil {
+				h.Write(buf[:n]) // a hash.Hash never returns an error
+			}
+			total += int64(n)
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				s.bufs.Put(bp)
+				continue // the loop ends: ctx is done
+			}
+			mu.Lock()
+			segs = append(segs, nil)
+			mu.Unlock()
+			wg.Add(1)
+			go func(i, n int) {
+				defer wg.Done()
+				seg, err := s.writeSegment(ctx, buf, n)
+				s.bufs.Put(bp) // writeSegment has waited for every Put
+				<-slots
+				if err != nil {
+					fail(fmt.Errorf("segment %d: %w", i, err))
+					return
+				}
+				mu.Lock()
+				segs[i] = seg
+				mu.Unlock()
+			}(i, n)
+		} else {
+			s.bufs.Put(bp)
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			break
+		}
+		if rerr != nil {
+			fail(fmt.Errorf("blobstore: read: %w", rerr))
+		}
+	}
+	wg.Wait()
+
+	if first == nil && ctx.Err() != nil {
+		first = context.Cause(ctx) // the caller's ctx ended
+	}
+	if first != nil {
+		var written []*metastorepb.Segment
+		for _, seg := range segs {
+			if seg != nil {
+				written = append(written, seg)
+			}
+		}
+		s.cleanup(ctx, written)
+		return nil, total, first
+	}
+	return segs, total, nil
+}
+
+// cleanup deletes, best effort, segments whose write did not succeed.
+func (s *Store) cleanup(ctx context.Context, segs []*metastorepb.Segment) {
+	if len(segs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	s.Delete(ctx, segs) //nolint:errcheck // best effort: the orphan sweeper finds what is left
+}
+
+type putResult struct {
+	index int
+	node  string
+	sum   [32]byte
+	err   error
+}
+
+// writeSegment seals, encodes and puts one segment whose n bytes are at the
+// start of buf (of capacity s.bufCap). It returns only after every Put it
+// started has returned, so buf may then be reused.
+func (s *Store) writeSegment(ctx context.Context, buf []byte, n int) (*metastorepb.Segment, error) {
+	codec := s.large
+	if n < s.cfg.SmallBlobThreshold {
+		codec = s.small
+	}
+	k, m := codec.K(), codec.M()
+	seg := &metastorepb.Segment{Id: newSegmentID(), Length: uint64(n), K: uint32(k), M: uint32(m)}
+
+	sealed, err := s.seal.Seal(seg, buf[:n:s.bufCap])
+	if err != nil {
+		return nil, err
+	}
+	shards, err := codec.Encode(sealed)
+	if err != nil {
+		return nil, err
+	}
+	seg.ShardSize = uint64(len(shards[0]))
+
+	nodes := s.nodes()
+	byID := make(map[string]ShardStore, len(nodes))
+	infos := make([]NodeInfo, 0, len(nodes))
+	for _, nd := range nodes {
+		byID[nd.Info.ID] = nd.Shards
+		infos = append(infos, nd.Info)
+	}
+	// Rank every node: the first k+m take the shards, the rest are spares
+	// for failed Puts.
+	ranked, _ := Place(seg.Id, infos, len(infos))
+	quorum := WriteQuorum(k, m)
+	if len(ranked) < quorum {
+		return nil, fmt.Errorf("%w: %s needs %d shards, %d nodes: %w", ErrWriteQuorum, seg.Id, quorum, len(ranked), ErrNotEnoughNodes)
+	}
+
+	putCtx, cancelPuts := context.WithCancel(ctx)
+	defer cancelPuts()
+	var spareMu sync.Mutex
+	nextSpare := k + m
+	nextNode := func() (NodeInfo, bool) {
+		spareMu.Lock()
+		defer spareMu.Unlock()
+		if nextSpare >= len(ranked) {
+			return NodeInfo{}, false
+		}
+		nextSpare++
+		return ranked[nextSpare-1], true
+	}
+
+	results := make(chan putResult, len(shards))
+	started := 0
+	for i, shard := range shards {
+		if i >= len(ranked) {
+			break // fewer nodes than shards: the rest are for repair
+		}
+		started++
+		go func(i int, shard []byte, node NodeInfo) {
+			res := putResult{index: i, sum: blake3.Sum256(shard)}
+			id := ShardID{Segment: seg.Id, Index: uint32(i)}
+			for {
+				res.err = byID[node.ID].Put(putCtx, id, shard, res.sum)
+				if res.err == nil {
+					res.node = node.ID
+					break
+				}
+				res.err = fmt.Errorf("shard %d on %s: %w", i, node.ID, res.err)
+				if putCtx.Err() != nil {
+					break
+				}
+				var ok bool
+				if node, ok = nextNode(); !ok {
+					break
+				}
+			}
+			results <- res
+		}(i, shard, ranked[i])
+	}
+
+	var (
+		refs      []*metastorepb.ShardRef
+		errs      []error
+		straggler <-chan time.Time
+	)
+	for done := 0; done < started; {
+		select {
+		case res := <-results:
+			done++
+			if res.err != nil {
+				errs = append(errs, res.err)
+				break
+			}
+			refs = append(refs, &metastorepb.ShardRef{Index: uint32(res.index), Node: res.node, Blake3: res.sum[:]})
+			if len(refs) == quorum && done < started && s.cfg.StragglerTimeout > 0 {
+				t := time.NewTimer(s.cfg.StragglerTimeout)
+				defer t.Stop()
+				straggler = t.C
+			}
+		case <-straggler:
+			cancelPuts() // the cancelled Puts still report before we return
+			straggler = nil
+		}
+	}
+	slices.SortFunc(refs, func(a, b *metastorepb.ShardRef) int { return int(a.Index) - int(b.Index) })
+	seg.Shards = refs
+
+	if len(refs) < quorum {
+		err := fmt.Errorf("%w: %s: %d of %d shards durable, need %d: %w",
+			ErrWriteQuorum, seg.Id, len(refs), k+m, quorum, errors.Join(errs...))
+		if len(refs) > 0 {
+			s.cleanup(ctx, []*metastorepb.Segment{seg})
+		}
+		return nil, err
+	}
+	return seg, nil
+}
+
+// nodeMap returns the current nodes by id.
+func (s *Store) nodeMap() map[string]ShardStore {
+	nodes := s.nodes()
+	m := make(map[string]ShardStore, len(nodes))
+	for _, nd := range nodes {
+		m[nd.Info.ID] = nd.Shards
+	}
+	return m
+}
+
+// ReadRange writes bytes [off, off+length) of the blob made of segs to w. It
+// reads only the segments the range overlaps, fetching a segment's next while
+// writing the current one (so at most two segments are in memory). For each
+// segment it fetches the k data shards in parallel and checks each against
+// its ShardRef's BLAKE3; for a shard that is missing, unreachable, corrupt or
+// slow (HedgeAfter) it fetches parity shards instead and reconstructs. When
+// fewer than k good shards can be had the error wraps ErrSegmentUnreadable.
+// On error, w may have received part of the range.
+func (s *Store) ReadRange(ctx context.Context, w io.Writer, segs []*metastorepb.Segment, off, length int64) error {
+	var size int64
+	for _, seg := range segs {
+		size += int64(seg.GetLength())
+	}
+	if off < 0 || length < 0 || off > size || length > size-off {
+		return fmt.Errorf("%w: [%d, %d+%d) of %d bytes", ErrInvalidRange, off, off, length, size)
+	}
+	if length == 0 {
+		return nil
+	}
+
+	type part struct {
+		seg      *metastorepb.Segment
+		from, to int64 // within the segment
+	}
+	var parts []part
+	end := off + length
+	var start int64
+	for _, seg := range segs {
+		segEnd := start + int64(seg.GetLength())
+		if segEnd > off && start < end {
+			parts = append(parts, part{seg, max(off, start) - start, min(end, segEnd) - start})
+		}
+		start = segEnd
+	}
+
+	nodes := s.nodeMap()
+	ctx, cancel := context.WithCancel(ctx)
+	type fetched struct {
+		part   part
+		pieces [][]byte
+		err    error
+	}
+	ch := make(chan fetched) // unbuffered: one segment written, one waiting
+	go func() {
+		defer close(ch)
+		for _, p := range parts {
+			pieces, err := s.readSegment(ctx, nodes, p.seg)
+			select {
+			case ch <- fetched{p, pieces, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	defer func() {
+		cancel()
+		for range ch { // let the fetcher finish before returning
+		}
+	}()
+
+	written := 0
+	for f := range ch {
+		if f.err != nil {
+			return f.err
+		}
+		if err := writeRange(w, f.pieces, f.part.from, f.part.to); err != nil {
+			return err
+		}
+		written++
+	}
+	if written < len(parts) {
+		return ctx.Err()
+	}
+	return nil
+}
+
+// writeRange writes bytes [from, to) of the concatenation of pieces to w.
+func writeRange(w io.Writer, pieces [][]byte, from, to int64) error {
+	var at int64
+	for _, p := range pieces {
+		pEnd := at + int64(len(p))
+		if pEnd > from && at < to {
+			if _, err := w.Write(p[max(from, at)-at : min(to, pEnd)-at]); err != nil {
+				return err
+			}
+		}
+		at = pEnd
+	}
+	return nil
+}
+
+// checkSegment validates the metadata of a segment before it is read.
+func checkSegment(seg *metastorepb.Segment) error {
+	k, m := int(seg.GetK()), int(seg.GetM())
+	switch {
+	case seg == nil:
+		return fmt.Errorf("%w: nil", ErrInvalidSegment)
+	case k < 1 || m < 0 || k+m > erasure.MaxShards:
+		return fmt.Errorf("%w: %s: geometry %d+%d", ErrInvalidSegment, seg.GetId(), k, m)
+	case seg.GetLength() == 0 || seg.GetShardSize() == 0 || seg.GetShardSize() > MaxSegmentSize:
+		return fmt.Errorf("%w: %s: length %d, shard size %d", ErrInvalidSegment, seg.GetId(), seg.GetLength(), seg.GetShardSize())
+	case seg.GetLength() > uint64(k)*seg.GetShardSize():
+		return fmt.Errorf("%w: %s: %d bytes do not fit %d shards of %d", ErrInvalidSegment, seg.GetId(), seg.GetLength(), k, seg.GetShardSize())
+	}
+	return nil
+}
+
+type shardResult struct {
+	ref  *metastorepb.ShardRef
+	data []byte
+	err  error
+}
+
+// readSegment fetches enough good shards of seg, reconstructs missing data
+// shards, and returns the segment's plaintext as pieces.
+func (s *Store) readSegment(ctx context.Context, nodes map[string]ShardStore, seg *metastorepb.Segment) ([][]byte, error) {
+	if err := checkSegment(seg); err != nil {
+		return nil, err
+	}
+	k, m := int(seg.GetK()), int(seg.GetM())
+	codec, err := s.codec(k, m)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrInvalidSegment, seg.GetId(), err)
+	}
+
+	// Candidates: data shards first, then parity, each in index order.
+	var cands []*metastorepb.ShardRef
+	for _, ref := range seg.GetShards() {
+		if ref != nil && int(ref.GetIndex()) < k+m {
+			cands = append(cands, ref)
+		}
+	}
+	slices.SortStableFunc(cands, func(a, b *metastorepb.ShardRef) int { return int(a.GetIndex()) - int(b.GetIndex()) })
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel() // stops fetches still running once k shards are in
+	results := make(chan shardResult, len(cands))
+	shards := make([][]byte, k+m)
+	next, inflight, good := 0, 0, 0
+	launch := func() bool {
+		for next < len(cands) {
+			ref := cands[next]
+			next++
+			if shards[ref.GetIndex()] != nil {
+				continue
+			}
+			inflight++
+			go func() { results <- s.fetchShard(ctx, nodes, seg, ref) }()
+			return true
+		}
+		return false
+	}
+	for i := 0; i < k && launch(); i++ {
+	}
+
+	// Every HedgeAfter without k good shards, ask one more node for each
+	// fetch still outstanding.
+	var hedge <-chan time.Time
+	if s.cfg.HedgeAfter > 0 && m > 0 {
+		t := time.NewTicker(s.cfg.HedgeAfter)
+		defer t.Stop()
+		hedge = t.C
+	}
+	var errs []error
+	for good < k && inflight > 0 {
+		select {
+		case res := <-results:
+			inflight--
+			idx := res.ref.GetIndex()
+			switch {
+			case res.err != nil:
+				errs = append(errs, res.err)
+				if s.cfg.OnShardError != nil {
+					s.cfg.OnShardError(seg.GetId(), res.ref, res.err)
+				}
+				launch()
+			case shards[idx] == nil:
+				shards[idx] = res.data
+				good++
+			}
+		case <-hedge:
+			for range inflight {
+				launch()
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if good < k {
+		return nil, fmt.Errorf("%w: %s: %d of %d needed shards: %w", ErrSegmentUnreadable, seg.GetId(), good, k, errors.Join(errs...))
+	}
+	for i := 0; i < k; i++ {
+		if shards[i] == nil {
+			if err := codec.Reconstruct(shards); err != nil {
+				return nil, fmt.Errorf("%w: %s: %w", ErrSegmentUnreadable, seg.GetId(), err)
+			}
+			break
+		}
+	}
+	return s.seal.Open(seg, shards[:k])
+}
+
+// fetchShard gets one shard and checks its size and checksum.
+func (s *Store) fetchShard(ctx context.Context, nodes map[string]ShardStore, seg *metastorepb.Segment, ref *metastorepb.ShardRef) shardResult {
+	res := shardResult{ref: ref}
+	id := ShardID{Segment: seg.GetId(), Index: ref.GetIndex()}
+	store, ok := nodes[ref.GetNode()]
+	if !ok {
+		res.err = fmt.Errorf("%w: shard %s on %q", ErrNodeUnavailable, id, ref.GetNode())
+		return res
+	}
+	data, err := store.Get(ctx, id)
+	switch {
+	case err != nil:
+		res.err = fmt.Errorf("shard %s on %s: %w", id, ref.GetNode(), err)
+	case uint64(len(data)) != seg.GetShardSize():
+		res.err = fmt.Errorf("%w: shard %s on %s is %d bytes, want %d", ErrShardCorrupt, id, ref.GetNode(), len(data), seg.GetShardSize())
+	default:
+		sum := blake3.Sum256(data)
+		if string(sum[:]) != string(ref.GetBlake3()) {
+			res.err = fmt.Errorf("%w: shard %s on %s: BLAKE3 mismatch", ErrShardCorrupt, id, ref.GetNode())
+		} else {
+			res.data = data
+		}
+	}
+	return res
+}
+
+// Delete removes every shard of segs from its node, best effort: it tries
+// them all and returns the first error. A shard on a node that is not among
+// the current nodes is an ErrNodeUnavailable error.
+func (s *Store) Delete(ctx context.Context, segs []*metastorepb.Segment) error {
+	nodes := s.nodeMap()
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+	)
+	record := func(err error) {
+		mu.Lock()
+		if first == nil {
+			first = err
+		}
+		mu.Unlock()
+	}
+	sem := make(chan struct{}, 16)
+	for _, seg := range segs {
+		for _, ref := range seg.GetShards() {
+			id := ShardID{Segment: seg.GetId(), Index: ref.GetIndex()}
+			store, ok := nodes[ref.GetNode()]
+			if !ok {
+				record(fmt.Errorf("%w: shard %s on %q", ErrNodeUnavailable, id, ref.GetNode()))
+				continue
+			}
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				if err := store.Delete(ctx, id); err != nil {
+					record(fmt.Errorf("blobstore: delete %s on %s: %w", id, ref.GetNode(), err))
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	return first
+}
