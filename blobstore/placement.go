@@ -35,7 +35,9 @@ type NodeInfo struct {
 // Failure zones are spread evenly: places are filled in rounds, each round
 // taking the best remaining node of every zone that still has one, in score
 // order. So the first places go to distinct zones, and no zone holds more
-// than its share. Nodes with no free space come last, whatever their zone.
+// than its share. Nodes with no free space (Free == 0: full, or not known)
+// come after all nodes with room, spread over zones the same way; when no
+// node reports its free space, placement is plain rendezvous hashing.
 // When there are fewer than n (distinct) nodes, Place returns them all, in
 // that order, with an error wrapping ErrNotEnoughNodes: the caller decides
 // whether that is enough. The first n nodes of Place(id, nodes, n2) for
@@ -43,10 +45,6 @@ type NodeInfo struct {
 func Place(segmentID string, nodes []NodeInfo, n int) ([]NodeInfo, error) {
 	if n <= 0 {
 		return nil, nil
-	}
-	type scored struct {
-		NodeInfo
-		score float64
 	}
 	seen := make(map[string]bool, len(nodes))
 	var roomy, full []scored
@@ -62,20 +60,37 @@ func Place(segmentID string, nodes []NodeInfo, n int) ([]NodeInfo, error) {
 			roomy = append(roomy, c)
 		}
 	}
-	byScore := func(a, b scored) int {
-		if c := cmp.Compare(b.score, a.score); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.ID, b.ID)
+	out := make([]NodeInfo, 0, min(n, len(roomy)+len(full)))
+	out = spreadZones(out, roomy, n)
+	out = spreadZones(out, full, n)
+	if len(out) < n {
+		return out, fmt.Errorf("%w: %d shards, %d nodes", ErrNotEnoughNodes, n, len(out))
 	}
-	slices.SortFunc(roomy, byScore)
-	slices.SortFunc(full, byScore)
+	return out, nil
+}
 
-	// Group by zone, each zone's nodes in score order, the zones in the
-	// order of their best node; then deal out rounds.
+type scored struct {
+	NodeInfo
+	score float64
+}
+
+// byScore orders the best score first, ties by node id.
+func byScore(a, b scored) int {
+	if c := cmp.Compare(b.score, a.score); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.ID, b.ID)
+}
+
+// spreadZones appends to out, until it holds n nodes, the candidates dealt
+// out in rounds: each round takes the best remaining node of every zone that
+// still has one, in score order.
+func spreadZones(out []NodeInfo, cands []scored, n int) []NodeInfo {
+	slices.SortFunc(cands, byScore)
+	// Group by zone, each zone's nodes in score order.
 	var zones [][]scored
 	zoneIdx := make(map[string]int)
-	for _, c := range roomy {
+	for _, c := range cands {
 		i, ok := zoneIdx[c.Zone]
 		if !ok {
 			i = len(zones)
@@ -84,14 +99,16 @@ func Place(segmentID string, nodes []NodeInfo, n int) ([]NodeInfo, error) {
 		}
 		zones[i] = append(zones[i], c)
 	}
-	out := make([]NodeInfo, 0, min(n, len(roomy)+len(full)))
 	var round []scored
-	for r := 0; len(out) < n && len(out) < len(roomy); r++ {
+	for r := 0; len(out) < n; r++ {
 		round = round[:0]
 		for _, z := range zones {
 			if r < len(z) {
 				round = append(round, z[r])
 			}
+		}
+		if len(round) == 0 {
+			break
 		}
 		slices.SortFunc(round, byScore)
 		for _, c := range round {
@@ -101,16 +118,7 @@ func Place(segmentID string, nodes []NodeInfo, n int) ([]NodeInfo, error) {
 			out = append(out, c.NodeInfo)
 		}
 	}
-	for _, c := range full {
-		if len(out) == n {
-			break
-		}
-		out = append(out, c.NodeInfo)
-	}
-	if len(out) < n {
-		return out, fmt.Errorf("%w: %d shards, %d nodes", ErrNotEnoughNodes, n, len(out))
-	}
-	return out, nil
+	return out
 }
 
 // hrwScore is the weighted rendezvous score of a node for a segment.

@@ -69,9 +69,15 @@ func TestPlaceNotEnoughNodes(t *testing.T) {
 
 func TestPlaceSpreadsZones(t *testing.T) {
 	// 9 nodes in 3 zones, heavily skewed weights: zones still come first.
-	nodes := testNodes(9, 3, 1<<30)
-	nodes[0].Free = 1 << 50
-	nodes[3].Free = 1 << 50 // also in z0
+	skewed := testNodes(9, 3, 1<<30)
+	skewed[0].Free = 1 << 50
+	skewed[3].Free = 1 << 50 // also in z0
+	t.Run("skewed", func(t *testing.T) { testSpreadsZones(t, skewed) })
+	// Nodes that do not report free space are spread the same way.
+	t.Run("unknown free", func(t *testing.T) { testSpreadsZones(t, testNodes(9, 3, 0)) })
+}
+
+func testSpreadsZones(t *testing.T, nodes []blobstore.NodeInfo) {
 	for s := range 300 {
 		got, err := blobstore.Place(fmt.Sprintf("seg%d", s), nodes, 3)
 		if err != nil {
