@@ -213,10 +213,13 @@ func newSegmentID() string {
 // A segment is written when WriteQuorum(k, m) of its shards are durable; its
 // ShardRefs name only the shards that were, and any missing ones are for
 // repair to add. A Put that fails is retried on the next unused node in
-// placement order (a spare), while there is one. Write returns the segments in order and the number of
-// bytes read from r. When a segment misses its quorum the error wraps
-// ErrWriteQuorum; on any error Write deletes what it wrote (best effort) and
-// nothing it returns is usable.
+// placement order (a spare), while there is one. Write returns the segments
+// in order and the number of bytes read from r. When a segment misses its
+// quorum the error wraps ErrWriteQuorum; on any error Write deletes what it
+// wrote (best effort) and nothing it returns is usable.
+//
+// Memory: at most WriteConcurrency+1 segment buffers (each a segment plus its
+// parity) are in use, recycled through a pool.
 func (s *Store) Write(ctx context.Context, r io.Reader, h hash.Hash) ([]*metastorepb.Segment, int64, error) {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
