@@ -18,6 +18,76 @@ type txn struct {
 	now int64
 }
 
+// requestTTL is how long a request id is remembered for deduplication,
+// measured in proposer time. Retries come within seconds; this is generous.
+const requestTTL = int64(10 * 60 * 1e9)
+
+// applyOnce applies cmd unless its request id was applied before, in which
+// case the first result is returned again. Errors that are not refusals of
+// the command (the batch itself failing) are not remembered.
+func (t *txn) applyOnce(cmd *pb.Command) error {
+	if cmd.RequestId == "" {
+		return t.apply(cmd)
+	}
+	var prev pb.RequestRecord
+	found, err := t.load(reqKey(cmd.RequestId), &prev)
+	if err != nil {
+		return err
+	}
+	if found {
+		if r := prev.Result; r != nil {
+			return ErrorFromCode(r.ErrorCode, r.ErrorDetail)
+		}
+		return nil
+	}
+	res := t.apply(cmd)
+	rec := &pb.RequestRecord{Result: &pb.ApplyResult{}, TimeUnixNano: t.now}
+	if res != nil {
+		code := ErrorCode(res)
+		if code == "" {
+			return res // not a refusal: nothing to remember
+		}
+		rec.Result.ErrorCode, rec.Result.ErrorDetail = code, res.Error()
+	}
+	if err := t.put(reqKey(cmd.RequestId), rec); err != nil {
+		return err
+	}
+	if err := t.set(reqTimeKey(t.now, cmd.RequestId)); err != nil {
+		return err
+	}
+	if err := t.expireRequests(); err != nil {
+		return err
+	}
+	return res
+}
+
+// expireRequests forgets a bounded number of request ids older than
+// requestTTL before this command's time.
+func (t *txn) expireRequests() error {
+	pfx := []byte(pfxReqTime)
+	it, err := t.b.NewIter(&pebble.IterOptions{LowerBound: pfx, UpperBound: reqTimeKey(t.now-requestTTL, "")})
+	if err != nil {
+		return err
+	}
+	var keys [][]byte
+	for ok := it.First(); ok && len(keys) < 64; ok = it.Next() {
+		keys = append(keys, append([]byte(nil), it.Key()...))
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	for _, key := range keys {
+		id := string(key[len(pfx)+9:])
+		if err := t.del(reqKey(id)); err != nil {
+			return err
+		}
+		if err := t.del(key); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (t *txn) apply(cmd *pb.Command) error {
 	switch op := cmd.Op.(type) {
 	case *pb.Command_OpenUpload:
@@ -38,6 +108,12 @@ func (t *txn) apply(cmd *pb.Command) error {
 		return t.deleteManifest(op.DeleteManifest)
 	case *pb.Command_DeleteTag:
 		return t.deleteTag(op.DeleteTag)
+	case *pb.Command_RegisterNode:
+		return t.registerNode(op.RegisterNode)
+	case *pb.Command_RemoveNode:
+		return t.removeNode(op.RemoveNode)
+	case *pb.Command_SetNodeState:
+		return t.setNodeState(op.SetNodeState)
 	case nil:
 		return fmt.Errorf("%w: empty command", ErrCommandInvalid)
 	default:
@@ -249,8 +325,19 @@ func (t *txn) commitBlob(c *pb.CommitBlob) error {
 		}
 	}
 	if exists {
-		// Content is stored once: the new copy's shards are orphans.
-		if err := t.orphan(c.Repo, c.Digest, segs); err != nil {
+		// Content is stored once: the new copy's shards are orphans (but
+		// never segments the stored layout itself uses).
+		kept := make(map[string]bool, len(existing.Segments))
+		for _, s := range existing.Segments {
+			kept[s.Id] = true
+		}
+		var extra []*pb.Segment
+		for _, s := range segs {
+			if !kept[s.Id] {
+				extra = append(extra, s)
+			}
+		}
+		if err := t.orphan(c.Repo, c.Digest, extra); err != nil {
 			return err
 		}
 	} else {
@@ -534,4 +621,68 @@ func (t *txn) deleteTag(c *pb.DeleteTag) error {
 		return fmt.Errorf("%w: %s in %s", ErrTagUnknown, c.Tag, c.Repo)
 	}
 	return t.moveTag(c.Repo, c.Tag, "", true, &old)
+}
+
+// ---- node registry ----
+
+// Node states.
+const (
+	NodeAlive    = "alive"
+	NodeDead     = "dead"
+	NodeDraining = "draining"
+	NodeDrained  = "drained"
+)
+
+func (t *txn) registerNode(c *pb.RegisterNode) error {
+	n := c.Node
+	if n == nil || n.Id == "" {
+		return fmt.Errorf("%w: node needs an id", ErrCommandInvalid)
+	}
+	var old pb.NodeRecord
+	had, err := t.load(nodeKey(n.Id), &old)
+	if err != nil {
+		return err
+	}
+	rec := proto.Clone(n).(*pb.NodeRecord)
+	rec.RegisteredUnixNano = t.now
+	rec.State = NodeAlive
+	if had {
+		rec.RegisteredUnixNano = old.RegisteredUnixNano
+		if old.State == NodeDraining || old.State == NodeDrained {
+			rec.State = old.State // a restart does not end a drain
+		}
+	}
+	rec.UpdatedUnixNano = t.now
+	return t.put(nodeKey(n.Id), rec)
+}
+
+func (t *txn) removeNode(c *pb.RemoveNode) error {
+	if ok, err := t.has(nodeKey(c.Id)); err != nil {
+		return err
+	} else if !ok {
+		return fmt.Errorf("%w: %s", ErrNodeUnknown, c.Id)
+	}
+	return t.del(nodeKey(c.Id))
+}
+
+func (t *txn) setNodeState(c *pb.SetNodeState) error {
+	switch c.State {
+	case NodeAlive, NodeDead, NodeDraining, NodeDrained:
+	default:
+		return fmt.Errorf("%w: node state %q", ErrCommandInvalid, c.State)
+	}
+	var rec pb.NodeRecord
+	ok, err := t.load(nodeKey(c.Id), &rec)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrNodeUnknown, c.Id)
+	}
+	if rec.State == c.State {
+		return nil
+	}
+	rec.State = c.State
+	rec.UpdatedUnixNano = t.now
+	return t.put(nodeKey(c.Id), &rec)
 }

@@ -20,6 +20,7 @@ var (
 	ErrTagImmutable        = errors.New("metastore: tag is immutable")
 	ErrCommandInvalid      = errors.New("metastore: command invalid")
 	ErrCorrupt             = errors.New("metastore: stored record corrupt")
+	ErrNodeUnknown         = errors.New("metastore: node unknown")
 )
 
 var errorCodes = map[string]error{

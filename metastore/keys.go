@@ -22,6 +22,9 @@ import "encoding/binary"
 //	upload/<id>                           Upload
 //	orphan/<segment id>                   Segment whose shards no blob references
 //	outbox/<seq BE>                       Event
+//	node/<id>                             NodeRecord
+//	req/<request id>                      RequestRecord (deduplication of retried proposals)
+//	req-by-time/<time BE>\0<request id>   (empty) expiry index of req/
 const (
 	sep = "\x00"
 
@@ -42,6 +45,9 @@ const (
 	pfxUpload   = "upload/"
 	pfxOrphan   = "orphan/"
 	pfxOutbox   = "outbox/"
+	pfxNode     = "node/"
+	pfxReq      = "req/"
+	pfxReqTime  = "req-by-time/"
 )
 
 func k(parts ...string) []byte {
@@ -79,6 +85,17 @@ func refCountKey(dgst string) []byte          { return k(pfxRefCount, dgst) }
 func uploadKey(id string) []byte              { return k(pfxUpload, id) }
 func orphanKey(segID string) []byte           { return k(pfxOrphan, segID) }
 func outboxKey(seq uint64) []byte             { return be64(k(pfxOutbox), seq) }
+
+func nodeKey(id string) []byte { return k(pfxNode, id) }
+func reqKey(id string) []byte  { return k(pfxReq, id) }
+
+// reqTimeKey orders request ids by proposer time (negative times sort first).
+func reqTimeKey(t int64, id string) []byte {
+	if t < 0 {
+		t = 0
+	}
+	return append(be64([]byte(pfxReqTime), uint64(t)), append([]byte{0}, id...)...)
+}
 
 func tagHistKey(repo, tag string, seq uint64) []byte {
 	return be64(append(k(pfxTagHist, repo, tag), 0), seq)

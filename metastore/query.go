@@ -1,6 +1,7 @@
 package metastore
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -232,14 +233,15 @@ func (s *Store) scan(pfx, start []byte, fn func(key, value []byte) bool) error {
 	return it.Close()
 }
 
-// Fingerprint hashes the whole replicated state except the applied index:
+// Fingerprint hashes the whole replicated state except the applied index
+// and the request-deduplication records:
 // two replicas that applied the same log have the same fingerprint, and a
 // refused command leaves it unchanged.
 func (s *Store) Fingerprint() ([32]byte, error) {
 	h := sha256.New()
 	var n [binary.MaxVarintLen64]byte
 	err := s.scan([]byte{}, nil, func(k, v []byte) bool {
-		if string(k) == keyApplied {
+		if string(k) == keyApplied || bytes.HasPrefix(k, []byte(pfxReq)) || bytes.HasPrefix(k, []byte(pfxReqTime)) {
 			return true
 		}
 		h.Write(n[:binary.PutUvarint(n[:], uint64(len(k)))])
@@ -250,5 +252,33 @@ func (s *Store) Fingerprint() ([32]byte, error) {
 	})
 	var out [32]byte
 	copy(out[:], h.Sum(nil))
+	return out, err
+}
+
+// Node returns a node of the registry.
+func (s *Store) Node(id string) (*pb.NodeRecord, error) {
+	var n pb.NodeRecord
+	if err := s.load(nodeKey(id), &n, fmt.Errorf("%w: %s", ErrNodeUnknown, id)); err != nil {
+		return nil, err
+	}
+	return &n, nil
+}
+
+// Nodes returns every node of the registry, ordered by id.
+func (s *Store) Nodes() ([]*pb.NodeRecord, error) {
+	var out []*pb.NodeRecord
+	var derr error
+	err := s.scan([]byte(pfxNode), nil, func(key, v []byte) bool {
+		var n pb.NodeRecord
+		if err := proto.Unmarshal(v, &n); err != nil {
+			derr = fmt.Errorf("%w: %q: %v", ErrCorrupt, key, err)
+			return false
+		}
+		out = append(out, &n)
+		return true
+	})
+	if err == nil {
+		err = derr
+	}
 	return out, err
 }

@@ -83,7 +83,7 @@ func (s *Store) ApplyBatch(entries []Entry) []error {
 			res[i] = fmt.Errorf("%w: undecodable command at index %d: %v", ErrCommandInvalid, e.Index, err)
 		} else {
 			tx := &txn{b: b, now: cmd.TimeUnixNano}
-			res[i] = tx.apply(&cmd)
+			res[i] = tx.applyOnce(&cmd)
 		}
 		if e.Index > last {
 			last = e.Index

@@ -440,3 +440,83 @@ func FuzzApply(f *testing.F) {
 		}
 	})
 }
+
+// A proposal retried after a lost reply is applied once and answers as the
+// first time did, refusals included.
+func TestRequestIDsDeduplicate(t *testing.T) {
+	h := newHarness(t)
+	c := commitCmd("r", dg(1), 1, seg("s", 1))
+	c.RequestId = "req-1"
+	h.must(c)
+	h.must(c) // the retry succeeds like the first one
+	if o, _ := h.st.Orphans("", 10); len(o) != 0 {
+		t.Fatalf("a retried commit orphaned the blob's own segments: %v", o)
+	}
+	if rc, _ := h.st.RefCount(dg(1)); rc.Links != 1 {
+		t.Fatalf("retry applied twice: %v", rc)
+	}
+	m := manifestCmd("r", dg(100), []string{"v"}, dg(404))
+	m.RequestId = "req-2"
+	if err := h.apply(m); !errors.Is(err, ErrManifestBlobUnknown) {
+		t.Fatal(err)
+	}
+	h.must(commitCmd("r", dg(404), 1, seg("late", 1)))
+	if err := h.apply(m); !errors.Is(err, ErrManifestBlobUnknown) {
+		t.Fatalf("retry of a refused request must be refused the same way, got %v", err)
+	}
+	// Without a request id the same command is a new request.
+	m.RequestId = ""
+	h.must(m)
+	// Request ids expire by proposer time.
+	h.now += requestTTL + 1e9
+	h.must(commitCmd("r", dg(2), 1, seg("s2", 1)))
+	x := commitCmd("r", dg(3), 1, seg("s3", 1))
+	x.RequestId = "req-3"
+	h.must(x)
+	if ok, _ := h.st.has(reqKey("req-1")); ok {
+		t.Fatal("expired request id kept")
+	}
+	if ok, _ := h.st.has(reqKey("req-3")); !ok {
+		t.Fatal("fresh request id not kept")
+	}
+}
+
+// A second commit of stored content orphans only the new copy's segments.
+func TestDuplicateCommitOrphansOnlyNewSegments(t *testing.T) {
+	h := newHarness(t)
+	h.must(commitCmd("r", dg(1), 2, seg("a", 1), seg("b", 1)))
+	h.must(commitCmd("r", dg(1), 2, seg("a", 1), seg("c", 1)))
+	o, _ := h.st.Orphans("", 10)
+	if len(o) != 1 || o[0].Id != "c" {
+		t.Fatalf("orphans %v", o)
+	}
+}
+
+func TestNodeRegistry(t *testing.T) {
+	h := newHarness(t)
+	reg := func(id, addr string) *pb.Command {
+		return &pb.Command{Op: &pb.Command_RegisterNode{RegisterNode: &pb.RegisterNode{Node: &pb.NodeRecord{
+			Id: id, GrpcAddr: addr, Roles: []string{"storage"}, Zone: "z1"}}}}
+	}
+	h.must(reg("s1", "a:1"))
+	h.must(reg("s2", "a:2"))
+	h.refuse(&pb.Command{Op: &pb.Command_SetNodeState{SetNodeState: &pb.SetNodeState{Id: "s9", State: NodeDead}}}, ErrNodeUnknown)
+	h.refuse(&pb.Command{Op: &pb.Command_SetNodeState{SetNodeState: &pb.SetNodeState{Id: "s1", State: "sleepy"}}}, ErrCommandInvalid)
+	h.must(&pb.Command{Op: &pb.Command_SetNodeState{SetNodeState: &pb.SetNodeState{Id: "s1", State: NodeDraining}}})
+	h.must(reg("s1", "a:11")) // a restart re-registers but does not end the drain
+	n, err := h.st.Node("s1")
+	if err != nil || n.GrpcAddr != "a:11" || n.State != NodeDraining {
+		t.Fatalf("node %v %v", n, err)
+	}
+	h.must(&pb.Command{Op: &pb.Command_SetNodeState{SetNodeState: &pb.SetNodeState{Id: "s2", State: NodeDead}}})
+	h.must(reg("s2", "a:2"))
+	if n, _ := h.st.Node("s2"); n.State != NodeAlive {
+		t.Fatalf("a dead node that registers again is alive: %v", n)
+	}
+	h.must(&pb.Command{Op: &pb.Command_RemoveNode{RemoveNode: &pb.RemoveNode{Id: "s2"}}})
+	h.refuse(&pb.Command{Op: &pb.Command_RemoveNode{RemoveNode: &pb.RemoveNode{Id: "s2"}}}, ErrNodeUnknown)
+	nodes, _ := h.st.Nodes()
+	if len(nodes) != 1 || nodes[0].Id != "s1" {
+		t.Fatalf("nodes %v", nodes)
+	}
+}

@@ -33,6 +33,10 @@ type Command struct {
 	// Wall-clock time at the proposer, in Unix nanoseconds. Apply uses this and
 	// never its own clock.
 	TimeUnixNano int64 `protobuf:"varint,1,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	// Drawn once per logical request by the proposer and kept across retries:
+	// a command whose request id was already applied is not applied again,
+	// and its first result is returned (so a retry after a lost reply is safe).
+	RequestId string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// Types that are valid to be assigned to Op:
 	//
 	//	*Command_OpenUpload
@@ -44,6 +48,9 @@ type Command struct {
 	//	*Command_PutManifest
 	//	*Command_DeleteManifest
 	//	*Command_DeleteTag
+	//	*Command_RegisterNode
+	//	*Command_RemoveNode
+	//	*Command_SetNodeState
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -84,6 +91,13 @@ func (x *Command) GetTimeUnixNano() int64 {
 		return x.TimeUnixNano
 	}
 	return 0
+}
+
+func (x *Command) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
 }
 
 func (x *Command) GetOp() isCommand_Op {
@@ -174,6 +188,33 @@ func (x *Command) GetDeleteTag() *DeleteTag {
 	return nil
 }
 
+func (x *Command) GetRegisterNode() *RegisterNode {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RegisterNode); ok {
+			return x.RegisterNode
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRemoveNode() *RemoveNode {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RemoveNode); ok {
+			return x.RemoveNode
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetNodeState() *SetNodeState {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetNodeState); ok {
+			return x.SetNodeState
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -214,6 +255,18 @@ type Command_DeleteTag struct {
 	DeleteTag *DeleteTag `protobuf:"bytes,18,opt,name=delete_tag,json=deleteTag,proto3,oneof"`
 }
 
+type Command_RegisterNode struct {
+	RegisterNode *RegisterNode `protobuf:"bytes,19,opt,name=register_node,json=registerNode,proto3,oneof"`
+}
+
+type Command_RemoveNode struct {
+	RemoveNode *RemoveNode `protobuf:"bytes,20,opt,name=remove_node,json=removeNode,proto3,oneof"`
+}
+
+type Command_SetNodeState struct {
+	SetNodeState *SetNodeState `protobuf:"bytes,21,opt,name=set_node_state,json=setNodeState,proto3,oneof"`
+}
+
 func (*Command_OpenUpload) isCommand_Op() {}
 
 func (*Command_UpdateUpload) isCommand_Op() {}
@@ -232,6 +285,317 @@ func (*Command_DeleteManifest) isCommand_Op() {}
 
 func (*Command_DeleteTag) isCommand_Op() {}
 
+func (*Command_RegisterNode) isCommand_Op() {}
+
+func (*Command_RemoveNode) isCommand_Op() {}
+
+func (*Command_SetNodeState) isCommand_Op() {}
+
+// NodeRecord is a member of the cluster as the registry knows it. Stored
+// under node/<id>.
+type NodeRecord struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Id                 string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	RaftAddr           string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"` // empty unless the node has the meta role
+	GrpcAddr           string                 `protobuf:"bytes,3,opt,name=grpc_addr,json=grpcAddr,proto3" json:"grpc_addr,omitempty"`
+	HttpAddr           string                 `protobuf:"bytes,4,opt,name=http_addr,json=httpAddr,proto3" json:"http_addr,omitempty"` // empty unless the node has the api role
+	Roles              []string               `protobuf:"bytes,5,rep,name=roles,proto3" json:"roles,omitempty"`
+	Zone               string                 `protobuf:"bytes,6,opt,name=zone,proto3" json:"zone,omitempty"`
+	State              string                 `protobuf:"bytes,7,opt,name=state,proto3" json:"state,omitempty"` // "alive", "dead", "draining", "drained"
+	RegisteredUnixNano int64                  `protobuf:"varint,8,opt,name=registered_unix_nano,json=registeredUnixNano,proto3" json:"registered_unix_nano,omitempty"`
+	UpdatedUnixNano    int64                  `protobuf:"varint,9,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *NodeRecord) Reset() {
+	*x = NodeRecord{}
+	mi := &file_metastore_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeRecord) ProtoMessage() {}
+
+func (x *NodeRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
+func (*NodeRecord) Descriptor() ([]byte, []int) {
+	return file_metastore_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *NodeRecord) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetRaftAddr() string {
+	if x != nil {
+		return x.RaftAddr
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetGrpcAddr() string {
+	if x != nil {
+		return x.GrpcAddr
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetHttpAddr() string {
+	if x != nil {
+		return x.HttpAddr
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
+}
+
+func (x *NodeRecord) GetZone() string {
+	if x != nil {
+		return x.Zone
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *NodeRecord) GetRegisteredUnixNano() int64 {
+	if x != nil {
+		return x.RegisteredUnixNano
+	}
+	return 0
+}
+
+func (x *NodeRecord) GetUpdatedUnixNano() int64 {
+	if x != nil {
+		return x.UpdatedUnixNano
+	}
+	return 0
+}
+
+// RegisterNode adds a node to the registry or updates its addresses.
+type RegisterNode struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          *NodeRecord            `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterNode) Reset() {
+	*x = RegisterNode{}
+	mi := &file_metastore_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterNode) ProtoMessage() {}
+
+func (x *RegisterNode) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterNode.ProtoReflect.Descriptor instead.
+func (*RegisterNode) Descriptor() ([]byte, []int) {
+	return file_metastore_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RegisterNode) GetNode() *NodeRecord {
+	if x != nil {
+		return x.Node
+	}
+	return nil
+}
+
+type RemoveNode struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveNode) Reset() {
+	*x = RemoveNode{}
+	mi := &file_metastore_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveNode) ProtoMessage() {}
+
+func (x *RemoveNode) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveNode.ProtoReflect.Descriptor instead.
+func (*RemoveNode) Descriptor() ([]byte, []int) {
+	return file_metastore_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RemoveNode) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type SetNodeState struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	State         string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetNodeState) Reset() {
+	*x = SetNodeState{}
+	mi := &file_metastore_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetNodeState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetNodeState) ProtoMessage() {}
+
+func (x *SetNodeState) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetNodeState.ProtoReflect.Descriptor instead.
+func (*SetNodeState) Descriptor() ([]byte, []int) {
+	return file_metastore_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SetNodeState) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SetNodeState) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+// RequestRecord remembers the result of an applied request id. Stored under
+// req/<id>, with an index req-by-time/<time BE>\0<id> for expiry.
+type RequestRecord struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Result        *ApplyResult           `protobuf:"bytes,1,opt,name=result,proto3" json:"result,omitempty"`
+	TimeUnixNano  int64                  `protobuf:"varint,2,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestRecord) Reset() {
+	*x = RequestRecord{}
+	mi := &file_metastore_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestRecord) ProtoMessage() {}
+
+func (x *RequestRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
+func (*RequestRecord) Descriptor() ([]byte, []int) {
+	return file_metastore_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RequestRecord) GetResult() *ApplyResult {
+	if x != nil {
+		return x.Result
+	}
+	return nil
+}
+
+func (x *RequestRecord) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
 // ShardRef locates one shard of a segment.
 type ShardRef struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -244,7 +608,7 @@ type ShardRef struct {
 
 func (x *ShardRef) Reset() {
 	*x = ShardRef{}
-	mi := &file_metastore_proto_msgTypes[1]
+	mi := &file_metastore_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -256,7 +620,7 @@ func (x *ShardRef) String() string {
 func (*ShardRef) ProtoMessage() {}
 
 func (x *ShardRef) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[1]
+	mi := &file_metastore_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -269,7 +633,7 @@ func (x *ShardRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardRef.ProtoReflect.Descriptor instead.
 func (*ShardRef) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{1}
+	return file_metastore_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ShardRef) GetIndex() uint32 {
@@ -312,7 +676,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_metastore_proto_msgTypes[2]
+	mi := &file_metastore_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -324,7 +688,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[2]
+	mi := &file_metastore_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -337,7 +701,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{2}
+	return file_metastore_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Segment) GetId() string {
@@ -409,7 +773,7 @@ type BlobLayout struct {
 
 func (x *BlobLayout) Reset() {
 	*x = BlobLayout{}
-	mi := &file_metastore_proto_msgTypes[3]
+	mi := &file_metastore_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -421,7 +785,7 @@ func (x *BlobLayout) String() string {
 func (*BlobLayout) ProtoMessage() {}
 
 func (x *BlobLayout) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[3]
+	mi := &file_metastore_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -434,7 +798,7 @@ func (x *BlobLayout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobLayout.ProtoReflect.Descriptor instead.
 func (*BlobLayout) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{3}
+	return file_metastore_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *BlobLayout) GetDigest() string {
@@ -481,7 +845,7 @@ type Upload struct {
 
 func (x *Upload) Reset() {
 	*x = Upload{}
-	mi := &file_metastore_proto_msgTypes[4]
+	mi := &file_metastore_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -493,7 +857,7 @@ func (x *Upload) String() string {
 func (*Upload) ProtoMessage() {}
 
 func (x *Upload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[4]
+	mi := &file_metastore_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -506,7 +870,7 @@ func (x *Upload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Upload.ProtoReflect.Descriptor instead.
 func (*Upload) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{4}
+	return file_metastore_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Upload) GetId() string {
@@ -569,7 +933,7 @@ type RefCount struct {
 
 func (x *RefCount) Reset() {
 	*x = RefCount{}
-	mi := &file_metastore_proto_msgTypes[5]
+	mi := &file_metastore_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +945,7 @@ func (x *RefCount) String() string {
 func (*RefCount) ProtoMessage() {}
 
 func (x *RefCount) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[5]
+	mi := &file_metastore_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +958,7 @@ func (x *RefCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefCount.ProtoReflect.Descriptor instead.
 func (*RefCount) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{5}
+	return file_metastore_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RefCount) GetLinks() int64 {
@@ -629,7 +993,7 @@ type ManifestRecord struct {
 
 func (x *ManifestRecord) Reset() {
 	*x = ManifestRecord{}
-	mi := &file_metastore_proto_msgTypes[6]
+	mi := &file_metastore_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +1005,7 @@ func (x *ManifestRecord) String() string {
 func (*ManifestRecord) ProtoMessage() {}
 
 func (x *ManifestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[6]
+	mi := &file_metastore_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +1018,7 @@ func (x *ManifestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManifestRecord.ProtoReflect.Descriptor instead.
 func (*ManifestRecord) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{6}
+	return file_metastore_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ManifestRecord) GetDigest() string {
@@ -732,7 +1096,7 @@ type TagRecord struct {
 
 func (x *TagRecord) Reset() {
 	*x = TagRecord{}
-	mi := &file_metastore_proto_msgTypes[7]
+	mi := &file_metastore_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -744,7 +1108,7 @@ func (x *TagRecord) String() string {
 func (*TagRecord) ProtoMessage() {}
 
 func (x *TagRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[7]
+	mi := &file_metastore_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -757,7 +1121,7 @@ func (x *TagRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagRecord.ProtoReflect.Descriptor instead.
 func (*TagRecord) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{7}
+	return file_metastore_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TagRecord) GetDigest() string {
@@ -792,7 +1156,7 @@ type TagHistoryEntry struct {
 
 func (x *TagHistoryEntry) Reset() {
 	*x = TagHistoryEntry{}
-	mi := &file_metastore_proto_msgTypes[8]
+	mi := &file_metastore_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -804,7 +1168,7 @@ func (x *TagHistoryEntry) String() string {
 func (*TagHistoryEntry) ProtoMessage() {}
 
 func (x *TagHistoryEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[8]
+	mi := &file_metastore_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -817,7 +1181,7 @@ func (x *TagHistoryEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagHistoryEntry.ProtoReflect.Descriptor instead.
 func (*TagHistoryEntry) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{8}
+	return file_metastore_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TagHistoryEntry) GetDigest() string {
@@ -852,7 +1216,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_metastore_proto_msgTypes[9]
+	mi := &file_metastore_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -864,7 +1228,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[9]
+	mi := &file_metastore_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -877,7 +1241,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{9}
+	return file_metastore_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -953,7 +1317,7 @@ type OpenUpload struct {
 
 func (x *OpenUpload) Reset() {
 	*x = OpenUpload{}
-	mi := &file_metastore_proto_msgTypes[10]
+	mi := &file_metastore_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -965,7 +1329,7 @@ func (x *OpenUpload) String() string {
 func (*OpenUpload) ProtoMessage() {}
 
 func (x *OpenUpload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[10]
+	mi := &file_metastore_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -978,7 +1342,7 @@ func (x *OpenUpload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenUpload.ProtoReflect.Descriptor instead.
 func (*OpenUpload) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{10}
+	return file_metastore_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *OpenUpload) GetId() string {
@@ -1009,7 +1373,7 @@ type UpdateUpload struct {
 
 func (x *UpdateUpload) Reset() {
 	*x = UpdateUpload{}
-	mi := &file_metastore_proto_msgTypes[11]
+	mi := &file_metastore_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1021,7 +1385,7 @@ func (x *UpdateUpload) String() string {
 func (*UpdateUpload) ProtoMessage() {}
 
 func (x *UpdateUpload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[11]
+	mi := &file_metastore_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1034,7 +1398,7 @@ func (x *UpdateUpload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateUpload.ProtoReflect.Descriptor instead.
 func (*UpdateUpload) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{11}
+	return file_metastore_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *UpdateUpload) GetId() string {
@@ -1081,7 +1445,7 @@ type CancelUpload struct {
 
 func (x *CancelUpload) Reset() {
 	*x = CancelUpload{}
-	mi := &file_metastore_proto_msgTypes[12]
+	mi := &file_metastore_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1093,7 +1457,7 @@ func (x *CancelUpload) String() string {
 func (*CancelUpload) ProtoMessage() {}
 
 func (x *CancelUpload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[12]
+	mi := &file_metastore_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1106,7 +1470,7 @@ func (x *CancelUpload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelUpload.ProtoReflect.Descriptor instead.
 func (*CancelUpload) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{12}
+	return file_metastore_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CancelUpload) GetId() string {
@@ -1132,7 +1496,7 @@ type CommitBlob struct {
 
 func (x *CommitBlob) Reset() {
 	*x = CommitBlob{}
-	mi := &file_metastore_proto_msgTypes[13]
+	mi := &file_metastore_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1508,7 @@ func (x *CommitBlob) String() string {
 func (*CommitBlob) ProtoMessage() {}
 
 func (x *CommitBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[13]
+	mi := &file_metastore_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1521,7 @@ func (x *CommitBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitBlob.ProtoReflect.Descriptor instead.
 func (*CommitBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{13}
+	return file_metastore_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CommitBlob) GetRepo() string {
@@ -1214,7 +1578,7 @@ type MountBlob struct {
 
 func (x *MountBlob) Reset() {
 	*x = MountBlob{}
-	mi := &file_metastore_proto_msgTypes[14]
+	mi := &file_metastore_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1226,7 +1590,7 @@ func (x *MountBlob) String() string {
 func (*MountBlob) ProtoMessage() {}
 
 func (x *MountBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[14]
+	mi := &file_metastore_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1239,7 +1603,7 @@ func (x *MountBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountBlob.ProtoReflect.Descriptor instead.
 func (*MountBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{14}
+	return file_metastore_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MountBlob) GetRepo() string {
@@ -1273,7 +1637,7 @@ type UnlinkBlob struct {
 
 func (x *UnlinkBlob) Reset() {
 	*x = UnlinkBlob{}
-	mi := &file_metastore_proto_msgTypes[15]
+	mi := &file_metastore_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1285,7 +1649,7 @@ func (x *UnlinkBlob) String() string {
 func (*UnlinkBlob) ProtoMessage() {}
 
 func (x *UnlinkBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[15]
+	mi := &file_metastore_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1298,7 +1662,7 @@ func (x *UnlinkBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnlinkBlob.ProtoReflect.Descriptor instead.
 func (*UnlinkBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{15}
+	return file_metastore_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *UnlinkBlob) GetRepo() string {
@@ -1338,7 +1702,7 @@ type PutManifest struct {
 
 func (x *PutManifest) Reset() {
 	*x = PutManifest{}
-	mi := &file_metastore_proto_msgTypes[16]
+	mi := &file_metastore_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1350,7 +1714,7 @@ func (x *PutManifest) String() string {
 func (*PutManifest) ProtoMessage() {}
 
 func (x *PutManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[16]
+	mi := &file_metastore_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1363,7 +1727,7 @@ func (x *PutManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutManifest.ProtoReflect.Descriptor instead.
 func (*PutManifest) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{16}
+	return file_metastore_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PutManifest) GetRepo() string {
@@ -1460,7 +1824,7 @@ type DeleteManifest struct {
 
 func (x *DeleteManifest) Reset() {
 	*x = DeleteManifest{}
-	mi := &file_metastore_proto_msgTypes[17]
+	mi := &file_metastore_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1472,7 +1836,7 @@ func (x *DeleteManifest) String() string {
 func (*DeleteManifest) ProtoMessage() {}
 
 func (x *DeleteManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[17]
+	mi := &file_metastore_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1485,7 +1849,7 @@ func (x *DeleteManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteManifest.ProtoReflect.Descriptor instead.
 func (*DeleteManifest) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{17}
+	return file_metastore_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteManifest) GetRepo() string {
@@ -1512,7 +1876,7 @@ type DeleteTag struct {
 
 func (x *DeleteTag) Reset() {
 	*x = DeleteTag{}
-	mi := &file_metastore_proto_msgTypes[18]
+	mi := &file_metastore_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1524,7 +1888,7 @@ func (x *DeleteTag) String() string {
 func (*DeleteTag) ProtoMessage() {}
 
 func (x *DeleteTag) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[18]
+	mi := &file_metastore_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1537,7 +1901,7 @@ func (x *DeleteTag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTag.ProtoReflect.Descriptor instead.
 func (*DeleteTag) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{18}
+	return file_metastore_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteTag) GetRepo() string {
@@ -1566,7 +1930,7 @@ type ApplyResult struct {
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_metastore_proto_msgTypes[19]
+	mi := &file_metastore_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1578,7 +1942,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[19]
+	mi := &file_metastore_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1591,7 +1955,7 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{19}
+	return file_metastore_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ApplyResult) GetErrorCode() string {
@@ -1619,7 +1983,7 @@ type Repository struct {
 
 func (x *Repository) Reset() {
 	*x = Repository{}
-	mi := &file_metastore_proto_msgTypes[20]
+	mi := &file_metastore_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1631,7 +1995,7 @@ func (x *Repository) String() string {
 func (*Repository) ProtoMessage() {}
 
 func (x *Repository) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[20]
+	mi := &file_metastore_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1644,7 +2008,7 @@ func (x *Repository) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Repository.ProtoReflect.Descriptor instead.
 func (*Repository) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{20}
+	return file_metastore_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Repository) GetName() string {
@@ -1676,7 +2040,7 @@ type Descriptor struct {
 
 func (x *Descriptor) Reset() {
 	*x = Descriptor{}
-	mi := &file_metastore_proto_msgTypes[21]
+	mi := &file_metastore_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +2052,7 @@ func (x *Descriptor) String() string {
 func (*Descriptor) ProtoMessage() {}
 
 func (x *Descriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[21]
+	mi := &file_metastore_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,7 +2065,7 @@ func (x *Descriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Descriptor.ProtoReflect.Descriptor instead.
 func (*Descriptor) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{21}
+	return file_metastore_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Descriptor) GetMediaType() string {
@@ -1743,9 +2107,11 @@ var File_metastore_proto protoreflect.FileDescriptor
 
 const file_metastore_proto_rawDesc = "" +
 	"\n" +
-	"\x0fmetastore.proto\x12\x13strata.metastore.v1\"\xae\x05\n" +
+	"\x0fmetastore.proto\x12\x13strata.metastore.v1\"\xa6\a\n" +
 	"\aCommand\x12$\n" +
-	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12B\n" +
+	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\x12B\n" +
 	"\vopen_upload\x18\n" +
 	" \x01(\v2\x1f.strata.metastore.v1.OpenUploadH\x00R\n" +
 	"openUpload\x12H\n" +
@@ -1760,8 +2126,34 @@ const file_metastore_proto_rawDesc = "" +
 	"\fput_manifest\x18\x10 \x01(\v2 .strata.metastore.v1.PutManifestH\x00R\vputManifest\x12N\n" +
 	"\x0fdelete_manifest\x18\x11 \x01(\v2#.strata.metastore.v1.DeleteManifestH\x00R\x0edeleteManifest\x12?\n" +
 	"\n" +
-	"delete_tag\x18\x12 \x01(\v2\x1e.strata.metastore.v1.DeleteTagH\x00R\tdeleteTagB\x04\n" +
-	"\x02op\"L\n" +
+	"delete_tag\x18\x12 \x01(\v2\x1e.strata.metastore.v1.DeleteTagH\x00R\tdeleteTag\x12H\n" +
+	"\rregister_node\x18\x13 \x01(\v2!.strata.metastore.v1.RegisterNodeH\x00R\fregisterNode\x12B\n" +
+	"\vremove_node\x18\x14 \x01(\v2\x1f.strata.metastore.v1.RemoveNodeH\x00R\n" +
+	"removeNode\x12I\n" +
+	"\x0eset_node_state\x18\x15 \x01(\v2!.strata.metastore.v1.SetNodeStateH\x00R\fsetNodeStateB\x04\n" +
+	"\x02op\"\x91\x02\n" +
+	"\n" +
+	"NodeRecord\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1b\n" +
+	"\tgrpc_addr\x18\x03 \x01(\tR\bgrpcAddr\x12\x1b\n" +
+	"\thttp_addr\x18\x04 \x01(\tR\bhttpAddr\x12\x14\n" +
+	"\x05roles\x18\x05 \x03(\tR\x05roles\x12\x12\n" +
+	"\x04zone\x18\x06 \x01(\tR\x04zone\x12\x14\n" +
+	"\x05state\x18\a \x01(\tR\x05state\x120\n" +
+	"\x14registered_unix_nano\x18\b \x01(\x03R\x12registeredUnixNano\x12*\n" +
+	"\x11updated_unix_nano\x18\t \x01(\x03R\x0fupdatedUnixNano\"C\n" +
+	"\fRegisterNode\x123\n" +
+	"\x04node\x18\x01 \x01(\v2\x1f.strata.metastore.v1.NodeRecordR\x04node\"\x1c\n" +
+	"\n" +
+	"RemoveNode\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"4\n" +
+	"\fSetNodeState\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\"o\n" +
+	"\rRequestRecord\x128\n" +
+	"\x06result\x18\x01 \x01(\v2 .strata.metastore.v1.ApplyResultR\x06result\x12$\n" +
+	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\"L\n" +
 	"\bShardRef\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x16\n" +
@@ -1901,51 +2293,61 @@ func file_metastore_proto_rawDescGZIP() []byte {
 	return file_metastore_proto_rawDescData
 }
 
-var file_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_metastore_proto_goTypes = []any{
 	(*Command)(nil),         // 0: strata.metastore.v1.Command
-	(*ShardRef)(nil),        // 1: strata.metastore.v1.ShardRef
-	(*Segment)(nil),         // 2: strata.metastore.v1.Segment
-	(*BlobLayout)(nil),      // 3: strata.metastore.v1.BlobLayout
-	(*Upload)(nil),          // 4: strata.metastore.v1.Upload
-	(*RefCount)(nil),        // 5: strata.metastore.v1.RefCount
-	(*ManifestRecord)(nil),  // 6: strata.metastore.v1.ManifestRecord
-	(*TagRecord)(nil),       // 7: strata.metastore.v1.TagRecord
-	(*TagHistoryEntry)(nil), // 8: strata.metastore.v1.TagHistoryEntry
-	(*Event)(nil),           // 9: strata.metastore.v1.Event
-	(*OpenUpload)(nil),      // 10: strata.metastore.v1.OpenUpload
-	(*UpdateUpload)(nil),    // 11: strata.metastore.v1.UpdateUpload
-	(*CancelUpload)(nil),    // 12: strata.metastore.v1.CancelUpload
-	(*CommitBlob)(nil),      // 13: strata.metastore.v1.CommitBlob
-	(*MountBlob)(nil),       // 14: strata.metastore.v1.MountBlob
-	(*UnlinkBlob)(nil),      // 15: strata.metastore.v1.UnlinkBlob
-	(*PutManifest)(nil),     // 16: strata.metastore.v1.PutManifest
-	(*DeleteManifest)(nil),  // 17: strata.metastore.v1.DeleteManifest
-	(*DeleteTag)(nil),       // 18: strata.metastore.v1.DeleteTag
-	(*ApplyResult)(nil),     // 19: strata.metastore.v1.ApplyResult
-	(*Repository)(nil),      // 20: strata.metastore.v1.Repository
-	(*Descriptor)(nil),      // 21: strata.metastore.v1.Descriptor
+	(*NodeRecord)(nil),      // 1: strata.metastore.v1.NodeRecord
+	(*RegisterNode)(nil),    // 2: strata.metastore.v1.RegisterNode
+	(*RemoveNode)(nil),      // 3: strata.metastore.v1.RemoveNode
+	(*SetNodeState)(nil),    // 4: strata.metastore.v1.SetNodeState
+	(*RequestRecord)(nil),   // 5: strata.metastore.v1.RequestRecord
+	(*ShardRef)(nil),        // 6: strata.metastore.v1.ShardRef
+	(*Segment)(nil),         // 7: strata.metastore.v1.Segment
+	(*BlobLayout)(nil),      // 8: strata.metastore.v1.BlobLayout
+	(*Upload)(nil),          // 9: strata.metastore.v1.Upload
+	(*RefCount)(nil),        // 10: strata.metastore.v1.RefCount
+	(*ManifestRecord)(nil),  // 11: strata.metastore.v1.ManifestRecord
+	(*TagRecord)(nil),       // 12: strata.metastore.v1.TagRecord
+	(*TagHistoryEntry)(nil), // 13: strata.metastore.v1.TagHistoryEntry
+	(*Event)(nil),           // 14: strata.metastore.v1.Event
+	(*OpenUpload)(nil),      // 15: strata.metastore.v1.OpenUpload
+	(*UpdateUpload)(nil),    // 16: strata.metastore.v1.UpdateUpload
+	(*CancelUpload)(nil),    // 17: strata.metastore.v1.CancelUpload
+	(*CommitBlob)(nil),      // 18: strata.metastore.v1.CommitBlob
+	(*MountBlob)(nil),       // 19: strata.metastore.v1.MountBlob
+	(*UnlinkBlob)(nil),      // 20: strata.metastore.v1.UnlinkBlob
+	(*PutManifest)(nil),     // 21: strata.metastore.v1.PutManifest
+	(*DeleteManifest)(nil),  // 22: strata.metastore.v1.DeleteManifest
+	(*DeleteTag)(nil),       // 23: strata.metastore.v1.DeleteTag
+	(*ApplyResult)(nil),     // 24: strata.metastore.v1.ApplyResult
+	(*Repository)(nil),      // 25: strata.metastore.v1.Repository
+	(*Descriptor)(nil),      // 26: strata.metastore.v1.Descriptor
 }
 var file_metastore_proto_depIdxs = []int32{
-	10, // 0: strata.metastore.v1.Command.open_upload:type_name -> strata.metastore.v1.OpenUpload
-	11, // 1: strata.metastore.v1.Command.update_upload:type_name -> strata.metastore.v1.UpdateUpload
-	12, // 2: strata.metastore.v1.Command.cancel_upload:type_name -> strata.metastore.v1.CancelUpload
-	13, // 3: strata.metastore.v1.Command.commit_blob:type_name -> strata.metastore.v1.CommitBlob
-	14, // 4: strata.metastore.v1.Command.mount_blob:type_name -> strata.metastore.v1.MountBlob
-	15, // 5: strata.metastore.v1.Command.unlink_blob:type_name -> strata.metastore.v1.UnlinkBlob
-	16, // 6: strata.metastore.v1.Command.put_manifest:type_name -> strata.metastore.v1.PutManifest
-	17, // 7: strata.metastore.v1.Command.delete_manifest:type_name -> strata.metastore.v1.DeleteManifest
-	18, // 8: strata.metastore.v1.Command.delete_tag:type_name -> strata.metastore.v1.DeleteTag
-	1,  // 9: strata.metastore.v1.Segment.shards:type_name -> strata.metastore.v1.ShardRef
-	2,  // 10: strata.metastore.v1.BlobLayout.segments:type_name -> strata.metastore.v1.Segment
-	2,  // 11: strata.metastore.v1.Upload.segments:type_name -> strata.metastore.v1.Segment
-	2,  // 12: strata.metastore.v1.UpdateUpload.segments:type_name -> strata.metastore.v1.Segment
-	2,  // 13: strata.metastore.v1.CommitBlob.segments:type_name -> strata.metastore.v1.Segment
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	15, // 0: strata.metastore.v1.Command.open_upload:type_name -> strata.metastore.v1.OpenUpload
+	16, // 1: strata.metastore.v1.Command.update_upload:type_name -> strata.metastore.v1.UpdateUpload
+	17, // 2: strata.metastore.v1.Command.cancel_upload:type_name -> strata.metastore.v1.CancelUpload
+	18, // 3: strata.metastore.v1.Command.commit_blob:type_name -> strata.metastore.v1.CommitBlob
+	19, // 4: strata.metastore.v1.Command.mount_blob:type_name -> strata.metastore.v1.MountBlob
+	20, // 5: strata.metastore.v1.Command.unlink_blob:type_name -> strata.metastore.v1.UnlinkBlob
+	21, // 6: strata.metastore.v1.Command.put_manifest:type_name -> strata.metastore.v1.PutManifest
+	22, // 7: strata.metastore.v1.Command.delete_manifest:type_name -> strata.metastore.v1.DeleteManifest
+	23, // 8: strata.metastore.v1.Command.delete_tag:type_name -> strata.metastore.v1.DeleteTag
+	2,  // 9: strata.metastore.v1.Command.register_node:type_name -> strata.metastore.v1.RegisterNode
+	3,  // 10: strata.metastore.v1.Command.remove_node:type_name -> strata.metastore.v1.RemoveNode
+	4,  // 11: strata.metastore.v1.Command.set_node_state:type_name -> strata.metastore.v1.SetNodeState
+	1,  // 12: strata.metastore.v1.RegisterNode.node:type_name -> strata.metastore.v1.NodeRecord
+	24, // 13: strata.metastore.v1.RequestRecord.result:type_name -> strata.metastore.v1.ApplyResult
+	6,  // 14: strata.metastore.v1.Segment.shards:type_name -> strata.metastore.v1.ShardRef
+	7,  // 15: strata.metastore.v1.BlobLayout.segments:type_name -> strata.metastore.v1.Segment
+	7,  // 16: strata.metastore.v1.Upload.segments:type_name -> strata.metastore.v1.Segment
+	7,  // 17: strata.metastore.v1.UpdateUpload.segments:type_name -> strata.metastore.v1.Segment
+	7,  // 18: strata.metastore.v1.CommitBlob.segments:type_name -> strata.metastore.v1.Segment
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_metastore_proto_init() }
@@ -1963,6 +2365,9 @@ func file_metastore_proto_init() {
 		(*Command_PutManifest)(nil),
 		(*Command_DeleteManifest)(nil),
 		(*Command_DeleteTag)(nil),
+		(*Command_RegisterNode)(nil),
+		(*Command_RemoveNode)(nil),
+		(*Command_SetNodeState)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1970,7 +2375,7 @@ func file_metastore_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metastore_proto_rawDesc), len(file_metastore_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
