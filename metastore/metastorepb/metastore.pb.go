@@ -8,7 +8,7 @@
 // versions:
 // 	protoc-gen-go v1.36.12
 // 	protoc        v3.21.12
-// source: metastore.proto
+// source: metastore/metastorepb/metastore.proto
 
 package metastorepb
 
@@ -58,7 +58,7 @@ type Command struct {
 
 func (x *Command) Reset() {
 	*x = Command{}
-	mi := &file_metastore_proto_msgTypes[0]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[0]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -70,7 +70,7 @@ func (x *Command) String() string {
 func (*Command) ProtoMessage() {}
 
 func (x *Command) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[0]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[0]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -83,7 +83,7 @@ func (x *Command) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Command.ProtoReflect.Descriptor instead.
 func (*Command) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{0}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{0}
 }
 
 func (x *Command) GetTimeUnixNano() int64 {
@@ -310,7 +310,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_metastore_proto_msgTypes[1]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -322,7 +322,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[1]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -335,7 +335,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{1}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *NodeRecord) GetId() string {
@@ -411,7 +411,7 @@ type RegisterNode struct {
 
 func (x *RegisterNode) Reset() {
 	*x = RegisterNode{}
-	mi := &file_metastore_proto_msgTypes[2]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -423,7 +423,7 @@ func (x *RegisterNode) String() string {
 func (*RegisterNode) ProtoMessage() {}
 
 func (x *RegisterNode) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[2]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -436,7 +436,7 @@ func (x *RegisterNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNode.ProtoReflect.Descriptor instead.
 func (*RegisterNode) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{2}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *RegisterNode) GetNode() *NodeRecord {
@@ -455,7 +455,7 @@ type RemoveNode struct {
 
 func (x *RemoveNode) Reset() {
 	*x = RemoveNode{}
-	mi := &file_metastore_proto_msgTypes[3]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -467,7 +467,7 @@ func (x *RemoveNode) String() string {
 func (*RemoveNode) ProtoMessage() {}
 
 func (x *RemoveNode) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[3]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -480,7 +480,7 @@ func (x *RemoveNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNode.ProtoReflect.Descriptor instead.
 func (*RemoveNode) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{3}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RemoveNode) GetId() string {
@@ -500,7 +500,7 @@ type SetNodeState struct {
 
 func (x *SetNodeState) Reset() {
 	*x = SetNodeState{}
-	mi := &file_metastore_proto_msgTypes[4]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +512,7 @@ func (x *SetNodeState) String() string {
 func (*SetNodeState) ProtoMessage() {}
 
 func (x *SetNodeState) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[4]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +525,7 @@ func (x *SetNodeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeState.ProtoReflect.Descriptor instead.
 func (*SetNodeState) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{4}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SetNodeState) GetId() string {
@@ -554,7 +554,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_metastore_proto_msgTypes[5]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -566,7 +566,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[5]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -579,7 +579,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{5}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RequestRecord) GetResult() *ApplyResult {
@@ -608,7 +608,7 @@ type ShardRef struct {
 
 func (x *ShardRef) Reset() {
 	*x = ShardRef{}
-	mi := &file_metastore_proto_msgTypes[6]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +620,7 @@ func (x *ShardRef) String() string {
 func (*ShardRef) ProtoMessage() {}
 
 func (x *ShardRef) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[6]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +633,7 @@ func (x *ShardRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardRef.ProtoReflect.Descriptor instead.
 func (*ShardRef) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{6}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ShardRef) GetIndex() uint32 {
@@ -676,7 +676,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_metastore_proto_msgTypes[7]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -688,7 +688,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[7]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -701,7 +701,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{7}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Segment) GetId() string {
@@ -773,7 +773,7 @@ type BlobLayout struct {
 
 func (x *BlobLayout) Reset() {
 	*x = BlobLayout{}
-	mi := &file_metastore_proto_msgTypes[8]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -785,7 +785,7 @@ func (x *BlobLayout) String() string {
 func (*BlobLayout) ProtoMessage() {}
 
 func (x *BlobLayout) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[8]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -798,7 +798,7 @@ func (x *BlobLayout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobLayout.ProtoReflect.Descriptor instead.
 func (*BlobLayout) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{8}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *BlobLayout) GetDigest() string {
@@ -845,7 +845,7 @@ type Upload struct {
 
 func (x *Upload) Reset() {
 	*x = Upload{}
-	mi := &file_metastore_proto_msgTypes[9]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +857,7 @@ func (x *Upload) String() string {
 func (*Upload) ProtoMessage() {}
 
 func (x *Upload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[9]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +870,7 @@ func (x *Upload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Upload.ProtoReflect.Descriptor instead.
 func (*Upload) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{9}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Upload) GetId() string {
@@ -933,7 +933,7 @@ type RefCount struct {
 
 func (x *RefCount) Reset() {
 	*x = RefCount{}
-	mi := &file_metastore_proto_msgTypes[10]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +945,7 @@ func (x *RefCount) String() string {
 func (*RefCount) ProtoMessage() {}
 
 func (x *RefCount) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[10]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +958,7 @@ func (x *RefCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefCount.ProtoReflect.Descriptor instead.
 func (*RefCount) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{10}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RefCount) GetLinks() int64 {
@@ -993,7 +993,7 @@ type ManifestRecord struct {
 
 func (x *ManifestRecord) Reset() {
 	*x = ManifestRecord{}
-	mi := &file_metastore_proto_msgTypes[11]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1005,7 +1005,7 @@ func (x *ManifestRecord) String() string {
 func (*ManifestRecord) ProtoMessage() {}
 
 func (x *ManifestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[11]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1018,7 +1018,7 @@ func (x *ManifestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManifestRecord.ProtoReflect.Descriptor instead.
 func (*ManifestRecord) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{11}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ManifestRecord) GetDigest() string {
@@ -1096,7 +1096,7 @@ type TagRecord struct {
 
 func (x *TagRecord) Reset() {
 	*x = TagRecord{}
-	mi := &file_metastore_proto_msgTypes[12]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1108,7 +1108,7 @@ func (x *TagRecord) String() string {
 func (*TagRecord) ProtoMessage() {}
 
 func (x *TagRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[12]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1121,7 +1121,7 @@ func (x *TagRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagRecord.ProtoReflect.Descriptor instead.
 func (*TagRecord) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{12}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *TagRecord) GetDigest() string {
@@ -1156,7 +1156,7 @@ type TagHistoryEntry struct {
 
 func (x *TagHistoryEntry) Reset() {
 	*x = TagHistoryEntry{}
-	mi := &file_metastore_proto_msgTypes[13]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1168,7 +1168,7 @@ func (x *TagHistoryEntry) String() string {
 func (*TagHistoryEntry) ProtoMessage() {}
 
 func (x *TagHistoryEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[13]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1181,7 +1181,7 @@ func (x *TagHistoryEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagHistoryEntry.ProtoReflect.Descriptor instead.
 func (*TagHistoryEntry) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{13}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *TagHistoryEntry) GetDigest() string {
@@ -1216,7 +1216,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_metastore_proto_msgTypes[14]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1228,7 +1228,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[14]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1241,7 +1241,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{14}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -1317,7 +1317,7 @@ type OpenUpload struct {
 
 func (x *OpenUpload) Reset() {
 	*x = OpenUpload{}
-	mi := &file_metastore_proto_msgTypes[15]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1329,7 +1329,7 @@ func (x *OpenUpload) String() string {
 func (*OpenUpload) ProtoMessage() {}
 
 func (x *OpenUpload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[15]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1342,7 +1342,7 @@ func (x *OpenUpload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenUpload.ProtoReflect.Descriptor instead.
 func (*OpenUpload) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{15}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *OpenUpload) GetId() string {
@@ -1373,7 +1373,7 @@ type UpdateUpload struct {
 
 func (x *UpdateUpload) Reset() {
 	*x = UpdateUpload{}
-	mi := &file_metastore_proto_msgTypes[16]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1385,7 @@ func (x *UpdateUpload) String() string {
 func (*UpdateUpload) ProtoMessage() {}
 
 func (x *UpdateUpload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[16]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +1398,7 @@ func (x *UpdateUpload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateUpload.ProtoReflect.Descriptor instead.
 func (*UpdateUpload) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{16}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *UpdateUpload) GetId() string {
@@ -1445,7 +1445,7 @@ type CancelUpload struct {
 
 func (x *CancelUpload) Reset() {
 	*x = CancelUpload{}
-	mi := &file_metastore_proto_msgTypes[17]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1457,7 @@ func (x *CancelUpload) String() string {
 func (*CancelUpload) ProtoMessage() {}
 
 func (x *CancelUpload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[17]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1470,7 @@ func (x *CancelUpload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelUpload.ProtoReflect.Descriptor instead.
 func (*CancelUpload) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{17}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CancelUpload) GetId() string {
@@ -1496,7 +1496,7 @@ type CommitBlob struct {
 
 func (x *CommitBlob) Reset() {
 	*x = CommitBlob{}
-	mi := &file_metastore_proto_msgTypes[18]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1508,7 +1508,7 @@ func (x *CommitBlob) String() string {
 func (*CommitBlob) ProtoMessage() {}
 
 func (x *CommitBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[18]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1521,7 +1521,7 @@ func (x *CommitBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitBlob.ProtoReflect.Descriptor instead.
 func (*CommitBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{18}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CommitBlob) GetRepo() string {
@@ -1578,7 +1578,7 @@ type MountBlob struct {
 
 func (x *MountBlob) Reset() {
 	*x = MountBlob{}
-	mi := &file_metastore_proto_msgTypes[19]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1590,7 +1590,7 @@ func (x *MountBlob) String() string {
 func (*MountBlob) ProtoMessage() {}
 
 func (x *MountBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[19]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1603,7 +1603,7 @@ func (x *MountBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountBlob.ProtoReflect.Descriptor instead.
 func (*MountBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{19}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MountBlob) GetRepo() string {
@@ -1637,7 +1637,7 @@ type UnlinkBlob struct {
 
 func (x *UnlinkBlob) Reset() {
 	*x = UnlinkBlob{}
-	mi := &file_metastore_proto_msgTypes[20]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1649,7 +1649,7 @@ func (x *UnlinkBlob) String() string {
 func (*UnlinkBlob) ProtoMessage() {}
 
 func (x *UnlinkBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[20]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1662,7 +1662,7 @@ func (x *UnlinkBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnlinkBlob.ProtoReflect.Descriptor instead.
 func (*UnlinkBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{20}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *UnlinkBlob) GetRepo() string {
@@ -1702,7 +1702,7 @@ type PutManifest struct {
 
 func (x *PutManifest) Reset() {
 	*x = PutManifest{}
-	mi := &file_metastore_proto_msgTypes[21]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1714,7 +1714,7 @@ func (x *PutManifest) String() string {
 func (*PutManifest) ProtoMessage() {}
 
 func (x *PutManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[21]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1727,7 +1727,7 @@ func (x *PutManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutManifest.ProtoReflect.Descriptor instead.
 func (*PutManifest) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{21}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PutManifest) GetRepo() string {
@@ -1824,7 +1824,7 @@ type DeleteManifest struct {
 
 func (x *DeleteManifest) Reset() {
 	*x = DeleteManifest{}
-	mi := &file_metastore_proto_msgTypes[22]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +1836,7 @@ func (x *DeleteManifest) String() string {
 func (*DeleteManifest) ProtoMessage() {}
 
 func (x *DeleteManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[22]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +1849,7 @@ func (x *DeleteManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteManifest.ProtoReflect.Descriptor instead.
 func (*DeleteManifest) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{22}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteManifest) GetRepo() string {
@@ -1876,7 +1876,7 @@ type DeleteTag struct {
 
 func (x *DeleteTag) Reset() {
 	*x = DeleteTag{}
-	mi := &file_metastore_proto_msgTypes[23]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1888,7 +1888,7 @@ func (x *DeleteTag) String() string {
 func (*DeleteTag) ProtoMessage() {}
 
 func (x *DeleteTag) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[23]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1901,7 +1901,7 @@ func (x *DeleteTag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTag.ProtoReflect.Descriptor instead.
 func (*DeleteTag) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{23}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteTag) GetRepo() string {
@@ -1930,7 +1930,7 @@ type ApplyResult struct {
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_metastore_proto_msgTypes[24]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +1942,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[24]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +1955,7 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{24}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ApplyResult) GetErrorCode() string {
@@ -1983,7 +1983,7 @@ type Repository struct {
 
 func (x *Repository) Reset() {
 	*x = Repository{}
-	mi := &file_metastore_proto_msgTypes[25]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1995,7 +1995,7 @@ func (x *Repository) String() string {
 func (*Repository) ProtoMessage() {}
 
 func (x *Repository) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[25]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2008,7 +2008,7 @@ func (x *Repository) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Repository.ProtoReflect.Descriptor instead.
 func (*Repository) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{25}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *Repository) GetName() string {
@@ -2040,7 +2040,7 @@ type Descriptor struct {
 
 func (x *Descriptor) Reset() {
 	*x = Descriptor{}
-	mi := &file_metastore_proto_msgTypes[26]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2052,7 +2052,7 @@ func (x *Descriptor) String() string {
 func (*Descriptor) ProtoMessage() {}
 
 func (x *Descriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_proto_msgTypes[26]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2065,7 +2065,7 @@ func (x *Descriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Descriptor.ProtoReflect.Descriptor instead.
 func (*Descriptor) Descriptor() ([]byte, []int) {
-	return file_metastore_proto_rawDescGZIP(), []int{26}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Descriptor) GetMediaType() string {
@@ -2103,11 +2103,11 @@ func (x *Descriptor) GetAnnotationsJson() []byte {
 	return nil
 }
 
-var File_metastore_proto protoreflect.FileDescriptor
+var File_metastore_metastorepb_metastore_proto protoreflect.FileDescriptor
 
-const file_metastore_proto_rawDesc = "" +
+const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\n" +
-	"\x0fmetastore.proto\x12\x13strata.metastore.v1\"\xa6\a\n" +
+	"%metastore/metastorepb/metastore.proto\x12\x13strata.metastore.v1\"\xa6\a\n" +
 	"\aCommand\x12$\n" +
 	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x1d\n" +
 	"\n" +
@@ -2282,19 +2282,19 @@ const file_metastore_proto_rawDesc = "" +
 	"\x10annotations_json\x18\x05 \x01(\fR\x0fannotationsJsonB9Z7github.com/strata-registry/strata/metastore/metastorepbb\x06proto3"
 
 var (
-	file_metastore_proto_rawDescOnce sync.Once
-	file_metastore_proto_rawDescData []byte
+	file_metastore_metastorepb_metastore_proto_rawDescOnce sync.Once
+	file_metastore_metastorepb_metastore_proto_rawDescData []byte
 )
 
-func file_metastore_proto_rawDescGZIP() []byte {
-	file_metastore_proto_rawDescOnce.Do(func() {
-		file_metastore_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_metastore_proto_rawDesc), len(file_metastore_proto_rawDesc)))
+func file_metastore_metastorepb_metastore_proto_rawDescGZIP() []byte {
+	file_metastore_metastorepb_metastore_proto_rawDescOnce.Do(func() {
+		file_metastore_metastorepb_metastore_proto_rawDescData = protoimpl.X.CompressGZIP(unsafe.Slice(unsafe.StringData(file_metastore_metastorepb_metastore_proto_rawDesc), len(file_metastore_metastorepb_metastore_proto_rawDesc)))
 	})
-	return file_metastore_proto_rawDescData
+	return file_metastore_metastorepb_metastore_proto_rawDescData
 }
 
-var file_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
-var file_metastore_proto_goTypes = []any{
+var file_metastore_metastorepb_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_metastore_metastorepb_metastore_proto_goTypes = []any{
 	(*Command)(nil),         // 0: strata.metastore.v1.Command
 	(*NodeRecord)(nil),      // 1: strata.metastore.v1.NodeRecord
 	(*RegisterNode)(nil),    // 2: strata.metastore.v1.RegisterNode
@@ -2323,7 +2323,7 @@ var file_metastore_proto_goTypes = []any{
 	(*Repository)(nil),      // 25: strata.metastore.v1.Repository
 	(*Descriptor)(nil),      // 26: strata.metastore.v1.Descriptor
 }
-var file_metastore_proto_depIdxs = []int32{
+var file_metastore_metastorepb_metastore_proto_depIdxs = []int32{
 	15, // 0: strata.metastore.v1.Command.open_upload:type_name -> strata.metastore.v1.OpenUpload
 	16, // 1: strata.metastore.v1.Command.update_upload:type_name -> strata.metastore.v1.UpdateUpload
 	17, // 2: strata.metastore.v1.Command.cancel_upload:type_name -> strata.metastore.v1.CancelUpload
@@ -2350,12 +2350,12 @@ var file_metastore_proto_depIdxs = []int32{
 	0,  // [0:19] is the sub-list for field type_name
 }
 
-func init() { file_metastore_proto_init() }
-func file_metastore_proto_init() {
-	if File_metastore_proto != nil {
+func init() { file_metastore_metastorepb_metastore_proto_init() }
+func file_metastore_metastorepb_metastore_proto_init() {
+	if File_metastore_metastorepb_metastore_proto != nil {
 		return
 	}
-	file_metastore_proto_msgTypes[0].OneofWrappers = []any{
+	file_metastore_metastorepb_metastore_proto_msgTypes[0].OneofWrappers = []any{
 		(*Command_OpenUpload)(nil),
 		(*Command_UpdateUpload)(nil),
 		(*Command_CancelUpload)(nil),
@@ -2373,17 +2373,17 @@ func file_metastore_proto_init() {
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
-			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metastore_proto_rawDesc), len(file_metastore_proto_rawDesc)),
+			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metastore_metastorepb_metastore_proto_rawDesc), len(file_metastore_metastorepb_metastore_proto_rawDesc)),
 			NumEnums:      0,
 			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
-		GoTypes:           file_metastore_proto_goTypes,
-		DependencyIndexes: file_metastore_proto_depIdxs,
-		MessageInfos:      file_metastore_proto_msgTypes,
+		GoTypes:           file_metastore_metastorepb_metastore_proto_goTypes,
+		DependencyIndexes: file_metastore_metastorepb_metastore_proto_depIdxs,
+		MessageInfos:      file_metastore_metastorepb_metastore_proto_msgTypes,
 	}.Build()
-	File_metastore_proto = out.File
-	file_metastore_proto_goTypes = nil
-	file_metastore_proto_depIdxs = nil
+	File_metastore_metastorepb_metastore_proto = out.File
+	file_metastore_metastorepb_metastore_proto_goTypes = nil
+	file_metastore_metastorepb_metastore_proto_depIdxs = nil
 }
