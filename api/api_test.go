@@ -59,7 +59,11 @@ func newTestRegistry(t *testing.T, k, m int) *testRegistry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := New(Config{}, &cluster.Local{Node: node, Store: st}, blobs)
+	meta, err := cluster.NewMeta(cluster.MetaConfig{Node: node, Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := New(Config{}, meta, blobs)
 	hs := httptest.NewServer(srv.Handler())
 	t.Cleanup(func() {
 		hs.Close()

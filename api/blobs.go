@@ -54,7 +54,7 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, name, ref strin
 	if r.Method == http.MethodHead || length == 0 {
 		return nil
 	}
-	if err := s.blobs.ReadRange(r.Context(), w, layout.Segments, start, length); err != nil {
+	if err := s.blobstore().ReadRange(r.Context(), w, layout.Segments, start, length); err != nil {
 		// The status line is gone; all that is left is to cut the body
 		// short so the client sees a truncated transfer, never wrong bytes.
 		s.log.Error("blob read failed mid-response", "repo", name, "digest", dgst, "err", err)

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -53,7 +54,7 @@ type Config struct {
 // Server serves the OCI Distribution API.
 type Server struct {
 	meta    Metadata
-	blobs   *blobstore.Store
+	blobs   atomic.Pointer[blobstore.Store]
 	cfg     Config
 	log     *slog.Logger
 	metrics *metrics
@@ -72,8 +73,17 @@ func New(cfg Config, meta Metadata, blobs *blobstore.Store) *Server {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	return &Server{meta: meta, blobs: blobs, cfg: cfg, log: cfg.Logger, metrics: newMetrics(reg), reg: reg}
+	s := &Server{meta: meta, cfg: cfg, log: cfg.Logger, metrics: newMetrics(reg), reg: reg}
+	s.blobs.Store(blobs)
+	return s
 }
+
+// SetBlobs replaces the blob pipeline, for example when the erasure geometry
+// changes with the number of storage nodes. Requests under way finish with
+// the old one; layouts record their own geometry, so both read alike.
+func (s *Server) SetBlobs(b *blobstore.Store) { s.blobs.Store(b) }
+
+func (s *Server) blobstore() *blobstore.Store { return s.blobs.Load() }
 
 // Handler returns the HTTP handler with every route.
 func (s *Server) Handler() http.Handler {

@@ -93,7 +93,7 @@ func (s *Server) pushWhole(w http.ResponseWriter, r *http.Request, name string, 
 	if err != nil {
 		return err
 	}
-	segs, n, err := s.blobs.Write(r.Context(), r.Body, h)
+	segs, n, err := s.blobstore().Write(r.Context(), r.Body, h)
 	if err != nil {
 		return err
 	}
@@ -171,7 +171,7 @@ func (s *Server) writeChunk(r *http.Request, u *pb.Upload) ([]*pb.Segment, int64
 			return nil, 0, nil, fmt.Errorf("%w: upload hash state: %v", metastore.ErrCorrupt, err)
 		}
 	}
-	segs, n, err := s.blobs.Write(r.Context(), r.Body, h)
+	segs, n, err := s.blobstore().Write(r.Context(), r.Body, h)
 	if err != nil {
 		return nil, 0, nil, err
 	}
@@ -230,7 +230,7 @@ func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, name, id s
 			return err
 		}
 		all := append(append([]*pb.Segment(nil), u.Segments...), segs...)
-		if err := s.blobs.ReadRange(r.Context(), h, all, 0, int64(u.Offset)+n); err != nil {
+		if err := s.blobstore().ReadRange(r.Context(), h, all, 0, int64(u.Offset)+n); err != nil {
 			return err
 		}
 	}
@@ -275,7 +275,7 @@ func (s *Server) discard(segs []*pb.Segment, cause error) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 		defer cancel()
-		if err := s.blobs.Delete(ctx, segs); err != nil {
+		if err := s.blobstore().Delete(ctx, segs); err != nil {
 			s.log.Warn("discarding unreferenced segments", "err", err)
 		}
 	}()

@@ -2,95 +2,457 @@ package cluster
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	cpb "github.com/strata-registry/strata/cluster/clusterpb"
 	"github.com/strata-registry/strata/metastore"
 	pb "github.com/strata-registry/strata/metastore/metastorepb"
 )
 
-// Local is the metadata service of a process that runs the meta role: writes
-// go through this node's Raft, reads come from its own state machine. Reads
-// of mutable state (tags, listings, upload sessions) are fenced to be
-// linearizable; reads addressed by digest are served from local state.
-type Local struct {
+// Meta is the metadata service as every role sees it. On a node with the
+// meta role it applies proposals through its own Raft when it leads, and
+// forwards them to the leader over gRPC otherwise; on a node without it
+// (a stateless frontend, a storage node) it sends everything to the meta
+// nodes it knows. Reads follow the consistency rules of the read path:
+// tags, listings, repositories and upload sessions are linearizable (the
+// leader after VerifyLeader and applying everything committed) unless stale
+// reads are configured; anything addressed by digest is served by the local
+// replica when it has it.
+//
+// Proposals carry a request id, so Meta retries them through leader changes
+// without ever applying one twice.
+type Meta struct {
+	node  *Node            // nil without the meta role
+	store *metastore.Store // nil without the meta role
+	peers *Peers
+
+	// Stale, when set, lets reads that would be linearizable be served by
+	// any replica whose last contact with the leader is within MaxStaleness.
+	stale        bool
+	maxStaleness time.Duration
+
+	seed atomic.Uint32 // round-robin over seeds
+}
+
+// MetaConfig configures a Meta.
+type MetaConfig struct {
 	Node  *Node
 	Store *metastore.Store
+	Peers *Peers
+	// ReadConsistency is "linearizable" (default) or "stale".
+	ReadConsistency string
+	// MaxStaleness bounds stale reads (default 5s).
+	MaxStaleness time.Duration
 }
 
-func (l *Local) Propose(ctx context.Context, cmd *pb.Command) error { return l.Node.Propose(ctx, cmd) }
-
-// byDigest answers a read of immutable, digest-addressed state from the local
-// replica; only when the local replica does not have it yet does it fence and
-// read again, so that a push acknowledged elsewhere is never reported absent.
-func byDigest[T any](ctx context.Context, l *Local, read func() (T, error)) (T, error) {
-	v, err := read()
-	if err == nil || !isNotFound(err) {
-		return v, err
+// NewMeta returns the metadata service of a node.
+func NewMeta(cfg MetaConfig) (*Meta, error) {
+	m := &Meta{node: cfg.Node, store: cfg.Store, peers: cfg.Peers, maxStaleness: cfg.MaxStaleness}
+	switch cfg.ReadConsistency {
+	case "", "linearizable":
+	case "stale":
+		m.stale = true
+	default:
+		return nil, fmt.Errorf("cluster: read consistency %q: want linearizable or stale", cfg.ReadConsistency)
 	}
-	if ferr := l.Node.LinearizableRead(ctx); ferr != nil {
-		return v, err
+	if m.maxStaleness <= 0 {
+		m.maxStaleness = 5 * time.Second
 	}
-	return read()
+	if (m.node == nil) != (m.store == nil) {
+		return nil, errors.New("cluster: a meta node needs both its Raft node and its store")
+	}
+	if m.peers == nil {
+		if m.node == nil {
+			return nil, errors.New("cluster: a node without the meta role needs peers to reach the meta nodes")
+		}
+		m.peers = NewPeers(nil, nil)
+	}
+	return m, nil
 }
 
-func isNotFound(err error) bool {
-	return errors.Is(err, metastore.ErrBlobUnknown) || errors.Is(err, metastore.ErrManifestUnknown)
+// Node returns the local Raft node, or nil.
+func (m *Meta) Node() *Node { return m.node }
+
+// Store returns the local state machine, or nil.
+func (m *Meta) Store() *metastore.Store { return m.store }
+
+// newRequestID draws a proposal's request id.
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
-func (l *Local) Blob(ctx context.Context, dgst string) (*pb.BlobLayout, error) {
-	return byDigest(ctx, l, func() (*pb.BlobLayout, error) { return l.Store.Blob(dgst) })
+// retriable reports errors that a retry after a short wait may clear: no
+// leader, a leader change, an unreachable peer.
+func retriable(err error) bool {
+	return errors.Is(err, ErrNotLeader) || errors.Is(err, ErrNoLeader) || errors.Is(err, ErrUnreachable)
 }
 
-func (l *Local) RepoBlob(ctx context.Context, repo, dgst string) (*pb.BlobLayout, error) {
-	return byDigest(ctx, l, func() (*pb.BlobLayout, error) { return l.Store.RepoBlob(repo, dgst) })
+// retry runs op until it succeeds, fails for good, or ctx ends. Without a
+// deadline in ctx it gives up after defaultRetryFor.
+func retry(ctx context.Context, op func(ctx context.Context) error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, defaultRetryFor)
+		defer cancel()
+	}
+	wait := 20 * time.Millisecond
+	for {
+		err := op(ctx)
+		if err == nil || !retriable(err) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		if wait < 500*time.Millisecond {
+			wait *= 2
+		}
+	}
 }
 
-func (l *Local) BlobRepositories(ctx context.Context, dgst string, limit int) ([]string, error) {
-	return l.Store.BlobRepositories(dgst, limit)
+// defaultRetryFor bounds retries through a leader change when the caller
+// set no deadline. Elections here take well under 2 s.
+const defaultRetryFor = 15 * time.Second
+
+// Propose replicates cmd and returns once it is applied: nil, or the
+// metastore error that refused it.
+func (m *Meta) Propose(ctx context.Context, cmd *pb.Command) error {
+	if cmd.TimeUnixNano == 0 {
+		cmd.TimeUnixNano = time.Now().UnixNano()
+	}
+	if cmd.RequestId == "" {
+		cmd.RequestId = newRequestID()
+	}
+	data, err := proto.Marshal(cmd)
+	if err != nil {
+		return err
+	}
+	return retry(ctx, func(ctx context.Context) error { return m.propose(ctx, data, cmd, 0) })
 }
 
-func (l *Local) Manifest(ctx context.Context, repo, dgst string) (*pb.ManifestRecord, error) {
-	return byDigest(ctx, l, func() (*pb.ManifestRecord, error) { return l.Store.Manifest(repo, dgst) })
+// propose makes one attempt: apply locally when leading, else forward.
+func (m *Meta) propose(ctx context.Context, data []byte, cmd *pb.Command, hops uint32) error {
+	if m.node != nil && m.node.IsLeader() {
+		if cmd == nil {
+			cmd = &pb.Command{}
+			if err := proto.Unmarshal(data, cmd); err != nil {
+				return fmt.Errorf("%w: %v", metastore.ErrCommandInvalid, err)
+			}
+		}
+		return m.node.Propose(ctx, cmd)
+	}
+	if hops > 0 {
+		return ErrNotLeader // forwarded once already: let the origin retry
+	}
+	c, err := m.target(ctx)
+	if err != nil {
+		return err
+	}
+	resp, err := c.Propose(ctx, &cpb.ProposeRequest{Command: data, Hops: hops + 1})
+	if err != nil {
+		return fromStatus(err)
+	}
+	return resultErr(resp.Result)
 }
 
-func (l *Local) Upload(ctx context.Context, id string) (*pb.Upload, error) {
-	if err := l.Node.LinearizableRead(ctx); err != nil {
+// target returns a client for where a request should go: the leader when
+// this node knows it, else the next seed.
+func (m *Meta) target(ctx context.Context) (cpb.ClusterClient, error) {
+	if m.node != nil {
+		addr, err := m.leaderGRPC()
+		if err != nil {
+			return nil, err
+		}
+		return m.peers.Client(addr)
+	}
+	seeds := m.peers.Seeds()
+	if len(seeds) == 0 {
+		return nil, fmt.Errorf("%w: no meta nodes known", ErrNoLeader)
+	}
+	i := int(m.seed.Add(1)) % len(seeds)
+	return m.peers.Client(seeds[i])
+}
+
+// leaderGRPC is the gRPC address of the current leader, from the registry.
+func (m *Meta) leaderGRPC() (string, error) {
+	id := m.node.LeaderID()
+	if id == "" {
+		return "", ErrNoLeader
+	}
+	rec, err := m.store.Node(id)
+	if err != nil || rec.GrpcAddr == "" {
+		return "", fmt.Errorf("%w: leader %s is not registered yet", ErrNoLeader, id)
+	}
+	return rec.GrpcAddr, nil
+}
+
+func resultErr(r *pb.ApplyResult) error {
+	if r == nil || r.ErrorCode == "" {
+		return nil
+	}
+	return metastore.ErrorFromCode(r.ErrorCode, r.ErrorDetail)
+}
+
+func toResult(err error) *pb.ApplyResult {
+	if err == nil {
+		return &pb.ApplyResult{}
+	}
+	return &pb.ApplyResult{ErrorCode: metastore.ErrorCode(err), ErrorDetail: err.Error()}
+}
+
+// toStatus turns a non-metastore error into a gRPC status for the wire.
+func toStatus(err error) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrNoLeader), errors.Is(err, ErrShutdown):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, err.Error())
+	}
+	return status.Error(codes.Internal, err.Error())
+}
+
+// fromStatus turns a gRPC error back into this package's errors.
+func fromStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	switch st.Code() {
+	case codes.Unavailable:
+		return fmt.Errorf("%w: %s", ErrUnreachable, st.Message())
+	case codes.DeadlineExceeded:
+		return fmt.Errorf("%w: %s", context.DeadlineExceeded, st.Message())
+	case codes.Canceled:
+		return fmt.Errorf("%w: %s", context.Canceled, st.Message())
+	case codes.FailedPrecondition:
+		return fmt.Errorf("%w: %s", ErrNotLeader, st.Message())
+	}
+	return fmt.Errorf("cluster: remote: %s", st.Message())
+}
+
+// ---- reads ----
+
+// digestAddressed reads may be served by any replica that has the object.
+func digestAddressed(k cpb.ReadKind) bool {
+	switch k {
+	case cpb.ReadKind_BLOB, cpb.ReadKind_REPO_BLOB, cpb.ReadKind_MANIFEST:
+		return true
+	}
+	return false
+}
+
+// read answers req at its consistency, locally when that is allowed and
+// through the leader otherwise.
+func (m *Meta) read(ctx context.Context, req *cpb.ReadRequest) (*cpb.ReadResponse, error) {
+	if m.stale && req.Consistency == cpb.Consistency_LINEARIZABLE && !digestAddressed(req.Kind) {
+		req.Consistency = cpb.Consistency_STALE
+		req.MaxStalenessMs = m.maxStaleness.Milliseconds()
+	}
+	var resp *cpb.ReadResponse
+	err := retry(ctx, func(ctx context.Context) error {
+		var err error
+		resp, err = m.readOnce(ctx, req)
+		return err
+	})
+	return resp, err
+}
+
+func (m *Meta) readOnce(ctx context.Context, req *cpb.ReadRequest) (*cpb.ReadResponse, error) {
+	if m.node != nil {
+		if digestAddressed(req.Kind) {
+			if resp := m.answer(req); resp.Error == nil || !notFound(resp.Error) {
+				return resp, nil
+			}
+			// Not here (yet): only a linearizable read can say it is absent.
+		}
+		switch {
+		case m.node.IsLeader():
+			if err := m.node.LinearizableRead(ctx); err != nil {
+				return nil, err
+			}
+			return m.answer(req), nil
+		case req.Consistency == cpb.Consistency_STALE && !digestAddressed(req.Kind) &&
+			m.node.FreshWithin(time.Duration(req.MaxStalenessMs)*time.Millisecond):
+			return m.answer(req), nil
+		}
+	}
+	if req.Hops > 0 {
+		return nil, ErrNotLeader
+	}
+	c, err := m.target(ctx)
+	if err != nil {
 		return nil, err
 	}
-	return l.Store.Upload(id)
+	fwd := proto.Clone(req).(*cpb.ReadRequest)
+	fwd.Hops++
+	resp, err := c.Read(ctx, fwd)
+	if err != nil {
+		return nil, fromStatus(err)
+	}
+	return resp, nil
 }
 
-func (l *Local) Tag(ctx context.Context, repo, tag string) (*pb.TagRecord, error) {
-	if err := l.Node.LinearizableRead(ctx); err != nil {
+func notFound(r *pb.ApplyResult) bool {
+	switch r.ErrorCode {
+	case "BLOB_UNKNOWN", "MANIFEST_UNKNOWN":
+		return true
+	}
+	return false
+}
+
+// answer executes a read against the local state machine.
+func (m *Meta) answer(req *cpb.ReadRequest) *cpb.ReadResponse {
+	st := m.store
+	resp := &cpb.ReadResponse{}
+	var rec proto.Message
+	var err error
+	switch req.Kind {
+	case cpb.ReadKind_BLOB:
+		rec, err = st.Blob(req.Digest)
+	case cpb.ReadKind_REPO_BLOB:
+		rec, err = st.RepoBlob(req.Repo, req.Digest)
+	case cpb.ReadKind_UPLOAD:
+		rec, err = st.Upload(req.Id)
+	case cpb.ReadKind_MANIFEST:
+		rec, err = st.Manifest(req.Repo, req.Digest)
+	case cpb.ReadKind_TAG:
+		rec, err = st.Tag(req.Repo, req.Tag)
+	case cpb.ReadKind_REPOSITORY:
+		rec, err = st.Repository(req.Repo)
+	case cpb.ReadKind_BLOB_REPOSITORIES:
+		resp.Names, err = st.BlobRepositories(req.Digest, int(req.N))
+	case cpb.ReadKind_TAGS:
+		resp.Names, resp.More, err = st.Tags(req.Repo, req.Last, int(req.N))
+	case cpb.ReadKind_REPOSITORIES:
+		resp.Names, resp.More, err = st.Repositories(req.Last, int(req.N))
+	case cpb.ReadKind_REFERRERS:
+		resp.Descriptors, err = st.Referrers(req.Repo, req.Digest)
+	case cpb.ReadKind_NODES:
+		resp.Nodes, err = st.Nodes()
+	default:
+		err = fmt.Errorf("%w: read kind %v", metastore.ErrCommandInvalid, req.Kind)
+	}
+	if err == nil && rec != nil {
+		resp.Record, err = proto.Marshal(rec)
+	}
+	if err != nil {
+		return &cpb.ReadResponse{Error: toResult(err)}
+	}
+	return resp
+}
+
+// readRecord runs a single-record read and decodes the record into out.
+func readRecord[T proto.Message](ctx context.Context, m *Meta, req *cpb.ReadRequest, out T) (T, error) {
+	resp, err := m.read(ctx, req)
+	if err != nil {
+		return out, err
+	}
+	if err := resultErr(resp.Error); err != nil {
+		return out, err
+	}
+	if err := proto.Unmarshal(resp.Record, out); err != nil {
+		return out, fmt.Errorf("%w: %v", metastore.ErrCorrupt, err)
+	}
+	return out, nil
+}
+
+func (m *Meta) readList(ctx context.Context, req *cpb.ReadRequest) (*cpb.ReadResponse, error) {
+	resp, err := m.read(ctx, req)
+	if err != nil {
 		return nil, err
 	}
-	return l.Store.Tag(repo, tag)
+	return resp, resultErr(resp.Error)
 }
 
-func (l *Local) Repository(ctx context.Context, repo string) (*pb.Repository, error) {
-	if err := l.Node.LinearizableRead(ctx); err != nil {
+// The api.Metadata methods.
+
+func (m *Meta) Blob(ctx context.Context, dgst string) (*pb.BlobLayout, error) {
+	return readRecord(ctx, m, &cpb.ReadRequest{Kind: cpb.ReadKind_BLOB, Digest: dgst}, &pb.BlobLayout{})
+}
+
+func (m *Meta) RepoBlob(ctx context.Context, repo, dgst string) (*pb.BlobLayout, error) {
+	return readRecord(ctx, m, &cpb.ReadRequest{Kind: cpb.ReadKind_REPO_BLOB, Repo: repo, Digest: dgst}, &pb.BlobLayout{})
+}
+
+func (m *Meta) Upload(ctx context.Context, id string) (*pb.Upload, error) {
+	return readRecord(ctx, m, &cpb.ReadRequest{Kind: cpb.ReadKind_UPLOAD, Id: id}, &pb.Upload{})
+}
+
+func (m *Meta) Manifest(ctx context.Context, repo, dgst string) (*pb.ManifestRecord, error) {
+	return readRecord(ctx, m, &cpb.ReadRequest{Kind: cpb.ReadKind_MANIFEST, Repo: repo, Digest: dgst}, &pb.ManifestRecord{})
+}
+
+func (m *Meta) Tag(ctx context.Context, repo, tag string) (*pb.TagRecord, error) {
+	return readRecord(ctx, m, &cpb.ReadRequest{Kind: cpb.ReadKind_TAG, Repo: repo, Tag: tag}, &pb.TagRecord{})
+}
+
+func (m *Meta) Repository(ctx context.Context, repo string) (*pb.Repository, error) {
+	return readRecord(ctx, m, &cpb.ReadRequest{Kind: cpb.ReadKind_REPOSITORY, Repo: repo}, &pb.Repository{})
+}
+
+func (m *Meta) BlobRepositories(ctx context.Context, dgst string, limit int) ([]string, error) {
+	resp, err := m.readList(ctx, &cpb.ReadRequest{Kind: cpb.ReadKind_BLOB_REPOSITORIES, Digest: dgst, N: int32(limit)})
+	if err != nil {
 		return nil, err
 	}
-	return l.Store.Repository(repo)
+	return resp.Names, nil
 }
 
-func (l *Local) Tags(ctx context.Context, repo, last string, n int) ([]string, bool, error) {
-	if err := l.Node.LinearizableRead(ctx); err != nil {
+func (m *Meta) Tags(ctx context.Context, repo, last string, n int) ([]string, bool, error) {
+	resp, err := m.readList(ctx, &cpb.ReadRequest{Kind: cpb.ReadKind_TAGS, Repo: repo, Last: last, N: int32(n)})
+	if err != nil {
 		return nil, false, err
 	}
-	return l.Store.Tags(repo, last, n)
+	if resp.Names == nil {
+		resp.Names = []string{}
+	}
+	return resp.Names, resp.More, nil
 }
 
-func (l *Local) Repositories(ctx context.Context, last string, n int) ([]string, bool, error) {
-	if err := l.Node.LinearizableRead(ctx); err != nil {
+func (m *Meta) Repositories(ctx context.Context, last string, n int) ([]string, bool, error) {
+	resp, err := m.readList(ctx, &cpb.ReadRequest{Kind: cpb.ReadKind_REPOSITORIES, Last: last, N: int32(n)})
+	if err != nil {
 		return nil, false, err
 	}
-	return l.Store.Repositories(last, n)
+	if resp.Names == nil {
+		resp.Names = []string{}
+	}
+	return resp.Names, resp.More, nil
 }
 
-func (l *Local) Referrers(ctx context.Context, repo, subject string) ([]*pb.Descriptor, error) {
-	if err := l.Node.LinearizableRead(ctx); err != nil {
+func (m *Meta) Referrers(ctx context.Context, repo, subject string) ([]*pb.Descriptor, error) {
+	resp, err := m.readList(ctx, &cpb.ReadRequest{Kind: cpb.ReadKind_REFERRERS, Repo: repo, Digest: subject})
+	if err != nil {
 		return nil, err
 	}
-	return l.Store.Referrers(repo, subject)
+	return resp.Descriptors, nil
+}
+
+// Nodes lists the node registry (linearizable).
+func (m *Meta) Nodes(ctx context.Context) ([]*pb.NodeRecord, error) {
+	resp, err := m.readList(ctx, &cpb.ReadRequest{Kind: cpb.ReadKind_NODES})
+	if err != nil {
+		return nil, err
+	}
+	return resp.Nodes, nil
 }

@@ -25,6 +25,8 @@ var (
 	ErrNotLeader = errors.New("cluster: not the leader")
 	ErrNoLeader  = errors.New("cluster: no leader")
 	ErrShutdown  = errors.New("cluster: shutting down")
+	// ErrUnreachable: a peer could not be reached or answered Unavailable.
+	ErrUnreachable = errors.New("cluster: peer unreachable")
 )
 
 // Config configures a meta node.
@@ -158,6 +160,74 @@ func (n *Node) RaftAddr() string { return string(n.transport.LocalAddr()) }
 // IsLeader reports whether this node is the Raft leader.
 func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 
+// LeaderID is the node id of the current leader as this node knows it, or "".
+func (n *Node) LeaderID() string {
+	_, id := n.raft.LeaderWithID()
+	return string(id)
+}
+
+// FreshWithin reports whether this node's state is at most d behind the
+// leader: it is the leader, or it heard from the leader within d.
+func (n *Node) FreshWithin(d time.Duration) bool {
+	if n.IsLeader() {
+		return true
+	}
+	last := n.raft.LastContact()
+	return !last.IsZero() && time.Since(last) <= d && n.LeaderID() != ""
+}
+
+// AddVoter adds a meta node to the Raft configuration (leader only). Adding
+// a voter that is already there with the same address does nothing.
+func (n *Node) AddVoter(ctx context.Context, id, addr string) error {
+	f := n.raft.AddVoter(raft.ServerID(id), raft.ServerAddress(addr), 0, timeoutOf(ctx))
+	return raftErr(f.Error())
+}
+
+// RemoveServer takes a node out of the Raft configuration (leader only).
+// Removing a node that is not there does nothing.
+func (n *Node) RemoveServer(ctx context.Context, id string) error {
+	servers, err := n.Servers()
+	if err != nil {
+		return err
+	}
+	for _, s := range servers {
+		if string(s.ID) == id {
+			return raftErr(n.raft.RemoveServer(raft.ServerID(id), 0, timeoutOf(ctx)).Error())
+		}
+	}
+	return nil
+}
+
+// Servers is the current Raft configuration.
+func (n *Node) Servers() ([]raft.Server, error) {
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, raftErr(err)
+	}
+	return f.Configuration().Servers, nil
+}
+
+// Term is the current Raft term.
+func (n *Node) Term() uint64 { return n.raft.CurrentTerm() }
+
+// Indexes returns the last, commit and applied indexes.
+func (n *Node) Indexes() (last, commit, applied uint64) {
+	return n.raft.LastIndex(), n.raft.CommitIndex(), n.raft.AppliedIndex()
+}
+
+// State is the Raft state: Leader, Follower, Candidate or Shutdown.
+func (n *Node) State() string { return n.raft.State().String() }
+
+// LeaderCh signals leadership gained (true) and lost (false).
+func (n *Node) LeaderCh() <-chan bool { return n.raft.LeaderCh() }
+
+func timeoutOf(ctx context.Context) time.Duration {
+	if dl, ok := ctx.Deadline(); ok {
+		return time.Until(dl)
+	}
+	return 10 * time.Second
+}
+
 // WaitLeader blocks until the cluster has a leader or ctx ends.
 func (n *Node) WaitLeader(ctx context.Context) error {
 	t := time.NewTicker(20 * time.Millisecond)
@@ -185,11 +255,7 @@ func (n *Node) Propose(ctx context.Context, cmd *pb.Command) error {
 	if err != nil {
 		return err
 	}
-	timeout := 10 * time.Second
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
-	}
-	f := n.raft.Apply(data, timeout)
+	f := n.raft.Apply(data, timeoutOf(ctx))
 	if err := f.Error(); err != nil {
 		return raftErr(err)
 	}

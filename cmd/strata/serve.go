@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -19,72 +20,105 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 
 	"github.com/strata-registry/strata/api"
 	"github.com/strata-registry/strata/blobstore"
 	"github.com/strata-registry/strata/cluster"
 	"github.com/strata-registry/strata/metastore"
+	pb "github.com/strata-registry/strata/metastore/metastorepb"
 )
 
 type serveOptions struct {
-	dev         bool
-	dataDir     string
-	httpAddr    string
-	raftAddr    string
-	nodeID      string
-	shardDirs   []string
-	k, m        int
-	segmentSize int
-	logLevel    string
-	strict      bool
+	config          string
+	dev             bool
+	roles           []string
+	dataDir         string
+	httpAddr        string
+	grpcAddr        string
+	raftAddr        string
+	nodeID          string
+	join            []string
+	zone            string
+	shardDirs       []string
+	k, m            int
+	segmentSize     int
+	strict          bool
+	readConsistency string
+	maxStaleness    time.Duration
+	deadAfter       time.Duration
+	tlsCert         string
+	tlsKey          string
+	tlsCA           string
+	logLevel        string
 }
 
 func newServeCmd() *cobra.Command {
 	o := &serveOptions{}
 	cmd := &cobra.Command{
 		Use:   "serve",
-		Short: "Run a Strata node",
+		Short: "Run a Strata node (every role in one process with --dev)",
 		Long: `Run a Strata node.
 
-With --dev it runs every role in one process: the OCI API on --http-addr, one
-Raft voter whose state machine is a Pebble database, and local shard storage
-(k=1, m=0 on one directory unless --shard-dir, --k and --m say otherwise).
-All state lives under --data-dir:
+A node has one or more roles:
+  api      the OCI Distribution API on --http-addr (stateless)
+  meta     a Raft voter whose state machine is a Pebble database
+  storage  erasure-coded shards on --shard-dir, served over gRPC
 
+With --dev it runs every role in one process, with no configuration: the OCI
+API on 127.0.0.1:5000, one Raft voter, and local shard storage (k=1, m=0 on one
+directory unless --shard-dir, --k and --m say otherwise). A cluster is the same
+binary with --roles and --join: the first meta node (no --join) bootstraps,
+every other node joins through any member it is given.
+
+State lives under --data-dir:
   <data-dir>/node-id        this node's stable id
-  <data-dir>/meta/pebble/   the metadata state machine
-  <data-dir>/meta/raft/     the Raft log, stable store and snapshots
-  <data-dir>/shards/0/      shard files (when no --shard-dir is given)`,
+  <data-dir>/meta/pebble/   the metadata state machine      (meta)
+  <data-dir>/meta/raft/     Raft log, stable store, snapshots (meta)
+  <data-dir>/shards/0/      shard files unless --shard-dir    (storage)
+
+Every setting can also come from a YAML file (--config, keys named like the
+flags) or from STRATA_<FLAG> environment variables (STRATA_HTTP_ADDR, ...);
+flags win over the environment, which wins over the file.`,
 		Example: `  strata serve --dev
   strata serve --dev --data-dir /var/lib/strata --http-addr 0.0.0.0:5000
-  strata serve --dev --shard-dir /d1 --shard-dir /d2 --shard-dir /d3 --k 2 --m 1`,
+  strata serve --dev --shard-dir /d1 --shard-dir /d2 --shard-dir /d3 --k 2 --m 1
+
+  # a three-node cluster, every role on every node
+  strata serve --node-id m1 --data-dir /srv/m1 --http-addr :5000 --grpc-addr 10.0.0.1:7000 --raft-addr 10.0.0.1:7001
+  strata serve --node-id m2 --data-dir /srv/m2 --http-addr :5000 --grpc-addr 10.0.0.2:7000 --raft-addr 10.0.0.2:7001 --join 10.0.0.1:7000
+  strata serve --node-id m3 ... --join 10.0.0.1:7000,10.0.0.2:7000`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if !o.dev {
-				return errors.New("only --dev (all roles in one process) is available in this version; see README")
+			if err := applySettings(cmd, o.config); err != nil {
+				return err
 			}
 			return serve(cmd.Context(), o)
 		},
 	}
 	f := cmd.Flags()
+	f.StringVar(&o.config, "config", os.Getenv("STRATA_CONFIG"), "YAML file with settings named like the flags")
 	f.BoolVar(&o.dev, "dev", false, "run every role in one process (embedded single-node registry)")
-	f.StringVar(&o.dataDir, "data-dir", envOr("STRATA_DATA_DIR", "./strata-data"), "directory for all state")
-	f.StringVar(&o.httpAddr, "http-addr", envOr("STRATA_HTTP_ADDR", "127.0.0.1:5000"), "address of the OCI HTTP API")
-	f.StringVar(&o.raftAddr, "raft-addr", envOr("STRATA_RAFT_ADDR", "127.0.0.1:0"), "address of the Raft transport (port 0 picks a free one)")
-	f.StringVar(&o.nodeID, "node-id", os.Getenv("STRATA_NODE_ID"), "stable node id (default: kept in <data-dir>/node-id, generated once)")
-	f.StringArrayVar(&o.shardDirs, "shard-dir", nil, "shard directory, repeatable; each acts as one local storage node (default <data-dir>/shards/0)")
-	f.IntVar(&o.k, "k", 1, "erasure data shards per segment")
-	f.IntVar(&o.m, "m", 0, "erasure parity shards per segment")
+	f.StringSliceVar(&o.roles, "roles", []string{"meta", "storage", "api"}, "roles of this node: meta, storage, api")
+	f.StringVar(&o.dataDir, "data-dir", "./strata-data", "directory for all state")
+	f.StringVar(&o.httpAddr, "http-addr", "127.0.0.1:5000", "address of the OCI HTTP API (api role)")
+	f.StringVar(&o.grpcAddr, "grpc-addr", "127.0.0.1:0", "address of the internal gRPC API (port 0 picks a free one)")
+	f.StringVar(&o.raftAddr, "raft-addr", "127.0.0.1:0", "address of the Raft transport (meta role; port 0 picks a free one)")
+	f.StringVar(&o.nodeID, "node-id", "", "stable node id (default: kept in <data-dir>/node-id, generated once)")
+	f.StringSliceVar(&o.join, "join", nil, "gRPC addresses of cluster members to join through (none: bootstrap a new cluster)")
+	f.StringVar(&o.zone, "zone", "", "failure zone of this node (rack, room); shards spread over distinct zones first (default: the node id)")
+	f.StringArrayVar(&o.shardDirs, "shard-dir", nil, "shard directory, repeatable (default <data-dir>/shards/0); with --dev each acts as one storage node")
+	f.IntVar(&o.k, "k", 0, "erasure data shards per segment (default: 1 in --dev; in a cluster the best fit: 4+2 with 6 or more storage nodes, 2+1 with 3 to 5)")
+	f.IntVar(&o.m, "m", -1, "erasure parity shards per segment (default: see --k)")
 	f.IntVar(&o.segmentSize, "segment-size", blobstore.DefaultSegmentSize, "bytes per segment")
 	f.BoolVar(&o.strict, "strict-manifests", false, "refuse image manifests whose layers are not all in the repository (default: sparse manifests are accepted)")
-	f.StringVar(&o.logLevel, "log-level", envOr("STRATA_LOG_LEVEL", "info"), "debug, info, warn or error")
+	f.StringVar(&o.readConsistency, "read-consistency", "linearizable", "tag and listing reads: linearizable, or stale (served by any replica within --max-staleness)")
+	f.DurationVar(&o.maxStaleness, "max-staleness", 5*time.Second, "bound on the staleness of reads with --read-consistency=stale")
+	f.DurationVar(&o.deadAfter, "dead-after", 5*time.Minute, "a storage node silent this long is declared dead")
+	f.StringVar(&o.tlsCert, "tls-cert", "", "certificate for mutual TLS on internal gRPC (with --tls-key and --tls-ca)")
+	f.StringVar(&o.tlsKey, "tls-key", "", "private key for --tls-cert")
+	f.StringVar(&o.tlsCA, "tls-ca", "", "CA bundle that peers' certificates must chain to")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
-}
-
-func envOr(key, def string) string {
-	if v := os.Getenv(key); v != "" {
-		return v
-	}
-	return def
 }
 
 func newLogger(level string) (*slog.Logger, error) {
@@ -119,7 +153,44 @@ func loadNodeID(dataDir, flag string) (string, error) {
 	return id, os.WriteFile(path, []byte(id+"\n"), 0o640)
 }
 
+func (o *serveOptions) validate() error {
+	if o.dev {
+		o.roles = []string{cluster.RoleMeta, cluster.RoleStorage, cluster.RoleAPI}
+		if len(o.join) > 0 {
+			return errors.New("--dev runs a single node; it cannot --join")
+		}
+	}
+	if len(o.roles) == 0 {
+		return errors.New("--roles: at least one of meta, storage, api")
+	}
+	for _, r := range o.roles {
+		switch r {
+		case cluster.RoleMeta, cluster.RoleStorage, cluster.RoleAPI:
+		default:
+			return fmt.Errorf("--roles: unknown role %q (meta, storage, api)", r)
+		}
+	}
+	if !o.has(cluster.RoleMeta) && len(o.join) == 0 {
+		return errors.New("a node without the meta role needs --join with the gRPC address of a meta node")
+	}
+	if (o.k > 0) != (o.m >= 0) {
+		return errors.New("--k and --m go together")
+	}
+	if o.dev && o.k == 0 {
+		o.k, o.m = 1, 0
+	}
+	if (o.tlsCert != "" || o.tlsKey != "" || o.tlsCA != "") && (o.tlsCert == "" || o.tlsKey == "" || o.tlsCA == "") {
+		return errors.New("mutual TLS needs all of --tls-cert, --tls-key and --tls-ca")
+	}
+	return nil
+}
+
+func (o *serveOptions) has(role string) bool { return slices.Contains(o.roles, role) }
+
 func serve(ctx context.Context, o *serveOptions) error {
+	if err := o.validate(); err != nil {
+		return err
+	}
 	log, err := newLogger(o.logLevel)
 	if err != nil {
 		return err
@@ -132,71 +203,189 @@ func serve(ctx context.Context, o *serveOptions) error {
 	if err != nil {
 		return err
 	}
+	if o.zone == "" {
+		o.zone = nodeID
+	}
 	if ctx == nil {
 		ctx = context.Background()
 	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	// Shard storage first: it has nothing to recover.
-	dirs := o.shardDirs
-	if len(dirs) == 0 {
-		dirs = []string{filepath.Join(o.dataDir, "shards", "0")}
+	tlsConf, err := cluster.LoadTLS(o.tlsCert, o.tlsKey, o.tlsCA)
+	if err != nil {
+		return err
 	}
-	if o.k+o.m > len(dirs) {
-		return fmt.Errorf("erasure geometry %d+%d needs %d shard directories, have %d (--shard-dir)", o.k, o.m, o.k+o.m, len(dirs))
+	peers := cluster.NewPeers(o.join, tlsConf)
+	defer peers.Close()
+	gsrv := grpc.NewServer(cluster.ServerOptions(tlsConf)...)
+	gln, err := net.Listen("tcp", o.grpcAddr)
+	if err != nil {
+		return fmt.Errorf("--grpc-addr: %w", err)
 	}
-	var nodes []blobstore.Node
-	for i, d := range dirs {
-		ls, err := blobstore.OpenLocal(fmt.Sprintf("%s-disk%d", nodeID, i), d)
+	self := &pb.NodeRecord{Id: nodeID, GrpcAddr: gln.Addr().String(), Roles: o.roles, Zone: o.zone}
+
+	// Storage first: it has nothing to recover.
+	var local []blobstore.Node
+	if o.has(cluster.RoleStorage) {
+		dirs := o.shardDirs
+		if len(dirs) == 0 {
+			dirs = []string{filepath.Join(o.dataDir, "shards", "0")}
+		}
+		if !o.dev && len(dirs) > 1 {
+			return errors.New("a cluster storage node keeps one --shard-dir (run one storage node per disk); several are for --dev")
+		}
+		for i, d := range dirs {
+			id := nodeID
+			if o.dev {
+				id = fmt.Sprintf("%s-disk%d", nodeID, i)
+			}
+			ls, err := blobstore.OpenLocal(id, d)
+			if err != nil {
+				return err
+			}
+			defer ls.Close()
+			zone := o.zone
+			if o.dev {
+				zone = id
+			}
+			local = append(local, blobstore.Node{Info: blobstore.NodeInfo{ID: id, Zone: zone}, Shards: ls})
+		}
+		if !o.dev {
+			blobstore.RegisterShardServer(gsrv, local[0].Shards)
+		}
+	}
+
+	// Metadata.
+	var meta *cluster.Meta
+	var svc *cluster.Service
+	if o.has(cluster.RoleMeta) {
+		st, err := metastore.Open(filepath.Join(o.dataDir, "meta", "pebble"))
 		if err != nil {
 			return err
 		}
-		defer ls.Close()
-		nodes = append(nodes, blobstore.Node{Info: blobstore.NodeInfo{ID: ls.NodeID(), Zone: ls.NodeID()}, Shards: ls})
+		defer st.Close()
+		node, err := cluster.Open(cluster.Config{
+			NodeID: nodeID, Dir: filepath.Join(o.dataDir, "meta", "raft"), RaftAddr: o.raftAddr,
+			Bootstrap: len(o.join) == 0, Logger: log,
+		}, st)
+		if err != nil {
+			return err
+		}
+		defer node.Close()
+		self.RaftAddr = node.RaftAddr()
+		if meta, err = cluster.NewMeta(cluster.MetaConfig{Node: node, Store: st, Peers: peers,
+			ReadConsistency: o.readConsistency, MaxStaleness: o.maxStaleness}); err != nil {
+			return err
+		}
+		if svc, err = cluster.NewService(meta, o.deadAfter, log); err != nil {
+			return err
+		}
+		svc.Register(gsrv)
+		go svc.RunLeaderDuties(ctx)
+	} else {
+		if meta, err = cluster.NewMeta(cluster.MetaConfig{Peers: peers,
+			ReadConsistency: o.readConsistency, MaxStaleness: o.maxStaleness}); err != nil {
+			return err
+		}
 	}
-	blobs, err := blobstore.New(blobstore.Config{K: o.k, M: o.m, SegmentSize: o.segmentSize},
-		func() []blobstore.Node { return nodes })
-	if err != nil {
+	go func() {
+		if err := gsrv.Serve(gln); err != nil {
+			log.Error("grpc server", "err", err)
+		}
+	}()
+	defer gsrv.Stop()
+
+	// The HTTP listener is opened before joining so that the registry
+	// records the address it really got.
+	var hln net.Listener
+	if o.has(cluster.RoleAPI) {
+		if hln, err = net.Listen("tcp", o.httpAddr); err != nil {
+			return fmt.Errorf("--http-addr: %w", err)
+		}
+		self.HttpAddr = hln.Addr().String()
+	}
+	if err := joinCluster(ctx, o, meta, svc, self, log); err != nil {
 		return err
+	}
+	if o.has(cluster.RoleStorage) && !o.dev {
+		go cluster.RunHeartbeats(ctx, meta, nodeID, func(ctx context.Context) (used, free, capacity uint64) {
+			u, err := local[0].Shards.Usage(ctx)
+			if err != nil {
+				return 0, 0, 0
+			}
+			return uint64(u.Used), u.Free, u.Capacity
+		}, max(o.deadAfter/10, 200*time.Millisecond), log)
 	}
 
-	// Metadata: Pebble under Raft.
-	st, err := metastore.Open(filepath.Join(o.dataDir, "meta", "pebble"))
-	if err != nil {
-		return err
+	log.Info("strata node started", "node", nodeID, "roles", strings.Join(o.roles, ","),
+		"grpc", self.GrpcAddr, "raft", self.RaftAddr, "data_dir", o.dataDir, "version", version)
+	if !o.has(cluster.RoleAPI) {
+		<-ctx.Done()
+		log.Info("shutting down")
+		return nil
 	}
-	defer st.Close()
-	node, err := cluster.Open(cluster.Config{
-		NodeID: nodeID, Dir: filepath.Join(o.dataDir, "meta", "raft"), RaftAddr: o.raftAddr,
-		Bootstrap: true, Logger: log,
-	}, st)
-	if err != nil {
-		return err
-	}
-	defer node.Close()
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = node.WaitLeader(wctx)
-	cancel()
-	if err != nil {
-		return err
-	}
+	return serveHTTP(ctx, o, hln, meta, local, peers, nodeID, log)
+}
 
+// joinCluster makes the node a member: a bootstrapping meta node registers
+// itself once it leads; every other node joins through --join, retrying
+// until a member answers.
+func joinCluster(ctx context.Context, o *serveOptions, meta *cluster.Meta, svc *cluster.Service, self *pb.NodeRecord, log *slog.Logger) error {
+	if len(o.join) == 0 {
+		wctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		defer cancel()
+		if err := meta.Node().WaitLeader(wctx); err != nil {
+			return err
+		}
+		return meta.Propose(wctx, &pb.Command{Op: &pb.Command_RegisterNode{RegisterNode: &pb.RegisterNode{Node: self}}})
+	}
+	wait := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := cluster.Join(ctx, meta, self)
+		if err == nil {
+			log.Info("joined the cluster", "via", strings.Join(o.join, ","))
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if attempt%10 == 1 {
+			log.Warn("joining the cluster, will retry", "via", strings.Join(o.join, ","), "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 2*time.Second)
+	}
+}
+
+// serveHTTP runs the OCI API until ctx ends.
+func serveHTTP(ctx context.Context, o *serveOptions, ln net.Listener, meta *cluster.Meta, local []blobstore.Node,
+	peers *cluster.Peers, nodeID string, log *slog.Logger) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv := api.New(api.Config{
-		Registry: reg, Logger: log, StrictManifests: o.strict,
-		Ready: func(ctx context.Context) error {
-			if !node.IsLeader() {
-				return cluster.ErrNoLeader
-			}
-			return nil
-		},
-	}, &cluster.Local{Node: node, Store: st}, blobs)
-
-	ln, err := net.Listen("tcp", o.httpAddr)
+	blobCfg := blobstore.Config{K: o.k, M: o.m, SegmentSize: o.segmentSize}
+	var blobs *blobstore.Store
+	var storage *cluster.StorageView
+	var err error
+	if o.dev {
+		blobs, err = blobstore.New(blobCfg, func() []blobstore.Node { return local })
+	} else {
+		storage = cluster.NewStorageView(meta, peers, nodeID, local, log)
+		blobs, err = storage.NewStore(blobCfg)
+	}
 	if err != nil {
 		return err
+	}
+	srv := api.New(api.Config{
+		Registry: reg, Logger: log, StrictManifests: o.strict,
+		Ready: func(ctx context.Context) error { return meta.Ready(ctx) },
+	}, meta, blobs)
+	if storage != nil {
+		go storage.Run(ctx, blobCfg, srv.SetBlobs)
 	}
 	hs := &http.Server{
 		Handler:           srv.Handler(),
@@ -207,10 +396,7 @@ func serve(ctx context.Context, o *serveOptions) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
-	log.Info("strata is serving", "url", "http://"+ln.Addr().String(), "node", nodeID,
-		"data_dir", o.dataDir, "raft", node.RaftAddr(), "erasure", fmt.Sprintf("%d+%d", o.k, o.m),
-		"shard_dirs", len(dirs), "version", version)
-
+	log.Info("strata is serving", "url", "http://"+ln.Addr().String(), "node", nodeID, "data_dir", o.dataDir)
 	select {
 	case err := <-errc:
 		return err
