@@ -139,3 +139,20 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	c.n += int64(n)
 	return n, err
 }
+
+// RestoreAsNew replaces the state with a snapshot for a cluster that starts a
+// new Raft log (disaster recovery from a backup): the content is restored
+// and the applied index is reset, so that the new log's first entries are
+// not mistaken for ones already applied.
+func (s *Store) RestoreAsNew(r io.Reader) error {
+	if err := s.Restore(r); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.db.Set([]byte(keyApplied), be64(nil, 0), pebble.Sync); err != nil {
+		return err
+	}
+	s.applied = 0
+	return nil
+}
