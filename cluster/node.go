@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -43,7 +42,10 @@ type Config struct {
 	// TrailingLogs is how many entries stay in the log after a snapshot, so
 	// that slightly lagging followers catch up without one.
 	TrailingLogs uint64
-	Logger       *slog.Logger
+	// StreamLayer, if set, carries Raft traffic instead of plain TCP on
+	// RaftAddr (a Bridge, to cut links in tests).
+	StreamLayer raft.StreamLayer
+	Logger      *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -66,7 +68,7 @@ func (c *Config) Validate() error {
 	if c.Dir == "" {
 		return errors.New("cluster: data directory is required")
 	}
-	if c.RaftAddr == "" {
+	if c.RaftAddr == "" && c.StreamLayer == nil {
 		return errors.New("cluster: raft address is required")
 	}
 	return nil
@@ -117,15 +119,15 @@ func Open(cfg Config, st *metastore.Store) (*Node, error) {
 		logs.Close()
 		return nil, fmt.Errorf("cluster: snapshot store: %w", err)
 	}
-	addr, err := net.ResolveTCPAddr("tcp", cfg.RaftAddr)
-	if err != nil {
-		logs.Close()
-		return nil, fmt.Errorf("cluster: raft address %q: %w", cfg.RaftAddr, err)
-	}
-	transport, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, nil, 3, 10*time.Second, rc.Logger)
-	if err != nil {
-		logs.Close()
-		return nil, fmt.Errorf("cluster: raft transport on %s: %w", addr, err)
+	var transport *raft.NetworkTransport
+	if cfg.StreamLayer != nil {
+		transport = raft.NewNetworkTransportWithLogger(cfg.StreamLayer, 3, 10*time.Second, rc.Logger)
+	} else {
+		transport, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, nil, 3, 10*time.Second, rc.Logger)
+		if err != nil {
+			logs.Close()
+			return nil, fmt.Errorf("cluster: raft transport on %s: %w", cfg.RaftAddr, err)
+		}
 	}
 	r, err := raft.NewRaft(rc, &fsm{st: st}, logs, logs, snaps, transport)
 	if err != nil {
