@@ -26,7 +26,7 @@ Start a working single-node registry on 127.0.0.1:5000 with:
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newVersionCmd(), newClusterCmd())
+	root.AddCommand(newServeCmd(), newVersionCmd(), newClusterCmd(), newDevCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "strata:", err)
 		os.Exit(1)
