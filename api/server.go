@@ -219,5 +219,7 @@ func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// requestTimeout bounds metadata operations that do not stream a body.
-const requestTimeout = 30 * time.Second
+// requestTimeout bounds metadata operations that do not stream a body: long
+// enough to ride out a leader election, short enough that a client behind a
+// minority partition gets its 503 promptly.
+const requestTimeout = 10 * time.Second

@@ -125,7 +125,7 @@ func retry(ctx context.Context, op func(ctx context.Context) error) error {
 
 // defaultRetryFor bounds retries through a leader change when the caller
 // set no deadline. Elections here take well under 2 s.
-const defaultRetryFor = 15 * time.Second
+const defaultRetryFor = 10 * time.Second
 
 // Propose replicates cmd and returns once it is applied: nil, or the
 // metastore error that refused it.
@@ -145,6 +145,9 @@ func (m *Meta) Propose(ctx context.Context, cmd *pb.Command) error {
 
 // propose makes one attempt: apply locally when leading, else forward.
 func (m *Meta) propose(ctx context.Context, data []byte, cmd *pb.Command, hops uint32) error {
+	if m.node != nil && m.node.Shutdown() {
+		return ErrShutdown
+	}
 	if m.node != nil && m.node.IsLeader() {
 		if cmd == nil {
 			cmd = &pb.Command{}
@@ -278,6 +281,9 @@ func (m *Meta) read(ctx context.Context, req *cpb.ReadRequest) (*cpb.ReadRespons
 }
 
 func (m *Meta) readOnce(ctx context.Context, req *cpb.ReadRequest) (*cpb.ReadResponse, error) {
+	if m.node != nil && m.node.Shutdown() {
+		return nil, ErrShutdown
+	}
 	if m.node != nil {
 		if digestAddressed(req.Kind) {
 			if resp := m.answer(req); resp.Error == nil || !notFound(resp.Error) {

@@ -217,6 +217,9 @@ func (n *Node) Indexes() (last, commit, applied uint64) {
 	return n.raft.LastIndex(), n.raft.CommitIndex(), n.raft.AppliedIndex()
 }
 
+// Shutdown reports whether the node has been closed.
+func (n *Node) Shutdown() bool { return n.raft.State() == raft.Shutdown }
+
 // State is the Raft state: Leader, Follower, Candidate or Shutdown.
 func (n *Node) State() string { return n.raft.State().String() }
 
