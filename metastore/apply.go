@@ -114,6 +114,10 @@ func (t *txn) apply(cmd *pb.Command) error {
 		return t.removeNode(op.RemoveNode)
 	case *pb.Command_SetNodeState:
 		return t.setNodeState(op.SetNodeState)
+	case *pb.Command_ReplaceShard:
+		return t.replaceShard(op.ReplaceShard)
+	case *pb.Command_ReportShard:
+		return t.reportShard(op.ReportShard)
 	case nil:
 		return fmt.Errorf("%w: empty command", ErrCommandInvalid)
 	default:
@@ -344,6 +348,9 @@ func (t *txn) commitBlob(c *pb.CommitBlob) error {
 		if err := t.put(blobKey(c.Digest), &pb.BlobLayout{
 			Digest: c.Digest, Size: c.Size, Segments: segs, CreatedUnixNano: t.now,
 		}); err != nil {
+			return err
+		}
+		if err := t.indexSegments(c.Digest, segs); err != nil {
 			return err
 		}
 	}
@@ -685,4 +692,144 @@ func (t *txn) setNodeState(c *pb.SetNodeState) error {
 	rec.State = c.State
 	rec.UpdatedUnixNano = t.now
 	return t.put(nodeKey(c.Id), &rec)
+}
+
+// ---- shard locations and repair ----
+
+// indexSegments records where a new layout's shards live, and queues any
+// segment written below full redundancy for repair.
+func (t *txn) indexSegments(dgst string, segs []*pb.Segment) error {
+	for _, seg := range segs {
+		if err := t.b.Set(segKey(seg.Id), []byte(dgst), nil); err != nil {
+			return err
+		}
+		for _, r := range seg.Shards {
+			if err := t.set(nodeShardKey(r.Node, seg.Id, r.Index)); err != nil {
+				return err
+			}
+		}
+		if missing := missingShards(seg); len(missing) > 0 {
+			if err := t.queueRepair(seg.Id, dgst, fmt.Sprintf("written with %d of %d shards", len(seg.Shards), seg.K+seg.M)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// missingShards lists the shard indexes of seg that have no location.
+func missingShards(seg *pb.Segment) []uint32 {
+	have := make(map[uint32]bool, len(seg.Shards))
+	for _, r := range seg.Shards {
+		have[r.Index] = true
+	}
+	var out []uint32
+	for i := uint32(0); i < seg.K+seg.M; i++ {
+		if !have[i] {
+			out = append(out, i)
+		}
+	}
+	return out
+}
+
+func (t *txn) queueRepair(segID, dgst, reason string) error {
+	var item pb.RepairItem
+	had, err := t.load(repairKey(segID), &item)
+	if err != nil {
+		return err
+	}
+	if !had {
+		item = pb.RepairItem{SegmentId: segID, Digest: dgst, QueuedUnixNano: t.now}
+	}
+	if len(item.Reasons) < 8 && !slices.Contains(item.Reasons, reason) {
+		item.Reasons = append(item.Reasons, reason)
+	}
+	return t.put(repairKey(segID), &item)
+}
+
+// segment loads the layout holding a segment and the segment in it.
+func (t *txn) segment(segID string) (*pb.BlobLayout, *pb.Segment, error) {
+	v, c, err := t.b.Get(segKey(segID))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, nil, fmt.Errorf("%w: segment %s", ErrBlobUnknown, segID)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	dgst := string(v)
+	c.Close()
+	var l pb.BlobLayout
+	ok, err := t.load(blobKey(dgst), &l)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !ok {
+		return nil, nil, fmt.Errorf("%w: %s (segment %s)", ErrBlobUnknown, dgst, segID)
+	}
+	for _, s := range l.Segments {
+		if s.Id == segID {
+			return &l, s, nil
+		}
+	}
+	return nil, nil, fmt.Errorf("%w: segment %s not in %s", ErrCorrupt, segID, dgst)
+}
+
+func (t *txn) replaceShard(c *pb.ReplaceShard) error {
+	if c.NewNode == "" || len(c.Blake3) != 32 {
+		return fmt.Errorf("%w: replacement needs a node and a BLAKE3 sum", ErrCommandInvalid)
+	}
+	l, seg, err := t.segment(c.SegmentId)
+	if err != nil {
+		return err
+	}
+	if c.Index >= seg.K+seg.M {
+		return fmt.Errorf("%w: shard %d of a %d+%d segment", ErrCommandInvalid, c.Index, seg.K, seg.M)
+	}
+	pos := -1
+	for i, r := range seg.Shards {
+		if r.Index == c.Index {
+			pos = i
+		}
+		if r.Node == c.NewNode && r.Index != c.Index {
+			return fmt.Errorf("%w: node %s already holds shard %d of segment %s", ErrShardMoved, c.NewNode, r.Index, c.SegmentId)
+		}
+	}
+	switch {
+	case pos < 0 && c.OldNode != "":
+		return fmt.Errorf("%w: shard %d of %s has no location, not %s", ErrShardMoved, c.Index, c.SegmentId, c.OldNode)
+	case pos >= 0 && seg.Shards[pos].Node != c.OldNode:
+		return fmt.Errorf("%w: shard %d of %s is on %s, not %s", ErrShardMoved, c.Index, c.SegmentId, seg.Shards[pos].Node, c.OldNode)
+	}
+	ref := &pb.ShardRef{Index: c.Index, Node: c.NewNode, Blake3: c.Blake3}
+	if pos >= 0 {
+		if err := t.del(nodeShardKey(c.OldNode, c.SegmentId, c.Index)); err != nil {
+			return err
+		}
+		seg.Shards[pos] = ref
+	} else {
+		seg.Shards = append(seg.Shards, ref)
+		slices.SortFunc(seg.Shards, func(a, b *pb.ShardRef) int { return int(a.Index) - int(b.Index) })
+	}
+	if err := t.set(nodeShardKey(c.NewNode, c.SegmentId, c.Index)); err != nil {
+		return err
+	}
+	if err := t.put(blobKey(l.Digest), l); err != nil {
+		return err
+	}
+	if len(missingShards(seg)) == 0 {
+		return t.del(repairKey(c.SegmentId))
+	}
+	return nil
+}
+
+func (t *txn) reportShard(c *pb.ReportShard) error {
+	l, _, err := t.segment(c.SegmentId)
+	if err != nil {
+		return err
+	}
+	reason := c.Reason
+	if c.Node != "" {
+		reason = fmt.Sprintf("shard %d on %s: %s", c.Index, c.Node, c.Reason)
+	}
+	return t.queueRepair(c.SegmentId, l.Digest, reason)
 }

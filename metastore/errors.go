@@ -21,6 +21,7 @@ var (
 	ErrCommandInvalid      = errors.New("metastore: command invalid")
 	ErrCorrupt             = errors.New("metastore: stored record corrupt")
 	ErrNodeUnknown         = errors.New("metastore: node unknown")
+	ErrShardMoved          = errors.New("metastore: shard is not where the command expected")
 )
 
 var errorCodes = map[string]error{

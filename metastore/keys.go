@@ -23,6 +23,9 @@ import "encoding/binary"
 //	orphan/<segment id>                   Segment whose shards no blob references
 //	outbox/<seq BE>                       Event
 //	node/<id>                             NodeRecord
+//	seg/<segment id>                      digest of the blob whose layout holds the segment
+//	nodeshard/<node>\0<segment id>\0<index BE32>  (empty) shards a storage node holds
+//	repair/<segment id>                   RepairItem: a segment below full redundancy
 //	req/<request id>                      RequestRecord (deduplication of retried proposals)
 //	req-by-time/<time BE>\0<request id>   (empty) expiry index of req/
 const (
@@ -46,6 +49,9 @@ const (
 	pfxOrphan   = "orphan/"
 	pfxOutbox   = "outbox/"
 	pfxNode     = "node/"
+	pfxSeg      = "seg/"
+	pfxNodeShrd = "nodeshard/"
+	pfxRepair   = "repair/"
 	pfxReq      = "req/"
 	pfxReqTime  = "req-by-time/"
 )
@@ -86,8 +92,14 @@ func uploadKey(id string) []byte              { return k(pfxUpload, id) }
 func orphanKey(segID string) []byte           { return k(pfxOrphan, segID) }
 func outboxKey(seq uint64) []byte             { return be64(k(pfxOutbox), seq) }
 
-func nodeKey(id string) []byte { return k(pfxNode, id) }
-func reqKey(id string) []byte  { return k(pfxReq, id) }
+func nodeKey(id string) []byte           { return k(pfxNode, id) }
+func segKey(id string) []byte            { return k(pfxSeg, id) }
+func repairKey(id string) []byte         { return k(pfxRepair, id) }
+func nodeShardPrefix(node string) []byte { return append(k(pfxNodeShrd, node), 0) }
+func nodeShardKey(node, seg string, index uint32) []byte {
+	return binary.BigEndian.AppendUint32(append(k(pfxNodeShrd, node, seg), 0), index)
+}
+func reqKey(id string) []byte { return k(pfxReq, id) }
 
 // reqTimeKey orders request ids by proposer time (negative times sort first).
 func reqTimeKey(t int64, id string) []byte {

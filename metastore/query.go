@@ -282,3 +282,90 @@ func (s *Store) Nodes() ([]*pb.NodeRecord, error) {
 	}
 	return out, err
 }
+
+// ShardLoc names one shard of a segment.
+type ShardLoc struct {
+	Segment string
+	Index   uint32
+}
+
+// ShardsOnNode lists up to limit shards the registry places on node, after
+// the shard after (zero value: from the start).
+func (s *Store) ShardsOnNode(node string, after ShardLoc, limit int) ([]ShardLoc, error) {
+	pfx := nodeShardPrefix(node)
+	var start []byte
+	if after.Segment != "" {
+		start = append(nodeShardKey(node, after.Segment, after.Index), 0)
+	}
+	var out []ShardLoc
+	err := s.scan(pfx, start, func(key, _ []byte) bool {
+		rest := key[len(pfx):]
+		if len(rest) < 5 {
+			return true
+		}
+		out = append(out, ShardLoc{Segment: string(rest[:len(rest)-5]), Index: binary.BigEndian.Uint32(rest[len(rest)-4:])})
+		return len(out) < limit
+	})
+	return out, err
+}
+
+// CountShardsOnNode counts the shards the registry places on node.
+func (s *Store) CountShardsOnNode(node string) (int, error) {
+	n := 0
+	err := s.scan(nodeShardPrefix(node), nil, func(_, _ []byte) bool { n++; return true })
+	return n, err
+}
+
+// Segment returns a segment by id and the digest of the blob it belongs to.
+func (s *Store) Segment(id string) (string, *pb.Segment, error) {
+	v, c, err := s.db.Get(segKey(id))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return "", nil, fmt.Errorf("%w: segment %s", ErrBlobUnknown, id)
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	dgst := string(v)
+	c.Close()
+	l, err := s.Blob(dgst)
+	if err != nil {
+		return "", nil, err
+	}
+	for _, seg := range l.Segments {
+		if seg.Id == id {
+			return dgst, seg, nil
+		}
+	}
+	return "", nil, fmt.Errorf("%w: segment %s not in %s", ErrCorrupt, id, dgst)
+}
+
+// RepairQueue lists up to limit segments waiting for repair, after the
+// segment id after.
+func (s *Store) RepairQueue(after string, limit int) ([]*pb.RepairItem, error) {
+	var start []byte
+	if after != "" {
+		start = append(repairKey(after), 0)
+	}
+	var out []*pb.RepairItem
+	var derr error
+	err := s.scan([]byte(pfxRepair), start, func(key, v []byte) bool {
+		var it pb.RepairItem
+		if err := proto.Unmarshal(v, &it); err != nil {
+			derr = fmt.Errorf("%w: %q: %v", ErrCorrupt, key, err)
+			return false
+		}
+		out = append(out, &it)
+		return len(out) < limit
+	})
+	if err == nil {
+		err = derr
+	}
+	return out, err
+}
+
+// CountRepairQueue counts the segments waiting for repair.
+func (s *Store) CountRepairQueue() (int, error) {
+	n := 0
+	err := s.scan([]byte(pfxRepair), nil, func(_, _ []byte) bool { n++; return true })
+	return n, err
+}

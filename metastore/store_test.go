@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -518,5 +519,65 @@ func TestNodeRegistry(t *testing.T) {
 	nodes, _ := h.st.Nodes()
 	if len(nodes) != 1 || nodes[0].Id != "s1" {
 		t.Fatalf("nodes %v", nodes)
+	}
+}
+
+func ecSeg(id string, nodes ...string) *pb.Segment {
+	s := &pb.Segment{Id: id, Length: 10, K: 2, M: 1, ShardSize: 5, Format: 1}
+	for i, n := range nodes {
+		if n != "" {
+			s.Shards = append(s.Shards, &pb.ShardRef{Index: uint32(i), Node: n, Blake3: make([]byte, 32)})
+		}
+	}
+	return s
+}
+
+// Shard locations are indexed by node; repair and drain move them with
+// compare-and-set commands, and the repair queue follows redundancy.
+func TestShardLocationsAndRepairQueue(t *testing.T) {
+	h := newHarness(t)
+	h.must(commitCmd("r", dg(1), 20, ecSeg("full", "a", "b", "c"), ecSeg("short", "a", "", "c")))
+	locs, err := h.st.ShardsOnNode("a", ShardLoc{}, 10)
+	if err != nil || fmt.Sprint(locs) != "[{full 0} {short 0}]" {
+		t.Fatalf("shards on a: %v %v", locs, err)
+	}
+	if n, _ := h.st.CountShardsOnNode("b"); n != 1 {
+		t.Fatalf("shards on b: %d", n)
+	}
+	q, _ := h.st.RepairQueue("", 10)
+	if len(q) != 1 || q[0].SegmentId != "short" || q[0].Digest != dg(1) {
+		t.Fatalf("a segment written below redundancy is not queued: %v", q)
+	}
+	sum := make([]byte, 32)
+	replace := func(seg string, idx uint32, old, nw string) *pb.Command {
+		return &pb.Command{Op: &pb.Command_ReplaceShard{ReplaceShard: &pb.ReplaceShard{
+			SegmentId: seg, Index: idx, OldNode: old, NewNode: nw, Blake3: sum}}}
+	}
+	h.refuse(replace("short", 1, "x", "d"), ErrShardMoved) // it has no location, not x
+	h.refuse(replace("short", 1, "", "a"), ErrShardMoved)  // a already holds shard 0
+	h.refuse(replace("short", 7, "", "d"), ErrCommandInvalid)
+	h.refuse(replace("nope", 1, "", "d"), ErrBlobUnknown)
+	h.must(replace("short", 1, "", "d"))
+	if q, _ := h.st.RepairQueue("", 10); len(q) != 0 {
+		t.Fatalf("a repaired segment stays queued: %v", q)
+	}
+	_, seg, err := h.st.Segment("short")
+	if err != nil || len(seg.Shards) != 3 || seg.Shards[1].Node != "d" {
+		t.Fatalf("segment after repair: %v %v", seg, err)
+	}
+	// A drain moves a shard away from its node.
+	h.refuse(replace("full", 0, "b", "e"), ErrShardMoved)
+	h.must(replace("full", 0, "a", "e"))
+	if n, _ := h.st.CountShardsOnNode("a"); n != 1 {
+		t.Fatalf("a still holds %d shards after moving one away", n)
+	}
+	l, _ := h.st.Blob(dg(1))
+	if l.Segments[0].Shards[0].Node != "e" {
+		t.Fatalf("layout not updated: %v", l.Segments[0])
+	}
+	h.must(&pb.Command{Op: &pb.Command_ReportShard{ReportShard: &pb.ReportShard{SegmentId: "full", Index: 2, Node: "c", Reason: "checksum mismatch"}}})
+	q, _ = h.st.RepairQueue("", 10)
+	if len(q) != 1 || q[0].SegmentId != "full" || !strings.Contains(q[0].Reasons[0], "checksum") {
+		t.Fatalf("reported shard not queued: %v", q)
 	}
 }

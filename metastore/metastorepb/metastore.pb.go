@@ -51,6 +51,8 @@ type Command struct {
 	//	*Command_RegisterNode
 	//	*Command_RemoveNode
 	//	*Command_SetNodeState
+	//	*Command_ReplaceShard
+	//	*Command_ReportShard
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -215,6 +217,24 @@ func (x *Command) GetSetNodeState() *SetNodeState {
 	return nil
 }
 
+func (x *Command) GetReplaceShard() *ReplaceShard {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ReplaceShard); ok {
+			return x.ReplaceShard
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetReportShard() *ReportShard {
+	if x != nil {
+		if x, ok := x.Op.(*Command_ReportShard); ok {
+			return x.ReportShard
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -267,6 +287,14 @@ type Command_SetNodeState struct {
 	SetNodeState *SetNodeState `protobuf:"bytes,21,opt,name=set_node_state,json=setNodeState,proto3,oneof"`
 }
 
+type Command_ReplaceShard struct {
+	ReplaceShard *ReplaceShard `protobuf:"bytes,22,opt,name=replace_shard,json=replaceShard,proto3,oneof"`
+}
+
+type Command_ReportShard struct {
+	ReportShard *ReportShard `protobuf:"bytes,23,opt,name=report_shard,json=reportShard,proto3,oneof"`
+}
+
 func (*Command_OpenUpload) isCommand_Op() {}
 
 func (*Command_UpdateUpload) isCommand_Op() {}
@@ -291,6 +319,229 @@ func (*Command_RemoveNode) isCommand_Op() {}
 
 func (*Command_SetNodeState) isCommand_Op() {}
 
+func (*Command_ReplaceShard) isCommand_Op() {}
+
+func (*Command_ReportShard) isCommand_Op() {}
+
+// ReplaceShard records that shard `index` of a segment now lives on
+// new_node (rebuilt by repair or moved by a drain). It applies only if the
+// shard is still where the repairer found it: on old_node, or absent when
+// old_node is empty.
+type ReplaceShard struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SegmentId     string                 `protobuf:"bytes,1,opt,name=segment_id,json=segmentId,proto3" json:"segment_id,omitempty"`
+	Index         uint32                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	OldNode       string                 `protobuf:"bytes,3,opt,name=old_node,json=oldNode,proto3" json:"old_node,omitempty"`
+	NewNode       string                 `protobuf:"bytes,4,opt,name=new_node,json=newNode,proto3" json:"new_node,omitempty"`
+	Blake3        []byte                 `protobuf:"bytes,5,opt,name=blake3,proto3" json:"blake3,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplaceShard) Reset() {
+	*x = ReplaceShard{}
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplaceShard) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplaceShard) ProtoMessage() {}
+
+func (x *ReplaceShard) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplaceShard.ProtoReflect.Descriptor instead.
+func (*ReplaceShard) Descriptor() ([]byte, []int) {
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ReplaceShard) GetSegmentId() string {
+	if x != nil {
+		return x.SegmentId
+	}
+	return ""
+}
+
+func (x *ReplaceShard) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ReplaceShard) GetOldNode() string {
+	if x != nil {
+		return x.OldNode
+	}
+	return ""
+}
+
+func (x *ReplaceShard) GetNewNode() string {
+	if x != nil {
+		return x.NewNode
+	}
+	return ""
+}
+
+func (x *ReplaceShard) GetBlake3() []byte {
+	if x != nil {
+		return x.Blake3
+	}
+	return nil
+}
+
+// ReportShard queues a segment for repair: a shard was found missing or
+// corrupt by a read or by a scrubber.
+type ReportShard struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SegmentId     string                 `protobuf:"bytes,1,opt,name=segment_id,json=segmentId,proto3" json:"segment_id,omitempty"`
+	Index         uint32                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Node          string                 `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportShard) Reset() {
+	*x = ReportShard{}
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportShard) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportShard) ProtoMessage() {}
+
+func (x *ReportShard) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportShard.ProtoReflect.Descriptor instead.
+func (*ReportShard) Descriptor() ([]byte, []int) {
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ReportShard) GetSegmentId() string {
+	if x != nil {
+		return x.SegmentId
+	}
+	return ""
+}
+
+func (x *ReportShard) GetIndex() uint32 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ReportShard) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ReportShard) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// RepairItem is a segment waiting for repair. Stored under repair/<segment id>.
+type RepairItem struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	SegmentId      string                 `protobuf:"bytes,1,opt,name=segment_id,json=segmentId,proto3" json:"segment_id,omitempty"`
+	Digest         string                 `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	Reasons        []string               `protobuf:"bytes,3,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	QueuedUnixNano int64                  `protobuf:"varint,4,opt,name=queued_unix_nano,json=queuedUnixNano,proto3" json:"queued_unix_nano,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *RepairItem) Reset() {
+	*x = RepairItem{}
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RepairItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RepairItem) ProtoMessage() {}
+
+func (x *RepairItem) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RepairItem.ProtoReflect.Descriptor instead.
+func (*RepairItem) Descriptor() ([]byte, []int) {
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RepairItem) GetSegmentId() string {
+	if x != nil {
+		return x.SegmentId
+	}
+	return ""
+}
+
+func (x *RepairItem) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *RepairItem) GetReasons() []string {
+	if x != nil {
+		return x.Reasons
+	}
+	return nil
+}
+
+func (x *RepairItem) GetQueuedUnixNano() int64 {
+	if x != nil {
+		return x.QueuedUnixNano
+	}
+	return 0
+}
+
 // NodeRecord is a member of the cluster as the registry knows it. Stored
 // under node/<id>.
 type NodeRecord struct {
@@ -310,7 +561,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[1]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -322,7 +573,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[1]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -335,7 +586,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{1}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *NodeRecord) GetId() string {
@@ -411,7 +662,7 @@ type RegisterNode struct {
 
 func (x *RegisterNode) Reset() {
 	*x = RegisterNode{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[2]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -423,7 +674,7 @@ func (x *RegisterNode) String() string {
 func (*RegisterNode) ProtoMessage() {}
 
 func (x *RegisterNode) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[2]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -436,7 +687,7 @@ func (x *RegisterNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNode.ProtoReflect.Descriptor instead.
 func (*RegisterNode) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{2}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RegisterNode) GetNode() *NodeRecord {
@@ -455,7 +706,7 @@ type RemoveNode struct {
 
 func (x *RemoveNode) Reset() {
 	*x = RemoveNode{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[3]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -467,7 +718,7 @@ func (x *RemoveNode) String() string {
 func (*RemoveNode) ProtoMessage() {}
 
 func (x *RemoveNode) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[3]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -480,7 +731,7 @@ func (x *RemoveNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNode.ProtoReflect.Descriptor instead.
 func (*RemoveNode) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{3}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RemoveNode) GetId() string {
@@ -500,7 +751,7 @@ type SetNodeState struct {
 
 func (x *SetNodeState) Reset() {
 	*x = SetNodeState{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[4]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +763,7 @@ func (x *SetNodeState) String() string {
 func (*SetNodeState) ProtoMessage() {}
 
 func (x *SetNodeState) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[4]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +776,7 @@ func (x *SetNodeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeState.ProtoReflect.Descriptor instead.
 func (*SetNodeState) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{4}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SetNodeState) GetId() string {
@@ -554,7 +805,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[5]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -566,7 +817,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[5]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -579,7 +830,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{5}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RequestRecord) GetResult() *ApplyResult {
@@ -608,7 +859,7 @@ type ShardRef struct {
 
 func (x *ShardRef) Reset() {
 	*x = ShardRef{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[6]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +871,7 @@ func (x *ShardRef) String() string {
 func (*ShardRef) ProtoMessage() {}
 
 func (x *ShardRef) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[6]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +884,7 @@ func (x *ShardRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardRef.ProtoReflect.Descriptor instead.
 func (*ShardRef) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{6}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ShardRef) GetIndex() uint32 {
@@ -676,7 +927,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[7]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -688,7 +939,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[7]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -701,7 +952,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{7}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Segment) GetId() string {
@@ -773,7 +1024,7 @@ type BlobLayout struct {
 
 func (x *BlobLayout) Reset() {
 	*x = BlobLayout{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[8]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -785,7 +1036,7 @@ func (x *BlobLayout) String() string {
 func (*BlobLayout) ProtoMessage() {}
 
 func (x *BlobLayout) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[8]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -798,7 +1049,7 @@ func (x *BlobLayout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobLayout.ProtoReflect.Descriptor instead.
 func (*BlobLayout) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{8}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *BlobLayout) GetDigest() string {
@@ -845,7 +1096,7 @@ type Upload struct {
 
 func (x *Upload) Reset() {
 	*x = Upload{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[9]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -857,7 +1108,7 @@ func (x *Upload) String() string {
 func (*Upload) ProtoMessage() {}
 
 func (x *Upload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[9]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -870,7 +1121,7 @@ func (x *Upload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Upload.ProtoReflect.Descriptor instead.
 func (*Upload) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{9}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Upload) GetId() string {
@@ -933,7 +1184,7 @@ type RefCount struct {
 
 func (x *RefCount) Reset() {
 	*x = RefCount{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[10]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1196,7 @@ func (x *RefCount) String() string {
 func (*RefCount) ProtoMessage() {}
 
 func (x *RefCount) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[10]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1209,7 @@ func (x *RefCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefCount.ProtoReflect.Descriptor instead.
 func (*RefCount) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{10}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *RefCount) GetLinks() int64 {
@@ -993,7 +1244,7 @@ type ManifestRecord struct {
 
 func (x *ManifestRecord) Reset() {
 	*x = ManifestRecord{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[11]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1005,7 +1256,7 @@ func (x *ManifestRecord) String() string {
 func (*ManifestRecord) ProtoMessage() {}
 
 func (x *ManifestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[11]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1018,7 +1269,7 @@ func (x *ManifestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManifestRecord.ProtoReflect.Descriptor instead.
 func (*ManifestRecord) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{11}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ManifestRecord) GetDigest() string {
@@ -1096,7 +1347,7 @@ type TagRecord struct {
 
 func (x *TagRecord) Reset() {
 	*x = TagRecord{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[12]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1108,7 +1359,7 @@ func (x *TagRecord) String() string {
 func (*TagRecord) ProtoMessage() {}
 
 func (x *TagRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[12]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1121,7 +1372,7 @@ func (x *TagRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagRecord.ProtoReflect.Descriptor instead.
 func (*TagRecord) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{12}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TagRecord) GetDigest() string {
@@ -1156,7 +1407,7 @@ type TagHistoryEntry struct {
 
 func (x *TagHistoryEntry) Reset() {
 	*x = TagHistoryEntry{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[13]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1168,7 +1419,7 @@ func (x *TagHistoryEntry) String() string {
 func (*TagHistoryEntry) ProtoMessage() {}
 
 func (x *TagHistoryEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[13]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1181,7 +1432,7 @@ func (x *TagHistoryEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagHistoryEntry.ProtoReflect.Descriptor instead.
 func (*TagHistoryEntry) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{13}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TagHistoryEntry) GetDigest() string {
@@ -1216,7 +1467,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[14]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1228,7 +1479,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[14]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1241,7 +1492,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{14}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -1317,7 +1568,7 @@ type OpenUpload struct {
 
 func (x *OpenUpload) Reset() {
 	*x = OpenUpload{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[15]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1329,7 +1580,7 @@ func (x *OpenUpload) String() string {
 func (*OpenUpload) ProtoMessage() {}
 
 func (x *OpenUpload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[15]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1342,7 +1593,7 @@ func (x *OpenUpload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenUpload.ProtoReflect.Descriptor instead.
 func (*OpenUpload) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{15}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *OpenUpload) GetId() string {
@@ -1373,7 +1624,7 @@ type UpdateUpload struct {
 
 func (x *UpdateUpload) Reset() {
 	*x = UpdateUpload{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[16]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1636,7 @@ func (x *UpdateUpload) String() string {
 func (*UpdateUpload) ProtoMessage() {}
 
 func (x *UpdateUpload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[16]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +1649,7 @@ func (x *UpdateUpload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateUpload.ProtoReflect.Descriptor instead.
 func (*UpdateUpload) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{16}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *UpdateUpload) GetId() string {
@@ -1445,7 +1696,7 @@ type CancelUpload struct {
 
 func (x *CancelUpload) Reset() {
 	*x = CancelUpload{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[17]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1457,7 +1708,7 @@ func (x *CancelUpload) String() string {
 func (*CancelUpload) ProtoMessage() {}
 
 func (x *CancelUpload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[17]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1470,7 +1721,7 @@ func (x *CancelUpload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelUpload.ProtoReflect.Descriptor instead.
 func (*CancelUpload) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{17}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CancelUpload) GetId() string {
@@ -1496,7 +1747,7 @@ type CommitBlob struct {
 
 func (x *CommitBlob) Reset() {
 	*x = CommitBlob{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[18]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1508,7 +1759,7 @@ func (x *CommitBlob) String() string {
 func (*CommitBlob) ProtoMessage() {}
 
 func (x *CommitBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[18]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1521,7 +1772,7 @@ func (x *CommitBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitBlob.ProtoReflect.Descriptor instead.
 func (*CommitBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{18}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CommitBlob) GetRepo() string {
@@ -1578,7 +1829,7 @@ type MountBlob struct {
 
 func (x *MountBlob) Reset() {
 	*x = MountBlob{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[19]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1590,7 +1841,7 @@ func (x *MountBlob) String() string {
 func (*MountBlob) ProtoMessage() {}
 
 func (x *MountBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[19]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1603,7 +1854,7 @@ func (x *MountBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountBlob.ProtoReflect.Descriptor instead.
 func (*MountBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{19}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *MountBlob) GetRepo() string {
@@ -1637,7 +1888,7 @@ type UnlinkBlob struct {
 
 func (x *UnlinkBlob) Reset() {
 	*x = UnlinkBlob{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[20]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1649,7 +1900,7 @@ func (x *UnlinkBlob) String() string {
 func (*UnlinkBlob) ProtoMessage() {}
 
 func (x *UnlinkBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[20]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1662,7 +1913,7 @@ func (x *UnlinkBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnlinkBlob.ProtoReflect.Descriptor instead.
 func (*UnlinkBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{20}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *UnlinkBlob) GetRepo() string {
@@ -1702,7 +1953,7 @@ type PutManifest struct {
 
 func (x *PutManifest) Reset() {
 	*x = PutManifest{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[21]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1714,7 +1965,7 @@ func (x *PutManifest) String() string {
 func (*PutManifest) ProtoMessage() {}
 
 func (x *PutManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[21]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1727,7 +1978,7 @@ func (x *PutManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutManifest.ProtoReflect.Descriptor instead.
 func (*PutManifest) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{21}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PutManifest) GetRepo() string {
@@ -1824,7 +2075,7 @@ type DeleteManifest struct {
 
 func (x *DeleteManifest) Reset() {
 	*x = DeleteManifest{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[22]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1836,7 +2087,7 @@ func (x *DeleteManifest) String() string {
 func (*DeleteManifest) ProtoMessage() {}
 
 func (x *DeleteManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[22]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1849,7 +2100,7 @@ func (x *DeleteManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteManifest.ProtoReflect.Descriptor instead.
 func (*DeleteManifest) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{22}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DeleteManifest) GetRepo() string {
@@ -1876,7 +2127,7 @@ type DeleteTag struct {
 
 func (x *DeleteTag) Reset() {
 	*x = DeleteTag{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[23]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1888,7 +2139,7 @@ func (x *DeleteTag) String() string {
 func (*DeleteTag) ProtoMessage() {}
 
 func (x *DeleteTag) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[23]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1901,7 +2152,7 @@ func (x *DeleteTag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTag.ProtoReflect.Descriptor instead.
 func (*DeleteTag) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{23}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DeleteTag) GetRepo() string {
@@ -1930,7 +2181,7 @@ type ApplyResult struct {
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[24]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2193,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[24]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +2206,7 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{24}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ApplyResult) GetErrorCode() string {
@@ -1983,7 +2234,7 @@ type Repository struct {
 
 func (x *Repository) Reset() {
 	*x = Repository{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[25]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1995,7 +2246,7 @@ func (x *Repository) String() string {
 func (*Repository) ProtoMessage() {}
 
 func (x *Repository) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[25]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2008,7 +2259,7 @@ func (x *Repository) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Repository.ProtoReflect.Descriptor instead.
 func (*Repository) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{25}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *Repository) GetName() string {
@@ -2040,7 +2291,7 @@ type Descriptor struct {
 
 func (x *Descriptor) Reset() {
 	*x = Descriptor{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[26]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2052,7 +2303,7 @@ func (x *Descriptor) String() string {
 func (*Descriptor) ProtoMessage() {}
 
 func (x *Descriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[26]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2065,7 +2316,7 @@ func (x *Descriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Descriptor.ProtoReflect.Descriptor instead.
 func (*Descriptor) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{26}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Descriptor) GetMediaType() string {
@@ -2107,7 +2358,7 @@ var File_metastore_metastorepb_metastore_proto protoreflect.FileDescriptor
 
 const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\n" +
-	"%metastore/metastorepb/metastore.proto\x12\x13strata.metastore.v1\"\xa6\a\n" +
+	"%metastore/metastorepb/metastore.proto\x12\x13strata.metastore.v1\"\xb7\b\n" +
 	"\aCommand\x12$\n" +
 	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x1d\n" +
 	"\n" +
@@ -2130,8 +2381,30 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\rregister_node\x18\x13 \x01(\v2!.strata.metastore.v1.RegisterNodeH\x00R\fregisterNode\x12B\n" +
 	"\vremove_node\x18\x14 \x01(\v2\x1f.strata.metastore.v1.RemoveNodeH\x00R\n" +
 	"removeNode\x12I\n" +
-	"\x0eset_node_state\x18\x15 \x01(\v2!.strata.metastore.v1.SetNodeStateH\x00R\fsetNodeStateB\x04\n" +
-	"\x02op\"\x91\x02\n" +
+	"\x0eset_node_state\x18\x15 \x01(\v2!.strata.metastore.v1.SetNodeStateH\x00R\fsetNodeState\x12H\n" +
+	"\rreplace_shard\x18\x16 \x01(\v2!.strata.metastore.v1.ReplaceShardH\x00R\freplaceShard\x12E\n" +
+	"\freport_shard\x18\x17 \x01(\v2 .strata.metastore.v1.ReportShardH\x00R\vreportShardB\x04\n" +
+	"\x02op\"\x91\x01\n" +
+	"\fReplaceShard\x12\x1d\n" +
+	"\n" +
+	"segment_id\x18\x01 \x01(\tR\tsegmentId\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\rR\x05index\x12\x19\n" +
+	"\bold_node\x18\x03 \x01(\tR\aoldNode\x12\x19\n" +
+	"\bnew_node\x18\x04 \x01(\tR\anewNode\x12\x16\n" +
+	"\x06blake3\x18\x05 \x01(\fR\x06blake3\"n\n" +
+	"\vReportShard\x12\x1d\n" +
+	"\n" +
+	"segment_id\x18\x01 \x01(\tR\tsegmentId\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\rR\x05index\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"\x87\x01\n" +
+	"\n" +
+	"RepairItem\x12\x1d\n" +
+	"\n" +
+	"segment_id\x18\x01 \x01(\tR\tsegmentId\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x18\n" +
+	"\areasons\x18\x03 \x03(\tR\areasons\x12(\n" +
+	"\x10queued_unix_nano\x18\x04 \x01(\x03R\x0equeuedUnixNano\"\x91\x02\n" +
 	"\n" +
 	"NodeRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
@@ -2293,61 +2566,66 @@ func file_metastore_metastorepb_metastore_proto_rawDescGZIP() []byte {
 	return file_metastore_metastorepb_metastore_proto_rawDescData
 }
 
-var file_metastore_metastorepb_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_metastore_metastorepb_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_metastore_metastorepb_metastore_proto_goTypes = []any{
 	(*Command)(nil),         // 0: strata.metastore.v1.Command
-	(*NodeRecord)(nil),      // 1: strata.metastore.v1.NodeRecord
-	(*RegisterNode)(nil),    // 2: strata.metastore.v1.RegisterNode
-	(*RemoveNode)(nil),      // 3: strata.metastore.v1.RemoveNode
-	(*SetNodeState)(nil),    // 4: strata.metastore.v1.SetNodeState
-	(*RequestRecord)(nil),   // 5: strata.metastore.v1.RequestRecord
-	(*ShardRef)(nil),        // 6: strata.metastore.v1.ShardRef
-	(*Segment)(nil),         // 7: strata.metastore.v1.Segment
-	(*BlobLayout)(nil),      // 8: strata.metastore.v1.BlobLayout
-	(*Upload)(nil),          // 9: strata.metastore.v1.Upload
-	(*RefCount)(nil),        // 10: strata.metastore.v1.RefCount
-	(*ManifestRecord)(nil),  // 11: strata.metastore.v1.ManifestRecord
-	(*TagRecord)(nil),       // 12: strata.metastore.v1.TagRecord
-	(*TagHistoryEntry)(nil), // 13: strata.metastore.v1.TagHistoryEntry
-	(*Event)(nil),           // 14: strata.metastore.v1.Event
-	(*OpenUpload)(nil),      // 15: strata.metastore.v1.OpenUpload
-	(*UpdateUpload)(nil),    // 16: strata.metastore.v1.UpdateUpload
-	(*CancelUpload)(nil),    // 17: strata.metastore.v1.CancelUpload
-	(*CommitBlob)(nil),      // 18: strata.metastore.v1.CommitBlob
-	(*MountBlob)(nil),       // 19: strata.metastore.v1.MountBlob
-	(*UnlinkBlob)(nil),      // 20: strata.metastore.v1.UnlinkBlob
-	(*PutManifest)(nil),     // 21: strata.metastore.v1.PutManifest
-	(*DeleteManifest)(nil),  // 22: strata.metastore.v1.DeleteManifest
-	(*DeleteTag)(nil),       // 23: strata.metastore.v1.DeleteTag
-	(*ApplyResult)(nil),     // 24: strata.metastore.v1.ApplyResult
-	(*Repository)(nil),      // 25: strata.metastore.v1.Repository
-	(*Descriptor)(nil),      // 26: strata.metastore.v1.Descriptor
+	(*ReplaceShard)(nil),    // 1: strata.metastore.v1.ReplaceShard
+	(*ReportShard)(nil),     // 2: strata.metastore.v1.ReportShard
+	(*RepairItem)(nil),      // 3: strata.metastore.v1.RepairItem
+	(*NodeRecord)(nil),      // 4: strata.metastore.v1.NodeRecord
+	(*RegisterNode)(nil),    // 5: strata.metastore.v1.RegisterNode
+	(*RemoveNode)(nil),      // 6: strata.metastore.v1.RemoveNode
+	(*SetNodeState)(nil),    // 7: strata.metastore.v1.SetNodeState
+	(*RequestRecord)(nil),   // 8: strata.metastore.v1.RequestRecord
+	(*ShardRef)(nil),        // 9: strata.metastore.v1.ShardRef
+	(*Segment)(nil),         // 10: strata.metastore.v1.Segment
+	(*BlobLayout)(nil),      // 11: strata.metastore.v1.BlobLayout
+	(*Upload)(nil),          // 12: strata.metastore.v1.Upload
+	(*RefCount)(nil),        // 13: strata.metastore.v1.RefCount
+	(*ManifestRecord)(nil),  // 14: strata.metastore.v1.ManifestRecord
+	(*TagRecord)(nil),       // 15: strata.metastore.v1.TagRecord
+	(*TagHistoryEntry)(nil), // 16: strata.metastore.v1.TagHistoryEntry
+	(*Event)(nil),           // 17: strata.metastore.v1.Event
+	(*OpenUpload)(nil),      // 18: strata.metastore.v1.OpenUpload
+	(*UpdateUpload)(nil),    // 19: strata.metastore.v1.UpdateUpload
+	(*CancelUpload)(nil),    // 20: strata.metastore.v1.CancelUpload
+	(*CommitBlob)(nil),      // 21: strata.metastore.v1.CommitBlob
+	(*MountBlob)(nil),       // 22: strata.metastore.v1.MountBlob
+	(*UnlinkBlob)(nil),      // 23: strata.metastore.v1.UnlinkBlob
+	(*PutManifest)(nil),     // 24: strata.metastore.v1.PutManifest
+	(*DeleteManifest)(nil),  // 25: strata.metastore.v1.DeleteManifest
+	(*DeleteTag)(nil),       // 26: strata.metastore.v1.DeleteTag
+	(*ApplyResult)(nil),     // 27: strata.metastore.v1.ApplyResult
+	(*Repository)(nil),      // 28: strata.metastore.v1.Repository
+	(*Descriptor)(nil),      // 29: strata.metastore.v1.Descriptor
 }
 var file_metastore_metastorepb_metastore_proto_depIdxs = []int32{
-	15, // 0: strata.metastore.v1.Command.open_upload:type_name -> strata.metastore.v1.OpenUpload
-	16, // 1: strata.metastore.v1.Command.update_upload:type_name -> strata.metastore.v1.UpdateUpload
-	17, // 2: strata.metastore.v1.Command.cancel_upload:type_name -> strata.metastore.v1.CancelUpload
-	18, // 3: strata.metastore.v1.Command.commit_blob:type_name -> strata.metastore.v1.CommitBlob
-	19, // 4: strata.metastore.v1.Command.mount_blob:type_name -> strata.metastore.v1.MountBlob
-	20, // 5: strata.metastore.v1.Command.unlink_blob:type_name -> strata.metastore.v1.UnlinkBlob
-	21, // 6: strata.metastore.v1.Command.put_manifest:type_name -> strata.metastore.v1.PutManifest
-	22, // 7: strata.metastore.v1.Command.delete_manifest:type_name -> strata.metastore.v1.DeleteManifest
-	23, // 8: strata.metastore.v1.Command.delete_tag:type_name -> strata.metastore.v1.DeleteTag
-	2,  // 9: strata.metastore.v1.Command.register_node:type_name -> strata.metastore.v1.RegisterNode
-	3,  // 10: strata.metastore.v1.Command.remove_node:type_name -> strata.metastore.v1.RemoveNode
-	4,  // 11: strata.metastore.v1.Command.set_node_state:type_name -> strata.metastore.v1.SetNodeState
-	1,  // 12: strata.metastore.v1.RegisterNode.node:type_name -> strata.metastore.v1.NodeRecord
-	24, // 13: strata.metastore.v1.RequestRecord.result:type_name -> strata.metastore.v1.ApplyResult
-	6,  // 14: strata.metastore.v1.Segment.shards:type_name -> strata.metastore.v1.ShardRef
-	7,  // 15: strata.metastore.v1.BlobLayout.segments:type_name -> strata.metastore.v1.Segment
-	7,  // 16: strata.metastore.v1.Upload.segments:type_name -> strata.metastore.v1.Segment
-	7,  // 17: strata.metastore.v1.UpdateUpload.segments:type_name -> strata.metastore.v1.Segment
-	7,  // 18: strata.metastore.v1.CommitBlob.segments:type_name -> strata.metastore.v1.Segment
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	18, // 0: strata.metastore.v1.Command.open_upload:type_name -> strata.metastore.v1.OpenUpload
+	19, // 1: strata.metastore.v1.Command.update_upload:type_name -> strata.metastore.v1.UpdateUpload
+	20, // 2: strata.metastore.v1.Command.cancel_upload:type_name -> strata.metastore.v1.CancelUpload
+	21, // 3: strata.metastore.v1.Command.commit_blob:type_name -> strata.metastore.v1.CommitBlob
+	22, // 4: strata.metastore.v1.Command.mount_blob:type_name -> strata.metastore.v1.MountBlob
+	23, // 5: strata.metastore.v1.Command.unlink_blob:type_name -> strata.metastore.v1.UnlinkBlob
+	24, // 6: strata.metastore.v1.Command.put_manifest:type_name -> strata.metastore.v1.PutManifest
+	25, // 7: strata.metastore.v1.Command.delete_manifest:type_name -> strata.metastore.v1.DeleteManifest
+	26, // 8: strata.metastore.v1.Command.delete_tag:type_name -> strata.metastore.v1.DeleteTag
+	5,  // 9: strata.metastore.v1.Command.register_node:type_name -> strata.metastore.v1.RegisterNode
+	6,  // 10: strata.metastore.v1.Command.remove_node:type_name -> strata.metastore.v1.RemoveNode
+	7,  // 11: strata.metastore.v1.Command.set_node_state:type_name -> strata.metastore.v1.SetNodeState
+	1,  // 12: strata.metastore.v1.Command.replace_shard:type_name -> strata.metastore.v1.ReplaceShard
+	2,  // 13: strata.metastore.v1.Command.report_shard:type_name -> strata.metastore.v1.ReportShard
+	4,  // 14: strata.metastore.v1.RegisterNode.node:type_name -> strata.metastore.v1.NodeRecord
+	27, // 15: strata.metastore.v1.RequestRecord.result:type_name -> strata.metastore.v1.ApplyResult
+	9,  // 16: strata.metastore.v1.Segment.shards:type_name -> strata.metastore.v1.ShardRef
+	10, // 17: strata.metastore.v1.BlobLayout.segments:type_name -> strata.metastore.v1.Segment
+	10, // 18: strata.metastore.v1.Upload.segments:type_name -> strata.metastore.v1.Segment
+	10, // 19: strata.metastore.v1.UpdateUpload.segments:type_name -> strata.metastore.v1.Segment
+	10, // 20: strata.metastore.v1.CommitBlob.segments:type_name -> strata.metastore.v1.Segment
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_metastore_metastorepb_metastore_proto_init() }
@@ -2368,6 +2646,8 @@ func file_metastore_metastorepb_metastore_proto_init() {
 		(*Command_RegisterNode)(nil),
 		(*Command_RemoveNode)(nil),
 		(*Command_SetNodeState)(nil),
+		(*Command_ReplaceShard)(nil),
+		(*Command_ReportShard)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2375,7 +2655,7 @@ func file_metastore_metastorepb_metastore_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metastore_metastorepb_metastore_proto_rawDesc), len(file_metastore_metastorepb_metastore_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
