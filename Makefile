@@ -83,6 +83,10 @@ test-race: tools ## go test -race over every package
 conformance: build ## OCI conformance (PROFILE=all) against a fresh dev server, or CONFORMANCE_URL
 	$(TEST_ENV) STRATA_BIN=$(STRATA) $(CURDIR)/deploy/scripts/conformance.sh
 
+.PHONY: conformance-cluster
+conformance-cluster: build ## OCI conformance (PROFILE=all) through a frontend of a dev cluster: 3 meta, 3 storage, 2 api
+	$(TEST_ENV) STRATA_BIN=$(STRATA) $(CURDIR)/deploy/scripts/conformance-cluster.sh
+
 .PHONY: fuzz
 fuzz: ## Run every Fuzz* target in the repo for FUZZTIME each (default 30s)
 	$(TEST_ENV) FUZZTIME=$(FUZZTIME) GO=$(GO) $(CURDIR)/deploy/scripts/fuzz.sh
