@@ -931,6 +931,6 @@ func runDevCluster(ctx context.Context, cfg devClusterConfig, out io.Writer) err
 			done = true
 		}
 	}
-	cfg.Logf("dev cluster: stopped")
+	cfg.Logf("dev cluster: stopped in %s", time.Since(stopping).Round(time.Millisecond))
 	return nil
 }

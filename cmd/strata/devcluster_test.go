@@ -317,7 +317,7 @@ func TestDevCluster(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("dev cluster still running 30s after SIGINT")
 	}
-	t.Logf("stopped in %s", time.Since(stopAt).Round(time.Millisecond))
+	t.Logf("stopped in %s: %s", time.Since(stopAt).Round(time.Millisecond), strings.TrimSpace(stderr.String()[strings.LastIndex(stderr.String(), "dev cluster: stopped"):]))
 	for _, n := range info.Nodes {
 		if err := syscall.Kill(n.PID, 0); !errors.Is(err, syscall.ESRCH) {
 			t.Errorf("node %s (pid %d) still there after the dev cluster exited: %v", n.ID, n.PID, err)
@@ -422,4 +422,41 @@ func do(t *testing.T, ctx context.Context, method, url, contentType string, body
 		t.Logf("%s %s: %s %s", method, url, resp.Status, b)
 	}
 	return resp.StatusCode, b, resp.Header
+}
+
+// TestFailoverBench runs one leader kill of `strata dev failover-bench` and
+// checks its JSON lines.
+func TestFailoverBench(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts an 8-process cluster")
+	}
+	bin := buildStrata(t)
+	start := time.Now()
+	cmd := exec.Command(bin, "dev", "failover-bench", "--runs", "1", "--settle", "0s", "--dir", t.TempDir())
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("failover-bench: %v\nstdout:\n%s\nstderr:\n%s", err, out, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("want a line for the run and one for the summary, got:\n%s", out)
+	}
+	var run failoverRun
+	var sum failoverSummary
+	if err := json.Unmarshal([]byte(lines[0]), &run); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(lines[1]), &sum); err != nil {
+		t.Fatal(err)
+	}
+	if run.Run != 1 || !strings.HasPrefix(run.Killed, "m") || run.NewLeader == "" || run.NewLeader == run.Killed ||
+		run.RecoveryMS <= 0 || run.Attempts < 1 {
+		t.Errorf("run: %+v", run)
+	}
+	if sum.Runs != 1 || sum.Failed != 0 || len(sum.RecoveryMS) != 1 || sum.MedianMS != run.RecoveryMS || sum.P90MS != run.RecoveryMS {
+		t.Errorf("summary: %s", lines[1])
+	}
+	t.Logf("one failover in %s: %s", time.Since(start).Round(time.Millisecond), lines[0])
 }

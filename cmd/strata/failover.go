@@ -62,7 +62,7 @@ type failoverSummary struct {
 	Interval   string        `json:"push_interval"`
 	Geometry   string        `json:"nodes"`
 	Failed     int           `json:"failed_runs"`
-	Details    []failoverRun `json:"details"`
+	Details    []failoverRun `json:"details,omitempty"`
 }
 
 func newFailoverBenchCmd() *cobra.Command {
