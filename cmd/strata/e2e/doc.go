@@ -17,6 +17,7 @@
 //	                           otherwise the test is skipped
 //	STRATA_E2E_SKIP_REFERRERS_API=1  skip the checks that need the OCI 1.1 referrers API
 //	                           (for registries without it, such as CNCF Distribution 3.1)
+//	STRATA_E2E_VERBOSE=1       print the started server's stderr even when all passed
 //
 // Client tools are looked up in <repo>/bin/tools first (where `make tools`
 // installs the pinned versions), then on PATH. The docker test runs only where

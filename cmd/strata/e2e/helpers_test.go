@@ -85,11 +85,13 @@ type cli struct {
 
 func newCLI(t *testing.T, name string, timeout time.Duration) *cli {
 	t.Helper()
+	trackInputs()
 	return newCLIAt(t, name, needTool(t, name), timeout)
 }
 
 func newCLIAt(t *testing.T, name, bin string, timeout time.Duration) *cli {
 	t.Helper()
+	trackInputs()
 	ctx, cancel := context.WithTimeout(t.Context(), timeout)
 	t.Cleanup(cancel)
 	home := t.TempDir()

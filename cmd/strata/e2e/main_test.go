@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -72,7 +73,6 @@ func testMain(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
 		return 1
 	}
-	trackSources(root)
 	work, err := os.MkdirTemp("", "strata-e2e-")
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: %v\n", err)
@@ -141,10 +141,31 @@ func moduleRoot() (string, error) {
 	}
 }
 
-// trackSources stats every Go source file of the module. The go command
-// records the files a test looks at, so a cached e2e result is reused only
-// while the server's sources are unchanged: the e2e tests exercise a binary
-// that their own test binary does not link.
+var trackOnce sync.Once
+
+// trackInputs makes go test's result cache see what the e2e tests depend on
+// beyond their own binary: the environment that picks the registry, and the
+// server's sources, which the test binary does not link. The go command keys a
+// cached result on the environment variables read and the files looked at
+// while the tests run (inside m.Run, not before), so newCLI calls this once.
+func trackInputs() {
+	trackOnce.Do(func() {
+		for _, k := range []string{"STRATA_E2E_URL", "STRATA_E2E_BIN", "STRATA_E2E_SKIP_REFERRERS_API",
+			"STRATA_E2E_REQUIRE_TOOLS", "CI", "PATH", "DOCKER_HOST"} {
+			os.Getenv(k)
+		}
+		if bin := os.Getenv("STRATA_E2E_BIN"); bin != "" {
+			_, _ = os.Stat(bin)
+		}
+		if os.Getenv("STRATA_E2E_URL") == "" && os.Getenv("STRATA_E2E_BIN") == "" {
+			if root, err := moduleRoot(); err == nil {
+				trackSources(root)
+			}
+		}
+	})
+}
+
+// trackSources stats every Go source file of the module.
 func trackSources(root string) {
 	_ = filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
