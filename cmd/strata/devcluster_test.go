@@ -189,9 +189,104 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// devRun is one `strata dev cluster` process of a test.
+type devRun struct {
+	t              *testing.T
+	dir            string
+	cmd            *exec.Cmd
+	stdout, stderr syncBuffer
+	exited         chan error
+	pids           []int // of its nodes, once known
+}
+
+// startDevRun starts `strata dev cluster` on dir and waits until it says
+// it is ready and cluster.json is there; on test failure it prints the
+// output and the end of every node's log, and kills whatever is left.
+func startDevRun(t *testing.T, bin, dir string, args ...string) (*devRun, devClusterFile) {
+	t.Helper()
+	r := &devRun{t: t, dir: dir, exited: make(chan error, 1)}
+	r.cmd = exec.Command(bin, append([]string{"dev", "cluster", "--dir", dir}, args...)...)
+	r.cmd.Stdout, r.cmd.Stderr = &r.stdout, &r.stderr
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { r.exited <- r.cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = r.cmd.Process.Kill()
+		for _, pid := range r.pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		if t.Failed() {
+			t.Logf("dev cluster stdout:\n%s\nstderr:\n%s", r.stdout.String(), r.stderr.String())
+			for _, id := range []string{"m1", "m2", "m3", "s1", "s2", "s3", "a1", "a2"} {
+				t.Logf("end of %s.log:\n%s", id, logTail(filepath.Join(dir, id+".log"), 15))
+			}
+		}
+	})
+	path := filepath.Join(dir, devClusterJSON)
+	deadline := time.After(45 * time.Second)
+	for {
+		if strings.Contains(r.stdout.String(), "strata dev cluster ready") {
+			if _, err := os.Stat(path); err == nil {
+				break
+			}
+		}
+		select {
+		case err := <-r.exited:
+			t.Fatalf("dev cluster exited before it was ready: %v", err)
+		case <-deadline:
+			t.Fatal("dev cluster not ready after 45s")
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := checkClusterJSON(t, raw)
+	for _, n := range info.Nodes {
+		r.pids = append(r.pids, n.PID)
+	}
+	for _, fe := range info.Frontends {
+		if !strings.Contains(r.stdout.String(), fe) {
+			t.Errorf("stdout does not print frontend %s:\n%s", fe, r.stdout.String())
+		}
+	}
+	return r, info
+}
+
+// interrupt sends SIGINT and checks that the dev cluster exits cleanly
+// and leaves no node behind.
+func (r *devRun) interrupt() {
+	t := r.t
+	t.Helper()
+	stopAt := time.Now()
+	if err := r.cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-r.exited:
+		if err != nil {
+			t.Errorf("dev cluster exit after SIGINT: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("dev cluster still running 30s after SIGINT")
+	}
+	t.Logf("stopped in %s", time.Since(stopAt).Round(time.Millisecond))
+	if !strings.Contains(r.stderr.String(), "dev cluster: stopped") {
+		t.Errorf("no stop report:\n%s", r.stderr.String())
+	}
+	for _, pid := range r.pids {
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("node pid %d still there after the dev cluster exited: %v", pid, err)
+		}
+	}
+}
+
 // TestDevCluster starts `strata dev cluster --meta 3 --storage 3 --api 2`,
 // pushes through one frontend and reads through the other, checks
-// cluster.json, kills a storage node, and stops the cluster with SIGINT.
+// cluster.json, kills a storage node, stops the cluster with SIGINT, and
+// starts it again on the same directory.
 func TestDevCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts an 8-process cluster")
@@ -200,63 +295,13 @@ func TestDevCluster(t *testing.T) {
 	bin := buildStrata(t)
 	t.Logf("built strata in %s", time.Since(start).Round(time.Millisecond))
 	dir := t.TempDir()
-	var stdout, stderr syncBuffer
-	cmd := exec.Command(bin, "dev", "cluster", "--meta", "3", "--storage", "3", "--api", "2", "--dir", dir,
-		"--dead-after", "30s")
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	var pids []int
-	t.Cleanup(func() { // on failure: leave nothing running
-		_ = cmd.Process.Kill()
-		for _, pid := range pids {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-		}
-		if t.Failed() {
-			t.Logf("dev cluster stdout:\n%s\nstderr:\n%s", stdout.String(), stderr.String())
-			for _, id := range []string{"m1", "m2", "m3", "s1", "s2", "s3", "a1", "a2"} {
-				t.Logf("end of %s.log:\n%s", id, logTail(filepath.Join(dir, id+".log"), 15))
-			}
-		}
-	})
-
-	// cluster.json appears once the cluster takes pushes.
-	path := filepath.Join(dir, devClusterJSON)
-	deadline := time.Now().Add(45 * time.Second)
-	for {
-		if _, err := os.Stat(path); err == nil {
-			break
-		}
-		select {
-		case err := <-exited:
-			t.Fatalf("dev cluster exited before it was ready: %v", err)
-		case <-time.After(100 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no cluster.json after 45s")
-		}
-	}
-	t.Logf("cluster ready %s after start", time.Since(start).Round(time.Millisecond))
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info := checkClusterJSON(t, raw)
-	for _, n := range info.Nodes {
-		pids = append(pids, n.PID)
-	}
-	for _, fe := range info.Frontends {
-		if !strings.Contains(stdout.String(), fe) {
-			t.Errorf("stdout does not print frontend %s:\n%s", fe, stdout.String())
-		}
-	}
+	start = time.Now()
+	run, info := startDevRun(t, bin, dir, "--meta", "3", "--storage", "3", "--api", "2", "--dead-after", "30s")
+	t.Logf("cluster ready in %s", time.Since(start).Round(time.Millisecond))
 	a1, a2 := info.Frontends[0], info.Frontends[1]
 
 	// Push a blob, a config and a manifest through a1; read them through a2.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
 	repo := "dev/test"
 	layer := bytes.Repeat([]byte("strata dev cluster layer\n"), 40000) // ~1 MiB: erasure coded
@@ -274,55 +319,53 @@ func TestDevCluster(t *testing.T) {
 	if status != http.StatusCreated {
 		t.Fatalf("PUT manifest through a1: %d", status)
 	}
-	if status, body, _ := do(t, ctx, http.MethodGet, a2+"/v2/"+repo+"/blobs/"+sha256Digest(layer), "", nil); status != 200 || !bytes.Equal(body, layer) {
-		t.Fatalf("GET blob through a2: %d, %d bytes (want %d)", status, len(body), len(layer))
+	readBack := func(blobVia, tagVia string) {
+		t.Helper()
+		if status, body, _ := do(t, ctx, http.MethodGet, blobVia+"/v2/"+repo+"/blobs/"+sha256Digest(layer), "", nil); status != 200 || !bytes.Equal(body, layer) {
+			t.Fatalf("GET blob through %s: %d, %d bytes (want %d)", blobVia, status, len(body), len(layer))
+		}
+		status, body, hdr := do(t, ctx, http.MethodGet, tagVia+"/v2/"+repo+"/manifests/v1", "", nil)
+		if status != 200 || !bytes.Equal(body, manifest) || hdr.Get("Docker-Content-Digest") != sha256Digest(manifest) {
+			t.Fatalf("GET manifest by tag through %s: %d %q (digest %s)", tagVia, status, body, hdr.Get("Docker-Content-Digest"))
+		}
 	}
-	status, body, hdr := do(t, ctx, http.MethodGet, a2+"/v2/"+repo+"/manifests/v1", "", nil)
-	if status != 200 || !bytes.Equal(body, manifest) || hdr.Get("Docker-Content-Digest") != sha256Digest(manifest) {
-		t.Fatalf("GET manifest by tag through a2: %d %q (digest %s)", status, body, hdr.Get("Docker-Content-Digest"))
-	}
+	readBack(a2, a2)
 
 	// A storage node that dies is reported; the cluster keeps taking pushes.
 	if err := syscall.Kill(info.Nodes[5].PID, syscall.SIGKILL); err != nil { // s3
 		t.Fatal(err)
 	}
-	waitFor(ctx, func(context.Context) (bool, error) {
-		if strings.Contains(stderr.String(), "node s3") {
+	_, _ = waitFor(ctx, func(context.Context) (bool, error) {
+		if strings.Contains(run.stderr.String(), "exited on its own") {
 			return true, nil
 		}
 		return false, errors.New("not yet")
 	})
-	if !strings.Contains(stderr.String(), "node s3") || !strings.Contains(stderr.String(), "exited on its own") {
-		t.Errorf("the death of s3 is not reported:\n%s", stderr.String())
+	if e := run.stderr.String(); !strings.Contains(e, "node s3") || !strings.Contains(e, "exited on its own") {
+		t.Errorf("the death of s3 is not reported:\n%s", e)
 	}
 	if err := pushBlob(ctx, a2, repo, []byte("after s3 died")); err != nil {
 		t.Errorf("push with one storage node down: %v", err)
 	}
 	select {
-	case err := <-exited:
+	case err := <-run.exited:
 		t.Fatalf("dev cluster exited when a node died: %v", err)
 	default:
 	}
+	run.interrupt()
 
-	// SIGINT stops everything.
-	stopAt := time.Now()
-	if err := cmd.Process.Signal(os.Interrupt); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Errorf("dev cluster exit after SIGINT: %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("dev cluster still running 30s after SIGINT")
-	}
-	t.Logf("stopped in %s: %s", time.Since(stopAt).Round(time.Millisecond), strings.TrimSpace(stderr.String()[strings.LastIndex(stderr.String(), "dev cluster: stopped"):]))
-	for _, n := range info.Nodes {
-		if err := syscall.Kill(n.PID, 0); !errors.Is(err, syscall.ESRCH) {
-			t.Errorf("node %s (pid %d) still there after the dev cluster exited: %v", n.ID, n.PID, err)
+	// Started again on the same directory: same ports, same data.
+	start = time.Now()
+	again, info2 := startDevRun(t, bin, dir, "--meta", "3", "--storage", "3", "--api", "2", "--dead-after", "30s")
+	t.Logf("restarted cluster ready in %s", time.Since(start).Round(time.Millisecond))
+	for i, n := range info2.Nodes {
+		o := info.Nodes[i]
+		if n.ID != o.ID || n.GRPC != o.GRPC || n.HTTP != o.HTTP || n.Raft != o.Raft || n.PID == o.PID {
+			t.Errorf("restarted node %+v, want the addresses of %+v and a new pid", n, o)
 		}
 	}
+	readBack(a1, a2)
+	again.interrupt()
 }
 
 // checkClusterJSON checks the exact shape of cluster.json.
