@@ -26,7 +26,7 @@ func TestCrane(t *testing.T) {
 	l := makeLayer(t, 3<<20+777)
 	layerPath := filepath.Join(dir, "layer.tar.gz")
 	writeFile(t, layerPath, l.tgz)
-	src := reg.ref(reg.repo("crane", "src"))
+	src := reg.ref(c.repo("src"))
 	imageTar := filepath.Join(dir, "image.tar")
 	c.run(crane("append", "--oci-empty-base", "-f", layerPath, "-t", src+":v1", "-o", imageTar)...)
 	want := c.runStr("digest", "--tarball", imageTar)
@@ -76,7 +76,7 @@ func TestCrane(t *testing.T) {
 
 	// copy to another repository of the same registry: crane mounts the blobs
 	// from the source repository (POST ...?mount=<digest>&from=<repo> -> 201).
-	dst := reg.ref(reg.repo("crane", "dst"))
+	dst := reg.ref(c.repo("dst"))
 	_, verbose := c.runErr(crane("copy", "-v", src+":v1", dst+":v1")...)
 	mountRe := regexp.MustCompile(`<-- (\d{3}) \S*/blobs/uploads/\?\S*mount=` + regexp.QuoteMeta(url.QueryEscape(l.digest)))
 	mm := mountRe.FindSubmatch(verbose)

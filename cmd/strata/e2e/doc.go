@@ -23,6 +23,6 @@
 // installs the pinned versions), then on PATH. The docker test runs only where
 // `docker info` succeeds.
 //
-// Every test pushes into its own repositories under e2e/<tool>-<run id>/, so the
+// Every test pushes into its own repositories under e2e/<tool>-<run id>-<n>/, so the
 // suite can run repeatedly against a long-lived registry.
 package e2e

@@ -42,10 +42,10 @@ func TestDocker(t *testing.T) {
 	writeFile(t, filepath.Join(ctxDir, "random.bin"), content)
 	writeFile(t, filepath.Join(ctxDir, "Dockerfile"), []byte("FROM scratch\nCOPY random.bin /random.bin\nLABEL dev.strata.e2e.run="+runID+"\n"))
 
-	repo := reg.repo("docker", "scratch")
-	local := "strata-e2e-" + runID + ":build"
+	repo := c.repo("scratch")
+	local := "strata-e2e-" + c.id + ":build"
 	remote := reg.ref(repo) + ":e2e"
-	container := "strata-e2e-" + runID
+	container := "strata-e2e-" + c.id
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()

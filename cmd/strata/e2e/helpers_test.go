@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -74,6 +75,7 @@ func needTool(t *testing.T, name string) string {
 // cli runs one client tool with its own home and config directories, under a
 // deadline shared by all of a test's commands.
 type cli struct {
+	id   string // unique to this test run, e.g. 1a2b3c4d-3
 	t    *testing.T
 	ctx  context.Context
 	name string
@@ -107,7 +109,16 @@ func newCLIAt(t *testing.T, name, bin string, timeout time.Duration) *cli {
 		env = append(env, kv[0]+"="+d)
 	}
 	env = append(env, "REGISTRY_AUTH_FILE="+filepath.Join(home, "auth.json"))
-	return &cli{t: t, ctx: ctx, name: name, bin: bin, home: home, dir: home, env: env}
+	id := fmt.Sprintf("%s-%d", runID, cliSeq.Add(1))
+	return &cli{id: id, t: t, ctx: ctx, name: name, bin: bin, home: home, dir: home, env: env}
+}
+
+var cliSeq atomic.Int64
+
+// repo returns a repository name unique to this test run, e.g. e2e/crane-1a2b3c4d-1/src,
+// so the tests can run repeatedly (and with -count) against the same registry.
+func (c *cli) repo(name string) string {
+	return fmt.Sprintf("e2e/%s-%s/%s", c.name, c.id, name)
 }
 
 // forTest returns a copy of c that reports to t (a subtest of c's test).

@@ -38,11 +38,6 @@ type registry struct {
 	plain bool   // plain HTTP (no TLS)
 }
 
-// repo returns a repository name unique to this run, e.g. e2e/crane-1a2b3c4d/src.
-func (r *registry) repo(tool, name string) string {
-	return fmt.Sprintf("e2e/%s-%s/%s", tool, runID, name)
-}
-
 // ref returns HOST:PORT/repo.
 func (r *registry) ref(repo string) string { return r.host + "/" + repo }
 

@@ -57,7 +57,7 @@ func TestOras(t *testing.T) {
 	for name, b := range files {
 		writeFile(t, filepath.Join(c.dir, name), b)
 	}
-	repo := reg.repo("oras", "artifact")
+	repo := c.repo("artifact")
 	ref := reg.ref(repo) + ":v1"
 
 	var pushed orasPushOutput

@@ -20,13 +20,13 @@ func TestRegctl(t *testing.T) {
 	layout := filepath.Join(t.TempDir(), "layout")
 	img.writeLayout(t, layout, "v1")
 
-	src := reg.ref(reg.repo("regctl", "src"))
+	src := reg.ref(c.repo("src"))
 	c.run("image", "copy", "ocidir://"+layout+":v1", src+":v1")
 	equal(t, "regctl image digest "+src+":v1", c.runStr("image", "digest", src+":v1"), img.digest)
 	sameBytes(t, "regctl manifest get "+src+":v1", c.run("manifest", "get", src+":v1", "--format", "raw-body"), img.manifest)
 
 	// Registry to registry: same bytes under two tags of another repository.
-	dst := reg.ref(reg.repo("regctl", "dst"))
+	dst := reg.ref(c.repo("dst"))
 	c.run("image", "copy", src+":v1", dst+":v1")
 	c.run("image", "copy", src+":v1", dst+":v2")
 	sameBytes(t, "regctl manifest get "+dst+":v2", c.run("manifest", "get", dst+":v2", "--format", "raw-body"), img.manifest)

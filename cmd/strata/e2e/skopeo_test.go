@@ -21,7 +21,7 @@ func TestSkopeo(t *testing.T) {
 	img := makeImage(t, 2<<20+4321, 4096)
 	srcDir := filepath.Join(t.TempDir(), "src")
 	img.writeLayout(t, srcDir, "v1")
-	dst := "docker://" + reg.ref(reg.repo("skopeo", "img")) + ":v1"
+	dst := "docker://" + reg.ref(c.repo("img")) + ":v1"
 
 	c.run(skopeo("copy", "--preserve-digests", "--dest-tls-verify="+tls, "oci:"+srcDir+":v1", dst)...)
 
@@ -32,7 +32,7 @@ func TestSkopeo(t *testing.T) {
 	}
 	mustJSON(t, c.run(skopeo("inspect", "--tls-verify="+tls, dst)...), &info)
 	equal(t, "skopeo inspect Digest", info.Digest, img.digest)
-	equal(t, "skopeo inspect Name", info.Name, reg.ref(reg.repo("skopeo", "img")))
+	equal(t, "skopeo inspect Name", info.Name, reg.ref(c.repo("img")))
 	sameStrings(t, "skopeo inspect Layers", info.Layers, []string{img.layers[0].digest, img.layers[1].digest})
 	sameBytes(t, "skopeo inspect --raw", c.run(skopeo("inspect", "--raw", "--tls-verify="+tls, dst)...), img.manifest)
 	sameBytes(t, "skopeo inspect --config --raw", c.run(skopeo("inspect", "--config", "--raw", "--tls-verify="+tls, dst)...), img.config)
