@@ -118,6 +118,16 @@ func (t *txn) apply(cmd *pb.Command) error {
 		return t.replaceShard(op.ReplaceShard)
 	case *pb.Command_ReportShard:
 		return t.reportShard(op.ReportShard)
+	case *pb.Command_CollectBlob:
+		return t.collectBlob(op.CollectBlob)
+	case *pb.Command_DropOrphans:
+		return t.dropOrphans(op.DropOrphans)
+	case *pb.Command_DeleteRepository:
+		return t.deleteRepository(op.DeleteRepository)
+	case *pb.Command_SetRepositoryPolicy:
+		return t.setRepositoryPolicy(op.SetRepositoryPolicy)
+	case *pb.Command_RecordPulls:
+		return t.recordPulls(op.RecordPulls)
 	case nil:
 		return fmt.Errorf("%w: empty command", ErrCommandInvalid)
 	default:
@@ -174,14 +184,34 @@ func (t *txn) ensureRepo(repo string) error {
 	return t.put(repoKey(repo), &pb.Repository{Name: repo, CreatedUnixNano: t.now})
 }
 
+// addRefs adjusts a digest's reference counts. A blob (a digest with a
+// layout) keeps its record while the layout exists, and enters the garbage
+// collector's queue (gcq/) whenever no manifest references it.
 func (t *txn) addRefs(dgst string, links, manifestRefs int64) error {
 	var rc pb.RefCount
 	if _, err := t.load(refCountKey(dgst), &rc); err != nil {
 		return err
 	}
+	wasQueued := rc.UnreferencedSinceUnixNano != 0
 	rc.Links += links
 	rc.ManifestRefs += manifestRefs
-	if rc.Links <= 0 && rc.ManifestRefs <= 0 {
+	isBlob, err := t.has(blobKey(dgst))
+	if err != nil {
+		return err
+	}
+	switch {
+	case rc.ManifestRefs > 0 && wasQueued:
+		if err := t.del(gcqKey(rc.UnreferencedSinceUnixNano, dgst)); err != nil {
+			return err
+		}
+		rc.UnreferencedSinceUnixNano = 0
+	case rc.ManifestRefs <= 0 && !wasQueued && isBlob:
+		rc.UnreferencedSinceUnixNano = max(t.now, 1)
+		if err := t.set(gcqKey(rc.UnreferencedSinceUnixNano, dgst)); err != nil {
+			return err
+		}
+	}
+	if !isBlob && rc.Links <= 0 && rc.ManifestRefs <= 0 {
 		return t.del(refCountKey(dgst))
 	}
 	return t.put(refCountKey(dgst), &rc)
@@ -256,6 +286,11 @@ func (t *txn) updateUpload(c *pb.UpdateUpload) error {
 	if c.NewOffset != u.Offset+segmentsLength(c.Segments) {
 		return fmt.Errorf("%w: new offset %d does not match %d bytes of segments", ErrCommandInvalid, c.NewOffset, segmentsLength(c.Segments))
 	}
+	for _, s := range c.Segments {
+		if err := t.b.Set(upSegKey(s.Id), []byte(c.Id), nil); err != nil {
+			return err
+		}
+	}
 	u.Offset = c.NewOffset
 	u.Sha256State = c.Sha256State
 	u.Segments = append(u.Segments, c.Segments...)
@@ -267,6 +302,11 @@ func (t *txn) cancelUpload(c *pb.CancelUpload) error {
 	u, err := t.loadUpload(c.Id)
 	if err != nil {
 		return err
+	}
+	for _, s := range u.Segments {
+		if err := t.del(upSegKey(s.Id)); err != nil {
+			return err
+		}
 	}
 	if err := t.orphan(u.Repo, "", u.Segments); err != nil {
 		return err
@@ -326,6 +366,11 @@ func (t *txn) commitBlob(c *pb.CommitBlob) error {
 	if u != nil {
 		if err := t.del(uploadKey(u.Id)); err != nil {
 			return err
+		}
+		for _, s := range u.Segments {
+			if err := t.del(upSegKey(s.Id)); err != nil {
+				return err
+			}
 		}
 	}
 	if exists {
@@ -478,11 +523,19 @@ func (t *txn) putManifest(c *pb.PutManifest) error {
 		old *pb.TagRecord
 		had bool
 	}
+	var repo pb.Repository
+	if _, err := t.load(repoKey(c.Repo), &repo); err != nil {
+		return err
+	}
 	moves := make([]move, 0, len(c.Tags))
 	for _, tag := range c.Tags {
 		mv := move{tag: tag, old: &pb.TagRecord{}}
 		if mv.had, err = t.load(tagKey(c.Repo, tag), mv.old); err != nil {
 			return err
+		}
+		if mv.had && mv.old.Digest != c.Digest && tagImmutable(&repo, tag) {
+			return fmt.Errorf("%w: tag %q in %s already points at %s and the repository's tags are immutable (%s)",
+				ErrTagImmutable, tag, c.Repo, mv.old.Digest, repo.TagMutability)
 		}
 		moves = append(moves, mv)
 	}
@@ -615,7 +668,10 @@ func (t *txn) deleteManifest(c *pb.DeleteManifest) error {
 	if err := t.del(manifestKey(c.Repo, c.Digest)); err != nil {
 		return err
 	}
-	return t.emit(&pb.Event{Type: "manifest.delete", Repo: c.Repo, Digest: c.Digest, MediaType: rec.MediaType})
+	if err := t.del(pullKey(c.Repo, c.Digest)); err != nil {
+		return err
+	}
+	return t.emit(&pb.Event{Type: "manifest.delete", Repo: c.Repo, Digest: c.Digest, MediaType: rec.MediaType, Reason: c.Reason})
 }
 
 func (t *txn) deleteTag(c *pb.DeleteTag) error {

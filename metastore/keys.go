@@ -26,6 +26,9 @@ import "encoding/binary"
 //	seg/<segment id>                      digest of the blob whose layout holds the segment
 //	nodeshard/<node>\0<segment id>\0<index BE32>  (empty) shards a storage node holds
 //	repair/<segment id>                   RepairItem: a segment below full redundancy
+//	gcq/<time BE>\0<digest>               (empty) blobs no manifest references, by since when
+//	upseg/<segment id>                    upload id: segments of open upload sessions
+//	pull/<repo>\0<digest>                 last pull time (8 bytes BE)
 //	req/<request id>                      RequestRecord (deduplication of retried proposals)
 //	req-by-time/<time BE>\0<request id>   (empty) expiry index of req/
 const (
@@ -52,6 +55,9 @@ const (
 	pfxSeg      = "seg/"
 	pfxNodeShrd = "nodeshard/"
 	pfxRepair   = "repair/"
+	pfxGCQueue  = "gcq/"
+	pfxUpSeg    = "upseg/"
+	pfxPull     = "pull/"
 	pfxReq      = "req/"
 	pfxReqTime  = "req-by-time/"
 )
@@ -98,6 +104,14 @@ func repairKey(id string) []byte         { return k(pfxRepair, id) }
 func nodeShardPrefix(node string) []byte { return append(k(pfxNodeShrd, node), 0) }
 func nodeShardKey(node, seg string, index uint32) []byte {
 	return binary.BigEndian.AppendUint32(append(k(pfxNodeShrd, node, seg), 0), index)
+}
+func upSegKey(id string) []byte        { return k(pfxUpSeg, id) }
+func pullKey(repo, dgst string) []byte { return k(pfxPull, repo, dgst) }
+func gcqKey(since int64, dgst string) []byte {
+	if since < 0 {
+		since = 0
+	}
+	return append(be64([]byte(pfxGCQueue), uint64(since)), append([]byte{0}, dgst...)...)
 }
 func reqKey(id string) []byte { return k(pfxReq, id) }
 

@@ -369,3 +369,10 @@ func (s *Store) CountRepairQueue() (int, error) {
 	err := s.scan([]byte(pfxRepair), nil, func(_, _ []byte) bool { n++; return true })
 	return n, err
 }
+
+func unmarshal(key, v []byte, m proto.Message) error {
+	if err := proto.Unmarshal(v, m); err != nil {
+		return fmt.Errorf("%w: %q: %v", ErrCorrupt, key, err)
+	}
+	return nil
+}

@@ -53,6 +53,11 @@ type Command struct {
 	//	*Command_SetNodeState
 	//	*Command_ReplaceShard
 	//	*Command_ReportShard
+	//	*Command_CollectBlob
+	//	*Command_DropOrphans
+	//	*Command_DeleteRepository
+	//	*Command_SetRepositoryPolicy
+	//	*Command_RecordPulls
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -235,6 +240,51 @@ func (x *Command) GetReportShard() *ReportShard {
 	return nil
 }
 
+func (x *Command) GetCollectBlob() *CollectBlob {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CollectBlob); ok {
+			return x.CollectBlob
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDropOrphans() *DropOrphans {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DropOrphans); ok {
+			return x.DropOrphans
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetDeleteRepository() *DeleteRepository {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DeleteRepository); ok {
+			return x.DeleteRepository
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetSetRepositoryPolicy() *SetRepositoryPolicy {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetRepositoryPolicy); ok {
+			return x.SetRepositoryPolicy
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRecordPulls() *RecordPulls {
+	if x != nil {
+		if x, ok := x.Op.(*Command_RecordPulls); ok {
+			return x.RecordPulls
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -295,6 +345,26 @@ type Command_ReportShard struct {
 	ReportShard *ReportShard `protobuf:"bytes,23,opt,name=report_shard,json=reportShard,proto3,oneof"`
 }
 
+type Command_CollectBlob struct {
+	CollectBlob *CollectBlob `protobuf:"bytes,24,opt,name=collect_blob,json=collectBlob,proto3,oneof"`
+}
+
+type Command_DropOrphans struct {
+	DropOrphans *DropOrphans `protobuf:"bytes,25,opt,name=drop_orphans,json=dropOrphans,proto3,oneof"`
+}
+
+type Command_DeleteRepository struct {
+	DeleteRepository *DeleteRepository `protobuf:"bytes,26,opt,name=delete_repository,json=deleteRepository,proto3,oneof"`
+}
+
+type Command_SetRepositoryPolicy struct {
+	SetRepositoryPolicy *SetRepositoryPolicy `protobuf:"bytes,27,opt,name=set_repository_policy,json=setRepositoryPolicy,proto3,oneof"`
+}
+
+type Command_RecordPulls struct {
+	RecordPulls *RecordPulls `protobuf:"bytes,28,opt,name=record_pulls,json=recordPulls,proto3,oneof"`
+}
+
 func (*Command_OpenUpload) isCommand_Op() {}
 
 func (*Command_UpdateUpload) isCommand_Op() {}
@@ -323,6 +393,356 @@ func (*Command_ReplaceShard) isCommand_Op() {}
 
 func (*Command_ReportShard) isCommand_Op() {}
 
+func (*Command_CollectBlob) isCommand_Op() {}
+
+func (*Command_DropOrphans) isCommand_Op() {}
+
+func (*Command_DeleteRepository) isCommand_Op() {}
+
+func (*Command_SetRepositoryPolicy) isCommand_Op() {}
+
+func (*Command_RecordPulls) isCommand_Op() {}
+
+// CollectBlob garbage-collects a blob that no manifest has referenced since
+// before cutoff: its links go (leaving tombstones, so a racing manifest push
+// fails and the client uploads again), its layout goes, and its segments
+// become orphans whose shards the collector then deletes. Refused if any
+// manifest references the blob now.
+type CollectBlob struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Digest         string                 `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	CutoffUnixNano int64                  `protobuf:"varint,2,opt,name=cutoff_unix_nano,json=cutoffUnixNano,proto3" json:"cutoff_unix_nano,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CollectBlob) Reset() {
+	*x = CollectBlob{}
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CollectBlob) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CollectBlob) ProtoMessage() {}
+
+func (x *CollectBlob) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CollectBlob.ProtoReflect.Descriptor instead.
+func (*CollectBlob) Descriptor() ([]byte, []int) {
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *CollectBlob) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *CollectBlob) GetCutoffUnixNano() int64 {
+	if x != nil {
+		return x.CutoffUnixNano
+	}
+	return 0
+}
+
+// DropOrphans forgets orphan segments whose shards have been deleted.
+type DropOrphans struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SegmentIds    []string               `protobuf:"bytes,1,rep,name=segment_ids,json=segmentIds,proto3" json:"segment_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DropOrphans) Reset() {
+	*x = DropOrphans{}
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DropOrphans) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DropOrphans) ProtoMessage() {}
+
+func (x *DropOrphans) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DropOrphans.ProtoReflect.Descriptor instead.
+func (*DropOrphans) Descriptor() ([]byte, []int) {
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *DropOrphans) GetSegmentIds() []string {
+	if x != nil {
+		return x.SegmentIds
+	}
+	return nil
+}
+
+// DeleteRepository deletes a repository: refused when it holds manifests,
+// unless force, which deletes them (and their tags) first.
+type DeleteRepository struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Repo          string                 `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
+	Force         bool                   `protobuf:"varint,2,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteRepository) Reset() {
+	*x = DeleteRepository{}
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteRepository) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteRepository) ProtoMessage() {}
+
+func (x *DeleteRepository) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteRepository.ProtoReflect.Descriptor instead.
+func (*DeleteRepository) Descriptor() ([]byte, []int) {
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *DeleteRepository) GetRepo() string {
+	if x != nil {
+		return x.Repo
+	}
+	return ""
+}
+
+func (x *DeleteRepository) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+// SetRepositoryPolicy changes a repository's settings; only the fields named
+// in `set` change ("tag_mutability", "lifecycle_policy").
+type SetRepositoryPolicy struct {
+	state                protoimpl.MessageState `protogen:"open.v1"`
+	Repo                 string                 `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
+	Set                  []string               `protobuf:"bytes,2,rep,name=set,proto3" json:"set,omitempty"`
+	TagMutability        string                 `protobuf:"bytes,3,opt,name=tag_mutability,json=tagMutability,proto3" json:"tag_mutability,omitempty"`
+	MutabilityExclusions []string               `protobuf:"bytes,4,rep,name=mutability_exclusions,json=mutabilityExclusions,proto3" json:"mutability_exclusions,omitempty"`
+	LifecyclePolicy      string                 `protobuf:"bytes,5,opt,name=lifecycle_policy,json=lifecyclePolicy,proto3" json:"lifecycle_policy,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *SetRepositoryPolicy) Reset() {
+	*x = SetRepositoryPolicy{}
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetRepositoryPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetRepositoryPolicy) ProtoMessage() {}
+
+func (x *SetRepositoryPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetRepositoryPolicy.ProtoReflect.Descriptor instead.
+func (*SetRepositoryPolicy) Descriptor() ([]byte, []int) {
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SetRepositoryPolicy) GetRepo() string {
+	if x != nil {
+		return x.Repo
+	}
+	return ""
+}
+
+func (x *SetRepositoryPolicy) GetSet() []string {
+	if x != nil {
+		return x.Set
+	}
+	return nil
+}
+
+func (x *SetRepositoryPolicy) GetTagMutability() string {
+	if x != nil {
+		return x.TagMutability
+	}
+	return ""
+}
+
+func (x *SetRepositoryPolicy) GetMutabilityExclusions() []string {
+	if x != nil {
+		return x.MutabilityExclusions
+	}
+	return nil
+}
+
+func (x *SetRepositoryPolicy) GetLifecyclePolicy() string {
+	if x != nil {
+		return x.LifecyclePolicy
+	}
+	return ""
+}
+
+// RecordPulls records when manifests were last pulled, batched by the
+// frontends (for sinceImagePulled lifecycle rules).
+type RecordPulls struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pulls         []*Pull                `protobuf:"bytes,1,rep,name=pulls,proto3" json:"pulls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordPulls) Reset() {
+	*x = RecordPulls{}
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordPulls) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordPulls) ProtoMessage() {}
+
+func (x *RecordPulls) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordPulls.ProtoReflect.Descriptor instead.
+func (*RecordPulls) Descriptor() ([]byte, []int) {
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *RecordPulls) GetPulls() []*Pull {
+	if x != nil {
+		return x.Pulls
+	}
+	return nil
+}
+
+type Pull struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Repo          string                 `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
+	Digest        string                 `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	TimeUnixNano  int64                  `protobuf:"varint,3,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Pull) Reset() {
+	*x = Pull{}
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Pull) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Pull) ProtoMessage() {}
+
+func (x *Pull) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Pull.ProtoReflect.Descriptor instead.
+func (*Pull) Descriptor() ([]byte, []int) {
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Pull) GetRepo() string {
+	if x != nil {
+		return x.Repo
+	}
+	return ""
+}
+
+func (x *Pull) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *Pull) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
 // ReplaceShard records that shard `index` of a segment now lives on
 // new_node (rebuilt by repair or moved by a drain). It applies only if the
 // shard is still where the repairer found it: on old_node, or absent when
@@ -340,7 +760,7 @@ type ReplaceShard struct {
 
 func (x *ReplaceShard) Reset() {
 	*x = ReplaceShard{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[1]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -352,7 +772,7 @@ func (x *ReplaceShard) String() string {
 func (*ReplaceShard) ProtoMessage() {}
 
 func (x *ReplaceShard) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[1]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -365,7 +785,7 @@ func (x *ReplaceShard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplaceShard.ProtoReflect.Descriptor instead.
 func (*ReplaceShard) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{1}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ReplaceShard) GetSegmentId() string {
@@ -417,7 +837,7 @@ type ReportShard struct {
 
 func (x *ReportShard) Reset() {
 	*x = ReportShard{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[2]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -429,7 +849,7 @@ func (x *ReportShard) String() string {
 func (*ReportShard) ProtoMessage() {}
 
 func (x *ReportShard) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[2]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -442,7 +862,7 @@ func (x *ReportShard) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportShard.ProtoReflect.Descriptor instead.
 func (*ReportShard) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{2}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReportShard) GetSegmentId() string {
@@ -486,7 +906,7 @@ type RepairItem struct {
 
 func (x *RepairItem) Reset() {
 	*x = RepairItem{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[3]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -498,7 +918,7 @@ func (x *RepairItem) String() string {
 func (*RepairItem) ProtoMessage() {}
 
 func (x *RepairItem) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[3]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -511,7 +931,7 @@ func (x *RepairItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairItem.ProtoReflect.Descriptor instead.
 func (*RepairItem) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{3}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RepairItem) GetSegmentId() string {
@@ -561,7 +981,7 @@ type NodeRecord struct {
 
 func (x *NodeRecord) Reset() {
 	*x = NodeRecord{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[4]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -573,7 +993,7 @@ func (x *NodeRecord) String() string {
 func (*NodeRecord) ProtoMessage() {}
 
 func (x *NodeRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[4]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -586,7 +1006,7 @@ func (x *NodeRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRecord.ProtoReflect.Descriptor instead.
 func (*NodeRecord) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{4}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *NodeRecord) GetId() string {
@@ -662,7 +1082,7 @@ type RegisterNode struct {
 
 func (x *RegisterNode) Reset() {
 	*x = RegisterNode{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[5]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +1094,7 @@ func (x *RegisterNode) String() string {
 func (*RegisterNode) ProtoMessage() {}
 
 func (x *RegisterNode) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[5]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +1107,7 @@ func (x *RegisterNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterNode.ProtoReflect.Descriptor instead.
 func (*RegisterNode) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{5}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RegisterNode) GetNode() *NodeRecord {
@@ -706,7 +1126,7 @@ type RemoveNode struct {
 
 func (x *RemoveNode) Reset() {
 	*x = RemoveNode{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[6]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +1138,7 @@ func (x *RemoveNode) String() string {
 func (*RemoveNode) ProtoMessage() {}
 
 func (x *RemoveNode) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[6]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +1151,7 @@ func (x *RemoveNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNode.ProtoReflect.Descriptor instead.
 func (*RemoveNode) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{6}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RemoveNode) GetId() string {
@@ -751,7 +1171,7 @@ type SetNodeState struct {
 
 func (x *SetNodeState) Reset() {
 	*x = SetNodeState{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[7]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -763,7 +1183,7 @@ func (x *SetNodeState) String() string {
 func (*SetNodeState) ProtoMessage() {}
 
 func (x *SetNodeState) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[7]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -776,7 +1196,7 @@ func (x *SetNodeState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetNodeState.ProtoReflect.Descriptor instead.
 func (*SetNodeState) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{7}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SetNodeState) GetId() string {
@@ -805,7 +1225,7 @@ type RequestRecord struct {
 
 func (x *RequestRecord) Reset() {
 	*x = RequestRecord{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[8]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +1237,7 @@ func (x *RequestRecord) String() string {
 func (*RequestRecord) ProtoMessage() {}
 
 func (x *RequestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[8]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +1250,7 @@ func (x *RequestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RequestRecord.ProtoReflect.Descriptor instead.
 func (*RequestRecord) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{8}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RequestRecord) GetResult() *ApplyResult {
@@ -859,7 +1279,7 @@ type ShardRef struct {
 
 func (x *ShardRef) Reset() {
 	*x = ShardRef{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[9]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -871,7 +1291,7 @@ func (x *ShardRef) String() string {
 func (*ShardRef) ProtoMessage() {}
 
 func (x *ShardRef) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[9]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -884,7 +1304,7 @@ func (x *ShardRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardRef.ProtoReflect.Descriptor instead.
 func (*ShardRef) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{9}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ShardRef) GetIndex() uint32 {
@@ -927,7 +1347,7 @@ type Segment struct {
 
 func (x *Segment) Reset() {
 	*x = Segment{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[10]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -939,7 +1359,7 @@ func (x *Segment) String() string {
 func (*Segment) ProtoMessage() {}
 
 func (x *Segment) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[10]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -952,7 +1372,7 @@ func (x *Segment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Segment.ProtoReflect.Descriptor instead.
 func (*Segment) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{10}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Segment) GetId() string {
@@ -1024,7 +1444,7 @@ type BlobLayout struct {
 
 func (x *BlobLayout) Reset() {
 	*x = BlobLayout{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[11]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1036,7 +1456,7 @@ func (x *BlobLayout) String() string {
 func (*BlobLayout) ProtoMessage() {}
 
 func (x *BlobLayout) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[11]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1049,7 +1469,7 @@ func (x *BlobLayout) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BlobLayout.ProtoReflect.Descriptor instead.
 func (*BlobLayout) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{11}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *BlobLayout) GetDigest() string {
@@ -1096,7 +1516,7 @@ type Upload struct {
 
 func (x *Upload) Reset() {
 	*x = Upload{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[12]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1108,7 +1528,7 @@ func (x *Upload) String() string {
 func (*Upload) ProtoMessage() {}
 
 func (x *Upload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[12]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1121,7 +1541,7 @@ func (x *Upload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Upload.ProtoReflect.Descriptor instead.
 func (*Upload) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{12}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Upload) GetId() string {
@@ -1175,16 +1595,19 @@ func (x *Upload) GetSegments() []*Segment {
 
 // RefCount counts what keeps a blob or manifest digest alive.
 type RefCount struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Links         int64                  `protobuf:"varint,1,opt,name=links,proto3" json:"links,omitempty"`                                   // repositories linking the blob
-	ManifestRefs  int64                  `protobuf:"varint,2,opt,name=manifest_refs,json=manifestRefs,proto3" json:"manifest_refs,omitempty"` // manifests referencing the digest (layers, config, children)
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Links        int64                  `protobuf:"varint,1,opt,name=links,proto3" json:"links,omitempty"`                                   // repositories linking the blob
+	ManifestRefs int64                  `protobuf:"varint,2,opt,name=manifest_refs,json=manifestRefs,proto3" json:"manifest_refs,omitempty"` // manifests referencing the digest (layers, config, children)
+	// Since when no manifest references the blob (0 while one does); the
+	// garbage collector takes blobs unreferenced for longer than its grace.
+	UnreferencedSinceUnixNano int64 `protobuf:"varint,3,opt,name=unreferenced_since_unix_nano,json=unreferencedSinceUnixNano,proto3" json:"unreferenced_since_unix_nano,omitempty"`
+	unknownFields             protoimpl.UnknownFields
+	sizeCache                 protoimpl.SizeCache
 }
 
 func (x *RefCount) Reset() {
 	*x = RefCount{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[13]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1196,7 +1619,7 @@ func (x *RefCount) String() string {
 func (*RefCount) ProtoMessage() {}
 
 func (x *RefCount) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[13]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1209,7 +1632,7 @@ func (x *RefCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefCount.ProtoReflect.Descriptor instead.
 func (*RefCount) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{13}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RefCount) GetLinks() int64 {
@@ -1222,6 +1645,13 @@ func (x *RefCount) GetLinks() int64 {
 func (x *RefCount) GetManifestRefs() int64 {
 	if x != nil {
 		return x.ManifestRefs
+	}
+	return 0
+}
+
+func (x *RefCount) GetUnreferencedSinceUnixNano() int64 {
+	if x != nil {
+		return x.UnreferencedSinceUnixNano
 	}
 	return 0
 }
@@ -1244,7 +1674,7 @@ type ManifestRecord struct {
 
 func (x *ManifestRecord) Reset() {
 	*x = ManifestRecord{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[14]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1256,7 +1686,7 @@ func (x *ManifestRecord) String() string {
 func (*ManifestRecord) ProtoMessage() {}
 
 func (x *ManifestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[14]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1269,7 +1699,7 @@ func (x *ManifestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManifestRecord.ProtoReflect.Descriptor instead.
 func (*ManifestRecord) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{14}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ManifestRecord) GetDigest() string {
@@ -1347,7 +1777,7 @@ type TagRecord struct {
 
 func (x *TagRecord) Reset() {
 	*x = TagRecord{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[15]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1359,7 +1789,7 @@ func (x *TagRecord) String() string {
 func (*TagRecord) ProtoMessage() {}
 
 func (x *TagRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[15]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1372,7 +1802,7 @@ func (x *TagRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagRecord.ProtoReflect.Descriptor instead.
 func (*TagRecord) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{15}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TagRecord) GetDigest() string {
@@ -1407,7 +1837,7 @@ type TagHistoryEntry struct {
 
 func (x *TagHistoryEntry) Reset() {
 	*x = TagHistoryEntry{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[16]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1419,7 +1849,7 @@ func (x *TagHistoryEntry) String() string {
 func (*TagHistoryEntry) ProtoMessage() {}
 
 func (x *TagHistoryEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[16]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1432,7 +1862,7 @@ func (x *TagHistoryEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagHistoryEntry.ProtoReflect.Descriptor instead.
 func (*TagHistoryEntry) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{16}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *TagHistoryEntry) GetDigest() string {
@@ -1461,13 +1891,14 @@ type Event struct {
 	Size          uint64                 `protobuf:"varint,7,opt,name=size,proto3" json:"size,omitempty"`
 	TimeUnixNano  int64                  `protobuf:"varint,8,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
 	Segments      []string               `protobuf:"bytes,9,rep,name=segments,proto3" json:"segments,omitempty"` // for blob.orphan: segment ids whose shards may be swept
+	Reason        string                 `protobuf:"bytes,10,opt,name=reason,proto3" json:"reason,omitempty"`    // why, when a policy did it (e.g. "lifecycle rule 1")
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[17]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1479,7 +1910,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[17]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1492,7 +1923,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{17}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -1558,6 +1989,13 @@ func (x *Event) GetSegments() []string {
 	return nil
 }
 
+func (x *Event) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type OpenUpload struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1568,7 +2006,7 @@ type OpenUpload struct {
 
 func (x *OpenUpload) Reset() {
 	*x = OpenUpload{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[18]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +2018,7 @@ func (x *OpenUpload) String() string {
 func (*OpenUpload) ProtoMessage() {}
 
 func (x *OpenUpload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[18]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +2031,7 @@ func (x *OpenUpload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenUpload.ProtoReflect.Descriptor instead.
 func (*OpenUpload) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{18}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *OpenUpload) GetId() string {
@@ -1612,19 +2050,21 @@ func (x *OpenUpload) GetRepo() string {
 
 // UpdateUpload records bytes received by one request of an upload.
 type UpdateUpload struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	ExpectOffset  uint64                 `protobuf:"varint,2,opt,name=expect_offset,json=expectOffset,proto3" json:"expect_offset,omitempty"` // offset the frontend started from; must match
-	NewOffset     uint64                 `protobuf:"varint,3,opt,name=new_offset,json=newOffset,proto3" json:"new_offset,omitempty"`
-	Sha256State   []byte                 `protobuf:"bytes,4,opt,name=sha256_state,json=sha256State,proto3" json:"sha256_state,omitempty"`
-	Segments      []*Segment             `protobuf:"bytes,5,rep,name=segments,proto3" json:"segments,omitempty"` // segments written by this request
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// (segments written by this request are indexed under upseg/ until the
+	// upload commits or is cancelled, so sweepers never take them)
+	Id            string     `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	ExpectOffset  uint64     `protobuf:"varint,2,opt,name=expect_offset,json=expectOffset,proto3" json:"expect_offset,omitempty"` // offset the frontend started from; must match
+	NewOffset     uint64     `protobuf:"varint,3,opt,name=new_offset,json=newOffset,proto3" json:"new_offset,omitempty"`
+	Sha256State   []byte     `protobuf:"bytes,4,opt,name=sha256_state,json=sha256State,proto3" json:"sha256_state,omitempty"`
+	Segments      []*Segment `protobuf:"bytes,5,rep,name=segments,proto3" json:"segments,omitempty"` // segments written by this request
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UpdateUpload) Reset() {
 	*x = UpdateUpload{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[19]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1636,7 +2076,7 @@ func (x *UpdateUpload) String() string {
 func (*UpdateUpload) ProtoMessage() {}
 
 func (x *UpdateUpload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[19]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1649,7 +2089,7 @@ func (x *UpdateUpload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateUpload.ProtoReflect.Descriptor instead.
 func (*UpdateUpload) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{19}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *UpdateUpload) GetId() string {
@@ -1696,7 +2136,7 @@ type CancelUpload struct {
 
 func (x *CancelUpload) Reset() {
 	*x = CancelUpload{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[20]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1708,7 +2148,7 @@ func (x *CancelUpload) String() string {
 func (*CancelUpload) ProtoMessage() {}
 
 func (x *CancelUpload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[20]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1721,7 +2161,7 @@ func (x *CancelUpload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelUpload.ProtoReflect.Descriptor instead.
 func (*CancelUpload) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{20}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *CancelUpload) GetId() string {
@@ -1747,7 +2187,7 @@ type CommitBlob struct {
 
 func (x *CommitBlob) Reset() {
 	*x = CommitBlob{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[21]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +2199,7 @@ func (x *CommitBlob) String() string {
 func (*CommitBlob) ProtoMessage() {}
 
 func (x *CommitBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[21]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +2212,7 @@ func (x *CommitBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitBlob.ProtoReflect.Descriptor instead.
 func (*CommitBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{21}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CommitBlob) GetRepo() string {
@@ -1829,7 +2269,7 @@ type MountBlob struct {
 
 func (x *MountBlob) Reset() {
 	*x = MountBlob{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[22]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +2281,7 @@ func (x *MountBlob) String() string {
 func (*MountBlob) ProtoMessage() {}
 
 func (x *MountBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[22]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +2294,7 @@ func (x *MountBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountBlob.ProtoReflect.Descriptor instead.
 func (*MountBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{22}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *MountBlob) GetRepo() string {
@@ -1888,7 +2328,7 @@ type UnlinkBlob struct {
 
 func (x *UnlinkBlob) Reset() {
 	*x = UnlinkBlob{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[23]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +2340,7 @@ func (x *UnlinkBlob) String() string {
 func (*UnlinkBlob) ProtoMessage() {}
 
 func (x *UnlinkBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[23]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +2353,7 @@ func (x *UnlinkBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnlinkBlob.ProtoReflect.Descriptor instead.
 func (*UnlinkBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{23}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UnlinkBlob) GetRepo() string {
@@ -1953,7 +2393,7 @@ type PutManifest struct {
 
 func (x *PutManifest) Reset() {
 	*x = PutManifest{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[24]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1965,7 +2405,7 @@ func (x *PutManifest) String() string {
 func (*PutManifest) ProtoMessage() {}
 
 func (x *PutManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[24]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1978,7 +2418,7 @@ func (x *PutManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutManifest.ProtoReflect.Descriptor instead.
 func (*PutManifest) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{24}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PutManifest) GetRepo() string {
@@ -2069,13 +2509,14 @@ type DeleteManifest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Repo          string                 `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
 	Digest        string                 `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"` // recorded in the outbox event, e.g. "lifecycle rule 1"
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteManifest) Reset() {
 	*x = DeleteManifest{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[25]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2087,7 +2528,7 @@ func (x *DeleteManifest) String() string {
 func (*DeleteManifest) ProtoMessage() {}
 
 func (x *DeleteManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[25]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2100,7 +2541,7 @@ func (x *DeleteManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteManifest.ProtoReflect.Descriptor instead.
 func (*DeleteManifest) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{25}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *DeleteManifest) GetRepo() string {
@@ -2117,6 +2558,13 @@ func (x *DeleteManifest) GetDigest() string {
 	return ""
 }
 
+func (x *DeleteManifest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 type DeleteTag struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Repo          string                 `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
@@ -2127,7 +2575,7 @@ type DeleteTag struct {
 
 func (x *DeleteTag) Reset() {
 	*x = DeleteTag{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[26]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2587,7 @@ func (x *DeleteTag) String() string {
 func (*DeleteTag) ProtoMessage() {}
 
 func (x *DeleteTag) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[26]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2600,7 @@ func (x *DeleteTag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTag.ProtoReflect.Descriptor instead.
 func (*DeleteTag) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{26}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteTag) GetRepo() string {
@@ -2181,7 +2629,7 @@ type ApplyResult struct {
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[27]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2193,7 +2641,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[27]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2206,7 +2654,7 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{27}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ApplyResult) GetErrorCode() string {
@@ -2228,13 +2676,22 @@ type Repository struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Name            string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	CreatedUnixNano int64                  `protobuf:"varint,2,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// ECR's imageTagMutability: MUTABLE (default, ""), IMMUTABLE,
+	// MUTABLE_WITH_EXCLUSION, IMMUTABLE_WITH_EXCLUSION; exclusions are
+	// wildcard filters naming the tags that are the exception.
+	TagMutability        string   `protobuf:"bytes,3,opt,name=tag_mutability,json=tagMutability,proto3" json:"tag_mutability,omitempty"`
+	MutabilityExclusions []string `protobuf:"bytes,4,rep,name=mutability_exclusions,json=mutabilityExclusions,proto3" json:"mutability_exclusions,omitempty"`
+	// ECR's lifecycle policy document, as the client sent it (validated by
+	// the frontend); empty when the repository has none.
+	LifecyclePolicy                string `protobuf:"bytes,5,opt,name=lifecycle_policy,json=lifecyclePolicy,proto3" json:"lifecycle_policy,omitempty"`
+	LifecyclePolicyUpdatedUnixNano int64  `protobuf:"varint,6,opt,name=lifecycle_policy_updated_unix_nano,json=lifecyclePolicyUpdatedUnixNano,proto3" json:"lifecycle_policy_updated_unix_nano,omitempty"`
+	unknownFields                  protoimpl.UnknownFields
+	sizeCache                      protoimpl.SizeCache
 }
 
 func (x *Repository) Reset() {
 	*x = Repository{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[28]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2246,7 +2703,7 @@ func (x *Repository) String() string {
 func (*Repository) ProtoMessage() {}
 
 func (x *Repository) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[28]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2259,7 +2716,7 @@ func (x *Repository) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Repository.ProtoReflect.Descriptor instead.
 func (*Repository) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{28}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Repository) GetName() string {
@@ -2272,6 +2729,34 @@ func (x *Repository) GetName() string {
 func (x *Repository) GetCreatedUnixNano() int64 {
 	if x != nil {
 		return x.CreatedUnixNano
+	}
+	return 0
+}
+
+func (x *Repository) GetTagMutability() string {
+	if x != nil {
+		return x.TagMutability
+	}
+	return ""
+}
+
+func (x *Repository) GetMutabilityExclusions() []string {
+	if x != nil {
+		return x.MutabilityExclusions
+	}
+	return nil
+}
+
+func (x *Repository) GetLifecyclePolicy() string {
+	if x != nil {
+		return x.LifecyclePolicy
+	}
+	return ""
+}
+
+func (x *Repository) GetLifecyclePolicyUpdatedUnixNano() int64 {
+	if x != nil {
+		return x.LifecyclePolicyUpdatedUnixNano
 	}
 	return 0
 }
@@ -2291,7 +2776,7 @@ type Descriptor struct {
 
 func (x *Descriptor) Reset() {
 	*x = Descriptor{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[29]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2303,7 +2788,7 @@ func (x *Descriptor) String() string {
 func (*Descriptor) ProtoMessage() {}
 
 func (x *Descriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[29]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2316,7 +2801,7 @@ func (x *Descriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Descriptor.ProtoReflect.Descriptor instead.
 func (*Descriptor) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{29}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Descriptor) GetMediaType() string {
@@ -2358,7 +2843,7 @@ var File_metastore_metastorepb_metastore_proto protoreflect.FileDescriptor
 
 const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\n" +
-	"%metastore/metastorepb/metastore.proto\x12\x13strata.metastore.v1\"\xb7\b\n" +
+	"%metastore/metastorepb/metastore.proto\x12\x13strata.metastore.v1\"\xc2\v\n" +
 	"\aCommand\x12$\n" +
 	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x1d\n" +
 	"\n" +
@@ -2383,8 +2868,34 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"removeNode\x12I\n" +
 	"\x0eset_node_state\x18\x15 \x01(\v2!.strata.metastore.v1.SetNodeStateH\x00R\fsetNodeState\x12H\n" +
 	"\rreplace_shard\x18\x16 \x01(\v2!.strata.metastore.v1.ReplaceShardH\x00R\freplaceShard\x12E\n" +
-	"\freport_shard\x18\x17 \x01(\v2 .strata.metastore.v1.ReportShardH\x00R\vreportShardB\x04\n" +
-	"\x02op\"\x91\x01\n" +
+	"\freport_shard\x18\x17 \x01(\v2 .strata.metastore.v1.ReportShardH\x00R\vreportShard\x12E\n" +
+	"\fcollect_blob\x18\x18 \x01(\v2 .strata.metastore.v1.CollectBlobH\x00R\vcollectBlob\x12E\n" +
+	"\fdrop_orphans\x18\x19 \x01(\v2 .strata.metastore.v1.DropOrphansH\x00R\vdropOrphans\x12T\n" +
+	"\x11delete_repository\x18\x1a \x01(\v2%.strata.metastore.v1.DeleteRepositoryH\x00R\x10deleteRepository\x12^\n" +
+	"\x15set_repository_policy\x18\x1b \x01(\v2(.strata.metastore.v1.SetRepositoryPolicyH\x00R\x13setRepositoryPolicy\x12E\n" +
+	"\frecord_pulls\x18\x1c \x01(\v2 .strata.metastore.v1.RecordPullsH\x00R\vrecordPullsB\x04\n" +
+	"\x02op\"O\n" +
+	"\vCollectBlob\x12\x16\n" +
+	"\x06digest\x18\x01 \x01(\tR\x06digest\x12(\n" +
+	"\x10cutoff_unix_nano\x18\x02 \x01(\x03R\x0ecutoffUnixNano\".\n" +
+	"\vDropOrphans\x12\x1f\n" +
+	"\vsegment_ids\x18\x01 \x03(\tR\n" +
+	"segmentIds\"<\n" +
+	"\x10DeleteRepository\x12\x12\n" +
+	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x14\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"\xc2\x01\n" +
+	"\x13SetRepositoryPolicy\x12\x12\n" +
+	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x10\n" +
+	"\x03set\x18\x02 \x03(\tR\x03set\x12%\n" +
+	"\x0etag_mutability\x18\x03 \x01(\tR\rtagMutability\x123\n" +
+	"\x15mutability_exclusions\x18\x04 \x03(\tR\x14mutabilityExclusions\x12)\n" +
+	"\x10lifecycle_policy\x18\x05 \x01(\tR\x0flifecyclePolicy\">\n" +
+	"\vRecordPulls\x12/\n" +
+	"\x05pulls\x18\x01 \x03(\v2\x19.strata.metastore.v1.PullR\x05pulls\"X\n" +
+	"\x04Pull\x12\x12\n" +
+	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x16\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\x12$\n" +
+	"\x0etime_unix_nano\x18\x03 \x01(\x03R\ftimeUnixNano\"\x91\x01\n" +
 	"\fReplaceShard\x12\x1d\n" +
 	"\n" +
 	"segment_id\x18\x01 \x01(\tR\tsegmentId\x12\x14\n" +
@@ -2454,10 +2965,11 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\x11updated_unix_nano\x18\x04 \x01(\x03R\x0fupdatedUnixNano\x12\x16\n" +
 	"\x06offset\x18\x05 \x01(\x04R\x06offset\x12!\n" +
 	"\fsha256_state\x18\x06 \x01(\fR\vsha256State\x128\n" +
-	"\bsegments\x18\a \x03(\v2\x1c.strata.metastore.v1.SegmentR\bsegments\"E\n" +
+	"\bsegments\x18\a \x03(\v2\x1c.strata.metastore.v1.SegmentR\bsegments\"\x86\x01\n" +
 	"\bRefCount\x12\x14\n" +
 	"\x05links\x18\x01 \x01(\x03R\x05links\x12#\n" +
-	"\rmanifest_refs\x18\x02 \x01(\x03R\fmanifestRefs\"\xa3\x02\n" +
+	"\rmanifest_refs\x18\x02 \x01(\x03R\fmanifestRefs\x12?\n" +
+	"\x1cunreferenced_since_unix_nano\x18\x03 \x01(\x03R\x19unreferencedSinceUnixNano\"\xa3\x02\n" +
 	"\x0eManifestRecord\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x1d\n" +
 	"\n" +
@@ -2475,7 +2987,7 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\x03seq\x18\x03 \x01(\x04R\x03seq\"O\n" +
 	"\x0fTagHistoryEntry\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12$\n" +
-	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\"\xe0\x01\n" +
+	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\"\xf8\x01\n" +
 	"\x05Event\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
 	"\x04type\x18\x02 \x01(\tR\x04type\x12\x12\n" +
@@ -2486,7 +2998,9 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"media_type\x18\x06 \x01(\tR\tmediaType\x12\x12\n" +
 	"\x04size\x18\a \x01(\x04R\x04size\x12$\n" +
 	"\x0etime_unix_nano\x18\b \x01(\x03R\ftimeUnixNano\x12\x1a\n" +
-	"\bsegments\x18\t \x03(\tR\bsegments\"0\n" +
+	"\bsegments\x18\t \x03(\tR\bsegments\x12\x16\n" +
+	"\x06reason\x18\n" +
+	" \x01(\tR\x06reason\"0\n" +
 	"\n" +
 	"OpenUpload\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
@@ -2530,21 +3044,26 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\rartifact_type\x18\n" +
 	" \x01(\tR\fartifactType\x12)\n" +
 	"\x10annotations_json\x18\v \x01(\fR\x0fannotationsJson\x12%\n" +
-	"\x0eoptional_blobs\x18\f \x03(\tR\roptionalBlobs\"<\n" +
+	"\x0eoptional_blobs\x18\f \x03(\tR\roptionalBlobs\"T\n" +
 	"\x0eDeleteManifest\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x16\n" +
-	"\x06digest\x18\x02 \x01(\tR\x06digest\"1\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"1\n" +
 	"\tDeleteTag\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x10\n" +
 	"\x03tag\x18\x02 \x01(\tR\x03tag\"O\n" +
 	"\vApplyResult\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x01 \x01(\tR\terrorCode\x12!\n" +
-	"\ferror_detail\x18\x02 \x01(\tR\verrorDetail\"L\n" +
+	"\ferror_detail\x18\x02 \x01(\tR\verrorDetail\"\x9f\x02\n" +
 	"\n" +
 	"Repository\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
-	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\"\xa7\x01\n" +
+	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12%\n" +
+	"\x0etag_mutability\x18\x03 \x01(\tR\rtagMutability\x123\n" +
+	"\x15mutability_exclusions\x18\x04 \x03(\tR\x14mutabilityExclusions\x12)\n" +
+	"\x10lifecycle_policy\x18\x05 \x01(\tR\x0flifecyclePolicy\x12J\n" +
+	"\"lifecycle_policy_updated_unix_nano\x18\x06 \x01(\x03R\x1elifecyclePolicyUpdatedUnixNano\"\xa7\x01\n" +
 	"\n" +
 	"Descriptor\x12\x1d\n" +
 	"\n" +
@@ -2566,66 +3085,78 @@ func file_metastore_metastorepb_metastore_proto_rawDescGZIP() []byte {
 	return file_metastore_metastorepb_metastore_proto_rawDescData
 }
 
-var file_metastore_metastorepb_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_metastore_metastorepb_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_metastore_metastorepb_metastore_proto_goTypes = []any{
-	(*Command)(nil),         // 0: strata.metastore.v1.Command
-	(*ReplaceShard)(nil),    // 1: strata.metastore.v1.ReplaceShard
-	(*ReportShard)(nil),     // 2: strata.metastore.v1.ReportShard
-	(*RepairItem)(nil),      // 3: strata.metastore.v1.RepairItem
-	(*NodeRecord)(nil),      // 4: strata.metastore.v1.NodeRecord
-	(*RegisterNode)(nil),    // 5: strata.metastore.v1.RegisterNode
-	(*RemoveNode)(nil),      // 6: strata.metastore.v1.RemoveNode
-	(*SetNodeState)(nil),    // 7: strata.metastore.v1.SetNodeState
-	(*RequestRecord)(nil),   // 8: strata.metastore.v1.RequestRecord
-	(*ShardRef)(nil),        // 9: strata.metastore.v1.ShardRef
-	(*Segment)(nil),         // 10: strata.metastore.v1.Segment
-	(*BlobLayout)(nil),      // 11: strata.metastore.v1.BlobLayout
-	(*Upload)(nil),          // 12: strata.metastore.v1.Upload
-	(*RefCount)(nil),        // 13: strata.metastore.v1.RefCount
-	(*ManifestRecord)(nil),  // 14: strata.metastore.v1.ManifestRecord
-	(*TagRecord)(nil),       // 15: strata.metastore.v1.TagRecord
-	(*TagHistoryEntry)(nil), // 16: strata.metastore.v1.TagHistoryEntry
-	(*Event)(nil),           // 17: strata.metastore.v1.Event
-	(*OpenUpload)(nil),      // 18: strata.metastore.v1.OpenUpload
-	(*UpdateUpload)(nil),    // 19: strata.metastore.v1.UpdateUpload
-	(*CancelUpload)(nil),    // 20: strata.metastore.v1.CancelUpload
-	(*CommitBlob)(nil),      // 21: strata.metastore.v1.CommitBlob
-	(*MountBlob)(nil),       // 22: strata.metastore.v1.MountBlob
-	(*UnlinkBlob)(nil),      // 23: strata.metastore.v1.UnlinkBlob
-	(*PutManifest)(nil),     // 24: strata.metastore.v1.PutManifest
-	(*DeleteManifest)(nil),  // 25: strata.metastore.v1.DeleteManifest
-	(*DeleteTag)(nil),       // 26: strata.metastore.v1.DeleteTag
-	(*ApplyResult)(nil),     // 27: strata.metastore.v1.ApplyResult
-	(*Repository)(nil),      // 28: strata.metastore.v1.Repository
-	(*Descriptor)(nil),      // 29: strata.metastore.v1.Descriptor
+	(*Command)(nil),             // 0: strata.metastore.v1.Command
+	(*CollectBlob)(nil),         // 1: strata.metastore.v1.CollectBlob
+	(*DropOrphans)(nil),         // 2: strata.metastore.v1.DropOrphans
+	(*DeleteRepository)(nil),    // 3: strata.metastore.v1.DeleteRepository
+	(*SetRepositoryPolicy)(nil), // 4: strata.metastore.v1.SetRepositoryPolicy
+	(*RecordPulls)(nil),         // 5: strata.metastore.v1.RecordPulls
+	(*Pull)(nil),                // 6: strata.metastore.v1.Pull
+	(*ReplaceShard)(nil),        // 7: strata.metastore.v1.ReplaceShard
+	(*ReportShard)(nil),         // 8: strata.metastore.v1.ReportShard
+	(*RepairItem)(nil),          // 9: strata.metastore.v1.RepairItem
+	(*NodeRecord)(nil),          // 10: strata.metastore.v1.NodeRecord
+	(*RegisterNode)(nil),        // 11: strata.metastore.v1.RegisterNode
+	(*RemoveNode)(nil),          // 12: strata.metastore.v1.RemoveNode
+	(*SetNodeState)(nil),        // 13: strata.metastore.v1.SetNodeState
+	(*RequestRecord)(nil),       // 14: strata.metastore.v1.RequestRecord
+	(*ShardRef)(nil),            // 15: strata.metastore.v1.ShardRef
+	(*Segment)(nil),             // 16: strata.metastore.v1.Segment
+	(*BlobLayout)(nil),          // 17: strata.metastore.v1.BlobLayout
+	(*Upload)(nil),              // 18: strata.metastore.v1.Upload
+	(*RefCount)(nil),            // 19: strata.metastore.v1.RefCount
+	(*ManifestRecord)(nil),      // 20: strata.metastore.v1.ManifestRecord
+	(*TagRecord)(nil),           // 21: strata.metastore.v1.TagRecord
+	(*TagHistoryEntry)(nil),     // 22: strata.metastore.v1.TagHistoryEntry
+	(*Event)(nil),               // 23: strata.metastore.v1.Event
+	(*OpenUpload)(nil),          // 24: strata.metastore.v1.OpenUpload
+	(*UpdateUpload)(nil),        // 25: strata.metastore.v1.UpdateUpload
+	(*CancelUpload)(nil),        // 26: strata.metastore.v1.CancelUpload
+	(*CommitBlob)(nil),          // 27: strata.metastore.v1.CommitBlob
+	(*MountBlob)(nil),           // 28: strata.metastore.v1.MountBlob
+	(*UnlinkBlob)(nil),          // 29: strata.metastore.v1.UnlinkBlob
+	(*PutManifest)(nil),         // 30: strata.metastore.v1.PutManifest
+	(*DeleteManifest)(nil),      // 31: strata.metastore.v1.DeleteManifest
+	(*DeleteTag)(nil),           // 32: strata.metastore.v1.DeleteTag
+	(*ApplyResult)(nil),         // 33: strata.metastore.v1.ApplyResult
+	(*Repository)(nil),          // 34: strata.metastore.v1.Repository
+	(*Descriptor)(nil),          // 35: strata.metastore.v1.Descriptor
 }
 var file_metastore_metastorepb_metastore_proto_depIdxs = []int32{
-	18, // 0: strata.metastore.v1.Command.open_upload:type_name -> strata.metastore.v1.OpenUpload
-	19, // 1: strata.metastore.v1.Command.update_upload:type_name -> strata.metastore.v1.UpdateUpload
-	20, // 2: strata.metastore.v1.Command.cancel_upload:type_name -> strata.metastore.v1.CancelUpload
-	21, // 3: strata.metastore.v1.Command.commit_blob:type_name -> strata.metastore.v1.CommitBlob
-	22, // 4: strata.metastore.v1.Command.mount_blob:type_name -> strata.metastore.v1.MountBlob
-	23, // 5: strata.metastore.v1.Command.unlink_blob:type_name -> strata.metastore.v1.UnlinkBlob
-	24, // 6: strata.metastore.v1.Command.put_manifest:type_name -> strata.metastore.v1.PutManifest
-	25, // 7: strata.metastore.v1.Command.delete_manifest:type_name -> strata.metastore.v1.DeleteManifest
-	26, // 8: strata.metastore.v1.Command.delete_tag:type_name -> strata.metastore.v1.DeleteTag
-	5,  // 9: strata.metastore.v1.Command.register_node:type_name -> strata.metastore.v1.RegisterNode
-	6,  // 10: strata.metastore.v1.Command.remove_node:type_name -> strata.metastore.v1.RemoveNode
-	7,  // 11: strata.metastore.v1.Command.set_node_state:type_name -> strata.metastore.v1.SetNodeState
-	1,  // 12: strata.metastore.v1.Command.replace_shard:type_name -> strata.metastore.v1.ReplaceShard
-	2,  // 13: strata.metastore.v1.Command.report_shard:type_name -> strata.metastore.v1.ReportShard
-	4,  // 14: strata.metastore.v1.RegisterNode.node:type_name -> strata.metastore.v1.NodeRecord
-	27, // 15: strata.metastore.v1.RequestRecord.result:type_name -> strata.metastore.v1.ApplyResult
-	9,  // 16: strata.metastore.v1.Segment.shards:type_name -> strata.metastore.v1.ShardRef
-	10, // 17: strata.metastore.v1.BlobLayout.segments:type_name -> strata.metastore.v1.Segment
-	10, // 18: strata.metastore.v1.Upload.segments:type_name -> strata.metastore.v1.Segment
-	10, // 19: strata.metastore.v1.UpdateUpload.segments:type_name -> strata.metastore.v1.Segment
-	10, // 20: strata.metastore.v1.CommitBlob.segments:type_name -> strata.metastore.v1.Segment
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	24, // 0: strata.metastore.v1.Command.open_upload:type_name -> strata.metastore.v1.OpenUpload
+	25, // 1: strata.metastore.v1.Command.update_upload:type_name -> strata.metastore.v1.UpdateUpload
+	26, // 2: strata.metastore.v1.Command.cancel_upload:type_name -> strata.metastore.v1.CancelUpload
+	27, // 3: strata.metastore.v1.Command.commit_blob:type_name -> strata.metastore.v1.CommitBlob
+	28, // 4: strata.metastore.v1.Command.mount_blob:type_name -> strata.metastore.v1.MountBlob
+	29, // 5: strata.metastore.v1.Command.unlink_blob:type_name -> strata.metastore.v1.UnlinkBlob
+	30, // 6: strata.metastore.v1.Command.put_manifest:type_name -> strata.metastore.v1.PutManifest
+	31, // 7: strata.metastore.v1.Command.delete_manifest:type_name -> strata.metastore.v1.DeleteManifest
+	32, // 8: strata.metastore.v1.Command.delete_tag:type_name -> strata.metastore.v1.DeleteTag
+	11, // 9: strata.metastore.v1.Command.register_node:type_name -> strata.metastore.v1.RegisterNode
+	12, // 10: strata.metastore.v1.Command.remove_node:type_name -> strata.metastore.v1.RemoveNode
+	13, // 11: strata.metastore.v1.Command.set_node_state:type_name -> strata.metastore.v1.SetNodeState
+	7,  // 12: strata.metastore.v1.Command.replace_shard:type_name -> strata.metastore.v1.ReplaceShard
+	8,  // 13: strata.metastore.v1.Command.report_shard:type_name -> strata.metastore.v1.ReportShard
+	1,  // 14: strata.metastore.v1.Command.collect_blob:type_name -> strata.metastore.v1.CollectBlob
+	2,  // 15: strata.metastore.v1.Command.drop_orphans:type_name -> strata.metastore.v1.DropOrphans
+	3,  // 16: strata.metastore.v1.Command.delete_repository:type_name -> strata.metastore.v1.DeleteRepository
+	4,  // 17: strata.metastore.v1.Command.set_repository_policy:type_name -> strata.metastore.v1.SetRepositoryPolicy
+	5,  // 18: strata.metastore.v1.Command.record_pulls:type_name -> strata.metastore.v1.RecordPulls
+	6,  // 19: strata.metastore.v1.RecordPulls.pulls:type_name -> strata.metastore.v1.Pull
+	10, // 20: strata.metastore.v1.RegisterNode.node:type_name -> strata.metastore.v1.NodeRecord
+	33, // 21: strata.metastore.v1.RequestRecord.result:type_name -> strata.metastore.v1.ApplyResult
+	15, // 22: strata.metastore.v1.Segment.shards:type_name -> strata.metastore.v1.ShardRef
+	16, // 23: strata.metastore.v1.BlobLayout.segments:type_name -> strata.metastore.v1.Segment
+	16, // 24: strata.metastore.v1.Upload.segments:type_name -> strata.metastore.v1.Segment
+	16, // 25: strata.metastore.v1.UpdateUpload.segments:type_name -> strata.metastore.v1.Segment
+	16, // 26: strata.metastore.v1.CommitBlob.segments:type_name -> strata.metastore.v1.Segment
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_metastore_metastorepb_metastore_proto_init() }
@@ -2648,6 +3179,11 @@ func file_metastore_metastorepb_metastore_proto_init() {
 		(*Command_SetNodeState)(nil),
 		(*Command_ReplaceShard)(nil),
 		(*Command_ReportShard)(nil),
+		(*Command_CollectBlob)(nil),
+		(*Command_DropOrphans)(nil),
+		(*Command_DeleteRepository)(nil),
+		(*Command_SetRepositoryPolicy)(nil),
+		(*Command_RecordPulls)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2655,7 +3191,7 @@ func file_metastore_metastorepb_metastore_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metastore_metastorepb_metastore_proto_rawDesc), len(file_metastore_metastorepb_metastore_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,378 @@
+package metastore
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	pb "github.com/strata-registry/strata/metastore/metastorepb"
+)
+
+// Garbage collection, repository policies and pull times. The collector
+// (gc/) decides what to collect from the queries at the end of this file and
+// proposes commands; the commands re-check everything atomically, so a push
+// and a collection can never race.
+
+// More sentinels of the collection path.
+var (
+	ErrBlobInUse    = errors.New("metastore: blob is referenced")
+	ErrRepoNotEmpty = errors.New("metastore: repository is not empty")
+)
+
+func init() {
+	errorCodes["BLOB_IN_USE"] = ErrBlobInUse
+	errorCodes["REPO_NOT_EMPTY"] = ErrRepoNotEmpty
+}
+
+// Tag mutability modes (ECR's imageTagMutability).
+const (
+	Mutable                = "MUTABLE"
+	Immutable              = "IMMUTABLE"
+	MutableWithExclusion   = "MUTABLE_WITH_EXCLUSION"
+	ImmutableWithExclusion = "IMMUTABLE_WITH_EXCLUSION"
+)
+
+// tagImmutable reports whether the repository's settings forbid moving tag.
+func tagImmutable(r *pb.Repository, tag string) bool {
+	excluded := slices.ContainsFunc(r.MutabilityExclusions, func(f string) bool { return MatchWildcard(f, tag) })
+	switch r.TagMutability {
+	case Immutable:
+		return true
+	case ImmutableWithExclusion:
+		return !excluded
+	case MutableWithExclusion:
+		return excluded
+	}
+	return false
+}
+
+// MatchWildcard reports whether s matches pattern, where '*' matches any run
+// of characters (including none) and every other character itself.
+func MatchWildcard(pattern, s string) bool {
+	parts := strings.Split(pattern, "*")
+	if len(parts) == 1 {
+		return pattern == s
+	}
+	if !strings.HasPrefix(s, parts[0]) {
+		return false
+	}
+	s = s[len(parts[0]):]
+	last := parts[len(parts)-1]
+	for _, p := range parts[1 : len(parts)-1] {
+		i := strings.Index(s, p)
+		if i < 0 {
+			return false
+		}
+		s = s[i+len(p):]
+	}
+	return strings.HasSuffix(s, last)
+}
+
+func (t *txn) collectBlob(c *pb.CollectBlob) error {
+	var l pb.BlobLayout
+	ok, err := t.load(blobKey(c.Digest), &l)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrBlobUnknown, c.Digest)
+	}
+	var rc pb.RefCount
+	if _, err := t.load(refCountKey(c.Digest), &rc); err != nil {
+		return err
+	}
+	if rc.ManifestRefs > 0 || rc.UnreferencedSinceUnixNano == 0 || rc.UnreferencedSinceUnixNano > c.CutoffUnixNano {
+		return fmt.Errorf("%w: %s (%d manifest references, unreferenced since %d, cutoff %d)",
+			ErrBlobInUse, c.Digest, rc.ManifestRefs, rc.UnreferencedSinceUnixNano, c.CutoffUnixNano)
+	}
+	// Every repository that links it loses it, with a tombstone.
+	pfx := blobRepoPrefix(c.Digest)
+	var repos []string
+	it, err := t.b.NewIter(&pebble.IterOptions{LowerBound: pfx, UpperBound: prefixEnd(pfx)})
+	if err != nil {
+		return err
+	}
+	for it.First(); it.Valid(); it.Next() {
+		repos = append(repos, string(it.Key()[len(pfx):]))
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	for _, repo := range repos {
+		for _, key := range [][]byte{linkKey(repo, c.Digest), blobRepoKey(c.Digest, repo)} {
+			if err := t.del(key); err != nil {
+				return err
+			}
+		}
+		if err := t.b.Set(tombKey(repo, c.Digest), be64(nil, uint64(t.now)), nil); err != nil {
+			return err
+		}
+	}
+	for _, seg := range l.Segments {
+		if err := t.del(segKey(seg.Id)); err != nil {
+			return err
+		}
+		if err := t.del(repairKey(seg.Id)); err != nil {
+			return err
+		}
+		for _, r := range seg.Shards {
+			if err := t.del(nodeShardKey(r.Node, seg.Id, r.Index)); err != nil {
+				return err
+			}
+		}
+	}
+	if err := t.del(gcqKey(rc.UnreferencedSinceUnixNano, c.Digest)); err != nil {
+		return err
+	}
+	if err := t.del(refCountKey(c.Digest)); err != nil {
+		return err
+	}
+	if err := t.del(blobKey(c.Digest)); err != nil {
+		return err
+	}
+	if err := t.emit(&pb.Event{Type: "blob.collect", Digest: c.Digest, Size: l.Size}); err != nil {
+		return err
+	}
+	return t.orphan("", c.Digest, l.Segments)
+}
+
+func (t *txn) dropOrphans(c *pb.DropOrphans) error {
+	for _, id := range c.SegmentIds {
+		if err := t.del(orphanKey(id)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *txn) deleteRepository(c *pb.DeleteRepository) error {
+	if ok, err := t.has(repoKey(c.Repo)); err != nil {
+		return err
+	} else if !ok {
+		return fmt.Errorf("%w: %s", ErrRepoUnknown, c.Repo)
+	}
+	var manifests []string
+	pfx := manifestPrefix(c.Repo)
+	it, err := t.b.NewIter(&pebble.IterOptions{LowerBound: pfx, UpperBound: prefixEnd(pfx)})
+	if err != nil {
+		return err
+	}
+	for it.First(); it.Valid(); it.Next() {
+		manifests = append(manifests, string(it.Key()[len(pfx):]))
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	if len(manifests) > 0 && !c.Force {
+		return fmt.Errorf("%w: %s holds %d manifests (delete with force)", ErrRepoNotEmpty, c.Repo, len(manifests))
+	}
+	for _, d := range manifests {
+		if err := t.deleteManifest(&pb.DeleteManifest{Repo: c.Repo, Digest: d, Reason: "repository deleted"}); err != nil {
+			return err
+		}
+	}
+	var blobs []string
+	lpfx := append(k(pfxLink, c.Repo), 0)
+	it, err = t.b.NewIter(&pebble.IterOptions{LowerBound: lpfx, UpperBound: prefixEnd(lpfx)})
+	if err != nil {
+		return err
+	}
+	for it.First(); it.Valid(); it.Next() {
+		blobs = append(blobs, string(it.Key()[len(lpfx):]))
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	for _, d := range blobs {
+		if err := t.unlinkBlob(&pb.UnlinkBlob{Repo: c.Repo, Digest: d}); err != nil {
+			return err
+		}
+	}
+	if err := t.del(repoKey(c.Repo)); err != nil {
+		return err
+	}
+	return t.emit(&pb.Event{Type: "repository.delete", Repo: c.Repo})
+}
+
+func (t *txn) setRepositoryPolicy(c *pb.SetRepositoryPolicy) error {
+	var r pb.Repository
+	ok, err := t.load(repoKey(c.Repo), &r)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s", ErrRepoUnknown, c.Repo)
+	}
+	for _, field := range c.Set {
+		switch field {
+		case "tag_mutability":
+			switch c.TagMutability {
+			case "", Mutable, Immutable, MutableWithExclusion, ImmutableWithExclusion:
+			default:
+				return fmt.Errorf("%w: tag mutability %q", ErrCommandInvalid, c.TagMutability)
+			}
+			r.TagMutability, r.MutabilityExclusions = c.TagMutability, c.MutabilityExclusions
+		case "lifecycle_policy":
+			r.LifecyclePolicy, r.LifecyclePolicyUpdatedUnixNano = c.LifecyclePolicy, t.now
+		default:
+			return fmt.Errorf("%w: unknown repository setting %q", ErrCommandInvalid, field)
+		}
+	}
+	return t.put(repoKey(c.Repo), &r)
+}
+
+func (t *txn) recordPulls(c *pb.RecordPulls) error {
+	for _, p := range c.Pulls {
+		ok, err := t.has(manifestKey(p.Repo, p.Digest))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			continue // deleted since: nothing to record
+		}
+		if err := t.b.Set(pullKey(p.Repo, p.Digest), be64(nil, uint64(p.TimeUnixNano)), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ---- queries for the collector and lifecycle ----
+
+// GCCandidate is a blob no manifest references.
+type GCCandidate struct {
+	Digest              string
+	UnreferencedSinceNs int64
+}
+
+// GCCandidates lists up to limit blobs no manifest has referenced since
+// before cutoff (Unix nanoseconds), longest unreferenced first.
+func (s *Store) GCCandidates(cutoff int64, limit int) ([]GCCandidate, error) {
+	pfx := []byte(pfxGCQueue)
+	var out []GCCandidate
+	err := s.scan(pfx, nil, func(key, _ []byte) bool {
+		since := int64(beUint64(key[len(pfx) : len(pfx)+8]))
+		if since > cutoff {
+			return false
+		}
+		out = append(out, GCCandidate{Digest: string(key[len(pfx)+9:]), UnreferencedSinceNs: since})
+		return len(out) < limit
+	})
+	return out, err
+}
+
+// CountGCQueue counts the blobs no manifest references.
+func (s *Store) CountGCQueue() (int, error) {
+	n := 0
+	err := s.scan([]byte(pfxGCQueue), nil, func(_, _ []byte) bool { n++; return true })
+	return n, err
+}
+
+// IdleUploads lists up to limit upload sessions not updated since before
+// cutoff.
+func (s *Store) IdleUploads(cutoff int64, limit int) ([]*pb.Upload, error) {
+	var out []*pb.Upload
+	var derr error
+	err := s.scan([]byte(pfxUpload), nil, func(key, v []byte) bool {
+		var u pb.Upload
+		if err := unmarshal(key, v, &u); err != nil {
+			derr = err
+			return false
+		}
+		if u.UpdatedUnixNano < cutoff {
+			out = append(out, &u)
+		}
+		return len(out) < limit
+	})
+	if err == nil {
+		err = derr
+	}
+	return out, err
+}
+
+// SegmentReferenced reports whether anything still refers to a segment id: a
+// blob layout, an open upload, or an orphan record awaiting deletion.
+func (s *Store) SegmentReferenced(id string) (bool, error) {
+	for _, key := range [][]byte{segKey(id), upSegKey(id), orphanKey(id)} {
+		ok, err := s.has(key)
+		if err != nil || ok {
+			return ok, err
+		}
+	}
+	return false, nil
+}
+
+// ImageInfo is a manifest of a repository with what lifecycle rules look at.
+type ImageInfo struct {
+	Digest       string
+	Tags         []string
+	PushedNs     int64
+	LastPulledNs int64
+	Subject      string
+}
+
+// Images lists every manifest of repo with its tags and push and pull times.
+func (s *Store) Images(repo string) ([]ImageInfo, error) {
+	var out []ImageInfo
+	var derr error
+	pfx := manifestPrefix(repo)
+	err := s.scan(pfx, nil, func(key, v []byte) bool {
+		var m pb.ManifestRecord
+		if err := unmarshal(key, v, &m); err != nil {
+			derr = err
+			return false
+		}
+		out = append(out, ImageInfo{Digest: m.Digest, PushedNs: m.PushedUnixNano, Subject: m.Subject})
+		return true
+	})
+	if err == nil {
+		err = derr
+	}
+	if err != nil {
+		return nil, err
+	}
+	for i := range out {
+		tp := tagRevPrefix(repo, out[i].Digest)
+		if err := s.scan(tp, nil, func(key, _ []byte) bool {
+			out[i].Tags = append(out[i].Tags, string(key[len(tp):]))
+			return true
+		}); err != nil {
+			return nil, err
+		}
+		v, c, err := s.db.Get(pullKey(repo, out[i].Digest))
+		if err == nil {
+			if len(v) == 8 {
+				out[i].LastPulledNs = int64(beUint64(v))
+			}
+			c.Close()
+		} else if !errors.Is(err, pebble.ErrNotFound) {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// RepositoriesWithLifecyclePolicy lists the repositories that have a
+// lifecycle policy.
+func (s *Store) RepositoriesWithLifecyclePolicy() ([]*pb.Repository, error) {
+	var out []*pb.Repository
+	var derr error
+	err := s.scan([]byte(pfxRepo), nil, func(key, v []byte) bool {
+		var r pb.Repository
+		if err := unmarshal(key, v, &r); err != nil {
+			derr = err
+			return false
+		}
+		if r.LifecyclePolicy != "" {
+			out = append(out, &r)
+		}
+		return true
+	})
+	if err == nil {
+		err = derr
+	}
+	return out, err
+}
