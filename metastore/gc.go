@@ -376,3 +376,16 @@ func (s *Store) RepositoriesWithLifecyclePolicy() ([]*pb.Repository, error) {
 	}
 	return out, err
 }
+
+// ShardReferenced reports whether a shard found on a storage node is still
+// wanted: the layout places that shard on that node, or its segment belongs
+// to an open upload or awaits deletion as an orphan.
+func (s *Store) ShardReferenced(node, segment string, index uint32) (bool, error) {
+	for _, key := range [][]byte{nodeShardKey(node, segment, index), upSegKey(segment), orphanKey(segment)} {
+		ok, err := s.has(key)
+		if err != nil || ok {
+			return ok, err
+		}
+	}
+	return false, nil
+}
