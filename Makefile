@@ -27,13 +27,13 @@ REGCTL_PKG          := github.com/regclient/regclient/cmd/regctl
 PROTOC_GEN_GO_PKG   := google.golang.org/protobuf/cmd/protoc-gen-go
 PROTOC_GEN_GRPC_PKG := google.golang.org/grpc/cmd/protoc-gen-go-grpc
 
-# One stamp file per tool and version: installs happen once per version.
-TOOL_STAMPS := \
-	$(TOOLS_DIR)/.crane@$(CRANE_VERSION) \
-	$(TOOLS_DIR)/.oras@$(ORAS_VERSION) \
-	$(TOOLS_DIR)/.regctl@$(REGCTL_VERSION) \
-	$(TOOLS_DIR)/.protoc-gen-go@$(PROTOC_GEN_GO) \
-	$(TOOLS_DIR)/.protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC)
+# Tools built with `go install pkg@version` into bin/tools: name|package|version.
+GO_TOOLS := \
+	crane|$(CRANE_PKG)|$(CRANE_VERSION) \
+	oras|$(ORAS_PKG)|$(ORAS_VERSION) \
+	regctl|$(REGCTL_PKG)|$(REGCTL_VERSION) \
+	protoc-gen-go|$(PROTOC_GEN_GO_PKG)|$(PROTOC_GEN_GO) \
+	protoc-gen-go-grpc|$(PROTOC_GEN_GRPC_PKG)|$(PROTOC_GEN_GO_GRPC)
 
 # Debian packages for tools that are not Go modules: package:command.
 APT_TOOLS := skopeo:skopeo protobuf-compiler:protoc
@@ -87,6 +87,24 @@ conformance: build ## OCI conformance (PROFILE=all) against a fresh dev server, 
 conformance-cluster: build ## OCI conformance (PROFILE=all) through a frontend of a dev cluster: 3 meta, 3 storage, 2 api
 	$(TEST_ENV) STRATA_BIN=$(STRATA) $(CURDIR)/deploy/scripts/conformance-cluster.sh
 
+# Images: static binaries built here (nothing is pulled; both images are FROM scratch).
+IMAGE_BUILD_DIR := $(CURDIR)/deploy/.build
+IMAGE_TAG       := $(subst +,_,$(VERSION))
+DOCKER          ?= docker
+
+.PHONY: image
+image: ## Build images strata:dev and strata-lb:dev (FROM scratch, static binaries), also tagged with the git version
+	rm -rf $(IMAGE_BUILD_DIR) && mkdir -p $(IMAGE_BUILD_DIR)/data $(IMAGE_BUILD_DIR)/tmp
+	chmod 0755 $(IMAGE_BUILD_DIR)/data && chmod 1777 $(IMAGE_BUILD_DIR)/tmp
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(IMAGE_BUILD_DIR)/strata ./cmd/strata
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(IMAGE_BUILD_DIR)/strata-lb ./deploy/lb
+	$(DOCKER) build -q -f deploy/Dockerfile -t strata:dev -t strata:$(IMAGE_TAG) $(IMAGE_BUILD_DIR)
+	$(DOCKER) build -q -f deploy/lb/Dockerfile -t strata-lb:dev -t strata-lb:$(IMAGE_TAG) $(IMAGE_BUILD_DIR)
+
+.PHONY: compose-test
+compose-test: image ## deploy/compose.yaml end to end: push/pull through the lb, stop 1 meta + 2 storage, push/pull again
+	STRATA_COMPOSE_TEST=1 STRATA_COMPOSE_NO_BUILD=1 $(GO) test -count=1 -v -timeout 15m -run '^TestCompose$$' ./deploy/
+
 .PHONY: fuzz
 fuzz: ## Run every Fuzz* target in the repo for FUZZTIME each (default 30s)
 	$(TEST_ENV) FUZZTIME=$(FUZZTIME) GO=$(GO) $(CURDIR)/deploy/scripts/fuzz.sh
@@ -111,26 +129,21 @@ lint: ## gofmt -l must be empty, then go vet
 	$(GO) vet ./...
 
 .PHONY: tools
-tools: $(TOOL_STAMPS) apt-tools ## Install pinned test/codegen tools into bin/tools (+ skopeo, protoc via apt)
+tools: $(foreach t,$(GO_TOOLS),$(TOOLS_DIR)/$(word 1,$(subst |, ,$(t)))) apt-tools ## Install pinned test/codegen tools into bin/tools (+ skopeo, protoc via apt)
 
-$(TOOLS_DIR)/.crane@%:
-	@$(call go_install,$(CRANE_PKG),crane,$*)
-$(TOOLS_DIR)/.oras@%:
-	@$(call go_install,$(ORAS_PKG),oras,$*)
-$(TOOLS_DIR)/.regctl@%:
-	@$(call go_install,$(REGCTL_PKG),regctl,$*)
-$(TOOLS_DIR)/.protoc-gen-go@%:
-	@$(call go_install,$(PROTOC_GEN_GO_PKG),protoc-gen-go,$*)
-$(TOOLS_DIR)/.protoc-gen-go-grpc@%:
-	@$(call go_install,$(PROTOC_GEN_GRPC_PKG),protoc-gen-go-grpc,$*)
-
-# go_install(pkg, name, version): install into bin/tools, replace stamps of other versions.
-define go_install
-	mkdir -p $(TOOLS_DIR); \
-	echo "installing $(2)@$(3)"; \
-	GOBIN=$(TOOLS_DIR) CGO_ENABLED=0 $(GO) install $(1)@$(3); \
-	rm -f $(TOOLS_DIR)/.$(2)@*; touch $(TOOLS_DIR)/.$(2)@$(3)
+# tool_rules(name, package, version): bin/tools/NAME is rebuilt when missing or
+# when its version stamp bin/tools/.NAME@VERSION is new (the version changed).
+define tool_rules
+$(TOOLS_DIR)/$(1): $(TOOLS_DIR)/.$(1)@$(3)
+	@echo "installing $(1)@$(3)"
+	GOBIN=$(TOOLS_DIR) CGO_ENABLED=0 $(GO) install $(2)@$(3)
+	@touch $$@
+$(TOOLS_DIR)/.$(1)@$(3):
+	@mkdir -p $(TOOLS_DIR)
+	@rm -f $(TOOLS_DIR)/.$(1)@*
+	@touch $$@
 endef
+$(foreach t,$(GO_TOOLS),$(eval $(call tool_rules,$(word 1,$(subst |, ,$(t))),$(word 2,$(subst |, ,$(t))),$(word 3,$(subst |, ,$(t))))))
 
 .PHONY: apt-tools
 apt-tools: ## Install skopeo and protoc with apt-get when missing (root only)
