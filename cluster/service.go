@@ -33,9 +33,24 @@ type Service struct {
 	log       *slog.Logger
 	deadAfter time.Duration
 
-	mu    sync.Mutex
-	beats map[string]beat // leader's view, in memory
-	since time.Time       // when this node last became leader
+	mu     sync.Mutex
+	beats  map[string]beat // leader's view, in memory
+	since  time.Time       // when this node last became leader
+	repair *Repairer       // nil unless SetRepairer
+}
+
+// SetRepairer attaches the node's repairer: Status reports it and Drain
+// wakes it.
+func (s *Service) SetRepairer(r *Repairer) {
+	s.mu.Lock()
+	s.repair = r
+	s.mu.Unlock()
+}
+
+func (s *Service) repairer() *Repairer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.repair
 }
 
 type beat struct {
@@ -192,18 +207,18 @@ func (s *Service) Status(ctx context.Context, req *cpb.StatusRequest) (*cpb.Stat
 			fctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 			defer cancel()
 			var err error
-			resp, err = c.Status(fctx, &cpb.StatusRequest{})
+			resp, err = c.Status(fctx, &cpb.StatusRequest{ShardCounts: req.ShardCounts})
 			return err
 		})
 		if err == nil && resp != nil && resp.Leader != "" {
 			return resp, nil
 		}
 	}
-	return s.localStatus()
+	return s.localStatus(req)
 }
 
 // localStatus is this node's own view.
-func (s *Service) localStatus() (*cpb.StatusResponse, error) {
+func (s *Service) localStatus(req *cpb.StatusRequest) (*cpb.StatusResponse, error) {
 	n := s.meta.node
 	last, commit, applied := n.Indexes()
 	resp := &cpb.StatusResponse{
@@ -222,12 +237,29 @@ func (s *Service) localStatus() (*cpb.StatusResponse, error) {
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	if n, err := s.meta.store.CountRepairQueue(); err == nil {
+		resp.RepairQueueLength = uint64(n)
+	}
+	if r := s.repairer(); r != nil {
+		resp.Repair = r.Status()
+		resp.Repair.QueueLength = resp.RepairQueueLength
+	}
+	counts := map[string]uint64{}
+	if req.GetShardCounts() {
+		for _, rec := range nodes {
+			if slices.Contains(rec.Roles, RoleStorage) {
+				if n, err := s.meta.store.CountShardsOnNode(rec.Id); err == nil {
+					counts[rec.Id] = uint64(n)
+				}
+			}
+		}
+	}
 	seen := map[string]bool{}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, rec := range nodes {
 		seen[rec.Id] = true
-		m := &cpb.Member{Node: rec, Suffrage: suffrage[rec.Id], Leader: rec.Id == resp.Leader}
+		m := &cpb.Member{Node: rec, Suffrage: suffrage[rec.Id], Leader: rec.Id == resp.Leader, ShardCount: counts[rec.Id]}
 		if b, ok := s.beats[rec.Id]; ok {
 			m.LastHeartbeatUnixNano, m.UsedBytes, m.FreeBytes, m.CapacityBytes = b.at.UnixNano(), b.used, b.free, b.capacity
 		}
@@ -306,7 +338,13 @@ func (s *Service) RunLeaderDuties(ctx context.Context) {
 			s.mu.Lock()
 			last := s.beats[n.Id].at
 			if last.IsZero() {
+				// Not heard from since this node leads: count from then, or
+				// from when the node joined or last changed state, if later
+				// (a node that just joined has not sent its first beat).
 				last = s.since
+				if upd := time.Unix(0, n.UpdatedUnixNano); upd.After(last) {
+					last = upd
+				}
 			}
 			s.mu.Unlock()
 			if now.Sub(last) > s.deadAfter {

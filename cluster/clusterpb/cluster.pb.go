@@ -631,7 +631,10 @@ func (*RemoveResponse) Descriptor() ([]byte, []int) {
 }
 
 type StatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Count the shards the registry places on each storage node (a scan of
+	// the shard index: costs time in proportion to the shards stored).
+	ShardCounts   bool `protobuf:"varint,1,opt,name=shard_counts,json=shardCounts,proto3" json:"shard_counts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -666,6 +669,13 @@ func (*StatusRequest) Descriptor() ([]byte, []int) {
 	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{8}
 }
 
+func (x *StatusRequest) GetShardCounts() bool {
+	if x != nil {
+		return x.ShardCounts
+	}
+	return false
+}
+
 type Member struct {
 	state                 protoimpl.MessageState  `protogen:"open.v1"`
 	Node                  *metastorepb.NodeRecord `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -675,8 +685,11 @@ type Member struct {
 	UsedBytes             uint64                  `protobuf:"varint,5,opt,name=used_bytes,json=usedBytes,proto3" json:"used_bytes,omitempty"`
 	FreeBytes             uint64                  `protobuf:"varint,6,opt,name=free_bytes,json=freeBytes,proto3" json:"free_bytes,omitempty"`
 	CapacityBytes         uint64                  `protobuf:"varint,7,opt,name=capacity_bytes,json=capacityBytes,proto3" json:"capacity_bytes,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// Shards the registry places on the node (storage nodes, when the
+	// request asked for shard_counts).
+	ShardCount    uint64 `protobuf:"varint,8,opt,name=shard_count,json=shardCount,proto3" json:"shard_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Member) Reset() {
@@ -758,23 +771,174 @@ func (x *Member) GetCapacityBytes() uint64 {
 	return 0
 }
 
+func (x *Member) GetShardCount() uint64 {
+	if x != nil {
+		return x.ShardCount
+	}
+	return 0
+}
+
+// RepairStatus is the leader's repairer: what it has done since this node
+// became leader (counters restart with a new leader) and what is left.
+type RepairStatus struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	Running          bool                   `protobuf:"varint,1,opt,name=running,proto3" json:"running,omitempty"`                                  // this node leads and repairs
+	QueueLength      uint64                 `protobuf:"varint,2,opt,name=queue_length,json=queueLength,proto3" json:"queue_length,omitempty"`       // segments on the repair queue
+	PendingShards    uint64                 `protobuf:"varint,3,opt,name=pending_shards,json=pendingShards,proto3" json:"pending_shards,omitempty"` // shards on dead, draining or drained nodes
+	InProgress       uint64                 `protobuf:"varint,4,opt,name=in_progress,json=inProgress,proto3" json:"in_progress,omitempty"`          // segments being repaired now
+	SegmentsRepaired uint64                 `protobuf:"varint,5,opt,name=segments_repaired,json=segmentsRepaired,proto3" json:"segments_repaired,omitempty"`
+	ShardsRebuilt    uint64                 `protobuf:"varint,6,opt,name=shards_rebuilt,json=shardsRebuilt,proto3" json:"shards_rebuilt,omitempty"` // reconstructed from other shards
+	ShardsMoved      uint64                 `protobuf:"varint,7,opt,name=shards_moved,json=shardsMoved,proto3" json:"shards_moved,omitempty"`       // copied off a draining node
+	BytesRead        uint64                 `protobuf:"varint,8,opt,name=bytes_read,json=bytesRead,proto3" json:"bytes_read,omitempty"`
+	BytesWritten     uint64                 `protobuf:"varint,9,opt,name=bytes_written,json=bytesWritten,proto3" json:"bytes_written,omitempty"`
+	Failures         uint64                 `protobuf:"varint,10,opt,name=failures,proto3" json:"failures,omitempty"` // segments a pass could not repair
+	Passes           uint64                 `protobuf:"varint,11,opt,name=passes,proto3" json:"passes,omitempty"`
+	LastPassUnixNano int64                  `protobuf:"varint,12,opt,name=last_pass_unix_nano,json=lastPassUnixNano,proto3" json:"last_pass_unix_nano,omitempty"` // when the last pass ended
+	LastError        string                 `protobuf:"bytes,13,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`                           // of the last failure, if any
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *RepairStatus) Reset() {
+	*x = RepairStatus{}
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RepairStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RepairStatus) ProtoMessage() {}
+
+func (x *RepairStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RepairStatus.ProtoReflect.Descriptor instead.
+func (*RepairStatus) Descriptor() ([]byte, []int) {
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RepairStatus) GetRunning() bool {
+	if x != nil {
+		return x.Running
+	}
+	return false
+}
+
+func (x *RepairStatus) GetQueueLength() uint64 {
+	if x != nil {
+		return x.QueueLength
+	}
+	return 0
+}
+
+func (x *RepairStatus) GetPendingShards() uint64 {
+	if x != nil {
+		return x.PendingShards
+	}
+	return 0
+}
+
+func (x *RepairStatus) GetInProgress() uint64 {
+	if x != nil {
+		return x.InProgress
+	}
+	return 0
+}
+
+func (x *RepairStatus) GetSegmentsRepaired() uint64 {
+	if x != nil {
+		return x.SegmentsRepaired
+	}
+	return 0
+}
+
+func (x *RepairStatus) GetShardsRebuilt() uint64 {
+	if x != nil {
+		return x.ShardsRebuilt
+	}
+	return 0
+}
+
+func (x *RepairStatus) GetShardsMoved() uint64 {
+	if x != nil {
+		return x.ShardsMoved
+	}
+	return 0
+}
+
+func (x *RepairStatus) GetBytesRead() uint64 {
+	if x != nil {
+		return x.BytesRead
+	}
+	return 0
+}
+
+func (x *RepairStatus) GetBytesWritten() uint64 {
+	if x != nil {
+		return x.BytesWritten
+	}
+	return 0
+}
+
+func (x *RepairStatus) GetFailures() uint64 {
+	if x != nil {
+		return x.Failures
+	}
+	return 0
+}
+
+func (x *RepairStatus) GetPasses() uint64 {
+	if x != nil {
+		return x.Passes
+	}
+	return 0
+}
+
+func (x *RepairStatus) GetLastPassUnixNano() int64 {
+	if x != nil {
+		return x.LastPassUnixNano
+	}
+	return 0
+}
+
+func (x *RepairStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
 type StatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"` // who answered
-	State         string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`                 // its Raft state
-	Leader        string                 `protobuf:"bytes,3,opt,name=leader,proto3" json:"leader,omitempty"`               // the leader's node id
-	Term          uint64                 `protobuf:"varint,4,opt,name=term,proto3" json:"term,omitempty"`
-	CommitIndex   uint64                 `protobuf:"varint,5,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
-	AppliedIndex  uint64                 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
-	LastIndex     uint64                 `protobuf:"varint,7,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
-	Members       []*Member              `protobuf:"bytes,8,rep,name=members,proto3" json:"members,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	NodeId            string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"` // who answered
+	State             string                 `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`                 // its Raft state
+	Leader            string                 `protobuf:"bytes,3,opt,name=leader,proto3" json:"leader,omitempty"`               // the leader's node id
+	Term              uint64                 `protobuf:"varint,4,opt,name=term,proto3" json:"term,omitempty"`
+	CommitIndex       uint64                 `protobuf:"varint,5,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	AppliedIndex      uint64                 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	LastIndex         uint64                 `protobuf:"varint,7,opt,name=last_index,json=lastIndex,proto3" json:"last_index,omitempty"`
+	Members           []*Member              `protobuf:"bytes,8,rep,name=members,proto3" json:"members,omitempty"`
+	RepairQueueLength uint64                 `protobuf:"varint,9,opt,name=repair_queue_length,json=repairQueueLength,proto3" json:"repair_queue_length,omitempty"` // segments waiting for repair
+	Repair            *RepairStatus          `protobuf:"bytes,10,opt,name=repair,proto3" json:"repair,omitempty"`                                                  // unset when no repairer runs here
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[10]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -786,7 +950,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[10]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -799,7 +963,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{10}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -858,6 +1022,20 @@ func (x *StatusResponse) GetMembers() []*Member {
 	return nil
 }
 
+func (x *StatusResponse) GetRepairQueueLength() uint64 {
+	if x != nil {
+		return x.RepairQueueLength
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetRepair() *RepairStatus {
+	if x != nil {
+		return x.Repair
+	}
+	return nil
+}
+
 type HeartbeatRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -871,7 +1049,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[11]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -883,7 +1061,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[11]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -896,7 +1074,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{11}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *HeartbeatRequest) GetId() string {
@@ -942,7 +1120,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[12]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -954,7 +1132,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[12]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -967,7 +1145,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{12}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 type SnapshotSaveRequest struct {
@@ -978,7 +1156,7 @@ type SnapshotSaveRequest struct {
 
 func (x *SnapshotSaveRequest) Reset() {
 	*x = SnapshotSaveRequest{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[13]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -990,7 +1168,7 @@ func (x *SnapshotSaveRequest) String() string {
 func (*SnapshotSaveRequest) ProtoMessage() {}
 
 func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[13]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1003,7 +1181,7 @@ func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSaveRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotSaveRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{13}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 type SnapshotChunk struct {
@@ -1015,7 +1193,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[14]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1205,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[14]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1218,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{14}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -1048,6 +1226,129 @@ func (x *SnapshotChunk) GetData() []byte {
 		return x.Data
 	}
 	return nil
+}
+
+type DrainRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// End a drain: the node is alive again and takes new shards.
+	Cancel bool `protobuf:"varint,2,opt,name=cancel,proto3" json:"cancel,omitempty"`
+	// Drain even when the other storage nodes are too few to hold every
+	// segment at full redundancy (those segments stay on the node).
+	Force         bool   `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	Hops          uint32 `protobuf:"varint,4,opt,name=hops,proto3" json:"hops,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainRequest) Reset() {
+	*x = DrainRequest{}
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainRequest) ProtoMessage() {}
+
+func (x *DrainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
+func (*DrainRequest) Descriptor() ([]byte, []int) {
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *DrainRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DrainRequest) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
+}
+
+func (x *DrainRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+func (x *DrainRequest) GetHops() uint32 {
+	if x != nil {
+		return x.Hops
+	}
+	return 0
+}
+
+type DrainResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	State         string                 `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`                              // the node's state after the call
+	ShardCount    uint64                 `protobuf:"varint,2,opt,name=shard_count,json=shardCount,proto3" json:"shard_count,omitempty"` // shards the registry still places on it
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainResponse) Reset() {
+	*x = DrainResponse{}
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainResponse) ProtoMessage() {}
+
+func (x *DrainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
+func (*DrainResponse) Descriptor() ([]byte, []int) {
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DrainResponse) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *DrainResponse) GetShardCount() uint64 {
+	if x != nil {
+		return x.ShardCount
+	}
+	return 0
 }
 
 var File_cluster_clusterpb_cluster_proto protoreflect.FileDescriptor
@@ -1087,8 +1388,9 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"\rRemoveRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04hops\x18\x02 \x01(\rR\x04hops\"\x10\n" +
-	"\x0eRemoveResponse\"\x0f\n" +
-	"\rStatusRequest\"\x8f\x02\n" +
+	"\x0eRemoveResponse\"2\n" +
+	"\rStatusRequest\x12!\n" +
+	"\fshard_counts\x18\x01 \x01(\bR\vshardCounts\"\xb0\x02\n" +
 	"\x06Member\x123\n" +
 	"\x04node\x18\x01 \x01(\v2\x1f.strata.metastore.v1.NodeRecordR\x04node\x12\x1a\n" +
 	"\bsuffrage\x18\x02 \x01(\tR\bsuffrage\x12\x16\n" +
@@ -1098,7 +1400,27 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"used_bytes\x18\x05 \x01(\x04R\tusedBytes\x12\x1d\n" +
 	"\n" +
 	"free_bytes\x18\x06 \x01(\x04R\tfreeBytes\x12%\n" +
-	"\x0ecapacity_bytes\x18\a \x01(\x04R\rcapacityBytes\"\x87\x02\n" +
+	"\x0ecapacity_bytes\x18\a \x01(\x04R\rcapacityBytes\x12\x1f\n" +
+	"\vshard_count\x18\b \x01(\x04R\n" +
+	"shardCount\"\xd0\x03\n" +
+	"\fRepairStatus\x12\x18\n" +
+	"\arunning\x18\x01 \x01(\bR\arunning\x12!\n" +
+	"\fqueue_length\x18\x02 \x01(\x04R\vqueueLength\x12%\n" +
+	"\x0epending_shards\x18\x03 \x01(\x04R\rpendingShards\x12\x1f\n" +
+	"\vin_progress\x18\x04 \x01(\x04R\n" +
+	"inProgress\x12+\n" +
+	"\x11segments_repaired\x18\x05 \x01(\x04R\x10segmentsRepaired\x12%\n" +
+	"\x0eshards_rebuilt\x18\x06 \x01(\x04R\rshardsRebuilt\x12!\n" +
+	"\fshards_moved\x18\a \x01(\x04R\vshardsMoved\x12\x1d\n" +
+	"\n" +
+	"bytes_read\x18\b \x01(\x04R\tbytesRead\x12#\n" +
+	"\rbytes_written\x18\t \x01(\x04R\fbytesWritten\x12\x1a\n" +
+	"\bfailures\x18\n" +
+	" \x01(\x04R\bfailures\x12\x16\n" +
+	"\x06passes\x18\v \x01(\x04R\x06passes\x12-\n" +
+	"\x13last_pass_unix_nano\x18\f \x01(\x03R\x10lastPassUnixNano\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\r \x01(\tR\tlastError\"\xf0\x02\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +
@@ -1108,7 +1430,10 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x12\x1d\n" +
 	"\n" +
 	"last_index\x18\a \x01(\x04R\tlastIndex\x123\n" +
-	"\amembers\x18\b \x03(\v2\x19.strata.cluster.v1.MemberR\amembers\"\x9b\x01\n" +
+	"\amembers\x18\b \x03(\v2\x19.strata.cluster.v1.MemberR\amembers\x12.\n" +
+	"\x13repair_queue_length\x18\t \x01(\x04R\x11repairQueueLength\x127\n" +
+	"\x06repair\x18\n" +
+	" \x01(\v2\x1f.strata.cluster.v1.RepairStatusR\x06repair\"\x9b\x01\n" +
 	"\x10HeartbeatRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -1120,7 +1445,16 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"\x11HeartbeatResponse\"\x15\n" +
 	"\x13SnapshotSaveRequest\"#\n" +
 	"\rSnapshotChunk\x12\x12\n" +
-	"\x04data\x18\x01 \x01(\fR\x04data**\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"`\n" +
+	"\fDrainRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06cancel\x18\x02 \x01(\bR\x06cancel\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\x12\x12\n" +
+	"\x04hops\x18\x04 \x01(\rR\x04hops\"F\n" +
+	"\rDrainResponse\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x12\x1f\n" +
+	"\vshard_count\x18\x02 \x01(\x04R\n" +
+	"shardCount**\n" +
 	"\vConsistency\x12\x10\n" +
 	"\fLINEARIZABLE\x10\x00\x12\t\n" +
 	"\x05STALE\x10\x01*\xb9\x01\n" +
@@ -1139,7 +1473,7 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"\fREPOSITORIES\x10\t\x12\r\n" +
 	"\tREFERRERS\x10\n" +
 	"\x12\t\n" +
-	"\x05NODES\x10\v2\xbf\x04\n" +
+	"\x05NODES\x10\v2\x8b\x05\n" +
 	"\aCluster\x12P\n" +
 	"\aPropose\x12!.strata.cluster.v1.ProposeRequest\x1a\".strata.cluster.v1.ProposeResponse\x12G\n" +
 	"\x04Read\x12\x1e.strata.cluster.v1.ReadRequest\x1a\x1f.strata.cluster.v1.ReadResponse\x12G\n" +
@@ -1147,7 +1481,8 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"\x06Remove\x12 .strata.cluster.v1.RemoveRequest\x1a!.strata.cluster.v1.RemoveResponse\x12M\n" +
 	"\x06Status\x12 .strata.cluster.v1.StatusRequest\x1a!.strata.cluster.v1.StatusResponse\x12V\n" +
 	"\tHeartbeat\x12#.strata.cluster.v1.HeartbeatRequest\x1a$.strata.cluster.v1.HeartbeatResponse\x12Z\n" +
-	"\fSnapshotSave\x12&.strata.cluster.v1.SnapshotSaveRequest\x1a .strata.cluster.v1.SnapshotChunk0\x01B5Z3github.com/strata-registry/strata/cluster/clusterpbb\x06proto3"
+	"\fSnapshotSave\x12&.strata.cluster.v1.SnapshotSaveRequest\x1a .strata.cluster.v1.SnapshotChunk0\x01\x12J\n" +
+	"\x05Drain\x12\x1f.strata.cluster.v1.DrainRequest\x1a .strata.cluster.v1.DrainResponseB5Z3github.com/strata-registry/strata/cluster/clusterpbb\x06proto3"
 
 var (
 	file_cluster_clusterpb_cluster_proto_rawDescOnce sync.Once
@@ -1162,7 +1497,7 @@ func file_cluster_clusterpb_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_cluster_clusterpb_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_cluster_clusterpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_cluster_clusterpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_cluster_clusterpb_cluster_proto_goTypes = []any{
 	(Consistency)(0),                // 0: strata.cluster.v1.Consistency
 	(ReadKind)(0),                   // 1: strata.cluster.v1.ReadKind
@@ -1176,44 +1511,50 @@ var file_cluster_clusterpb_cluster_proto_goTypes = []any{
 	(*RemoveResponse)(nil),          // 9: strata.cluster.v1.RemoveResponse
 	(*StatusRequest)(nil),           // 10: strata.cluster.v1.StatusRequest
 	(*Member)(nil),                  // 11: strata.cluster.v1.Member
-	(*StatusResponse)(nil),          // 12: strata.cluster.v1.StatusResponse
-	(*HeartbeatRequest)(nil),        // 13: strata.cluster.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),       // 14: strata.cluster.v1.HeartbeatResponse
-	(*SnapshotSaveRequest)(nil),     // 15: strata.cluster.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),           // 16: strata.cluster.v1.SnapshotChunk
-	(*metastorepb.ApplyResult)(nil), // 17: strata.metastore.v1.ApplyResult
-	(*metastorepb.Descriptor)(nil),  // 18: strata.metastore.v1.Descriptor
-	(*metastorepb.NodeRecord)(nil),  // 19: strata.metastore.v1.NodeRecord
+	(*RepairStatus)(nil),            // 12: strata.cluster.v1.RepairStatus
+	(*StatusResponse)(nil),          // 13: strata.cluster.v1.StatusResponse
+	(*HeartbeatRequest)(nil),        // 14: strata.cluster.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),       // 15: strata.cluster.v1.HeartbeatResponse
+	(*SnapshotSaveRequest)(nil),     // 16: strata.cluster.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),           // 17: strata.cluster.v1.SnapshotChunk
+	(*DrainRequest)(nil),            // 18: strata.cluster.v1.DrainRequest
+	(*DrainResponse)(nil),           // 19: strata.cluster.v1.DrainResponse
+	(*metastorepb.ApplyResult)(nil), // 20: strata.metastore.v1.ApplyResult
+	(*metastorepb.Descriptor)(nil),  // 21: strata.metastore.v1.Descriptor
+	(*metastorepb.NodeRecord)(nil),  // 22: strata.metastore.v1.NodeRecord
 }
 var file_cluster_clusterpb_cluster_proto_depIdxs = []int32{
-	17, // 0: strata.cluster.v1.ProposeResponse.result:type_name -> strata.metastore.v1.ApplyResult
+	20, // 0: strata.cluster.v1.ProposeResponse.result:type_name -> strata.metastore.v1.ApplyResult
 	1,  // 1: strata.cluster.v1.ReadRequest.kind:type_name -> strata.cluster.v1.ReadKind
 	0,  // 2: strata.cluster.v1.ReadRequest.consistency:type_name -> strata.cluster.v1.Consistency
-	17, // 3: strata.cluster.v1.ReadResponse.error:type_name -> strata.metastore.v1.ApplyResult
-	18, // 4: strata.cluster.v1.ReadResponse.descriptors:type_name -> strata.metastore.v1.Descriptor
-	19, // 5: strata.cluster.v1.ReadResponse.nodes:type_name -> strata.metastore.v1.NodeRecord
-	19, // 6: strata.cluster.v1.JoinRequest.node:type_name -> strata.metastore.v1.NodeRecord
-	19, // 7: strata.cluster.v1.Member.node:type_name -> strata.metastore.v1.NodeRecord
+	20, // 3: strata.cluster.v1.ReadResponse.error:type_name -> strata.metastore.v1.ApplyResult
+	21, // 4: strata.cluster.v1.ReadResponse.descriptors:type_name -> strata.metastore.v1.Descriptor
+	22, // 5: strata.cluster.v1.ReadResponse.nodes:type_name -> strata.metastore.v1.NodeRecord
+	22, // 6: strata.cluster.v1.JoinRequest.node:type_name -> strata.metastore.v1.NodeRecord
+	22, // 7: strata.cluster.v1.Member.node:type_name -> strata.metastore.v1.NodeRecord
 	11, // 8: strata.cluster.v1.StatusResponse.members:type_name -> strata.cluster.v1.Member
-	2,  // 9: strata.cluster.v1.Cluster.Propose:input_type -> strata.cluster.v1.ProposeRequest
-	4,  // 10: strata.cluster.v1.Cluster.Read:input_type -> strata.cluster.v1.ReadRequest
-	6,  // 11: strata.cluster.v1.Cluster.Join:input_type -> strata.cluster.v1.JoinRequest
-	8,  // 12: strata.cluster.v1.Cluster.Remove:input_type -> strata.cluster.v1.RemoveRequest
-	10, // 13: strata.cluster.v1.Cluster.Status:input_type -> strata.cluster.v1.StatusRequest
-	13, // 14: strata.cluster.v1.Cluster.Heartbeat:input_type -> strata.cluster.v1.HeartbeatRequest
-	15, // 15: strata.cluster.v1.Cluster.SnapshotSave:input_type -> strata.cluster.v1.SnapshotSaveRequest
-	3,  // 16: strata.cluster.v1.Cluster.Propose:output_type -> strata.cluster.v1.ProposeResponse
-	5,  // 17: strata.cluster.v1.Cluster.Read:output_type -> strata.cluster.v1.ReadResponse
-	7,  // 18: strata.cluster.v1.Cluster.Join:output_type -> strata.cluster.v1.JoinResponse
-	9,  // 19: strata.cluster.v1.Cluster.Remove:output_type -> strata.cluster.v1.RemoveResponse
-	12, // 20: strata.cluster.v1.Cluster.Status:output_type -> strata.cluster.v1.StatusResponse
-	14, // 21: strata.cluster.v1.Cluster.Heartbeat:output_type -> strata.cluster.v1.HeartbeatResponse
-	16, // 22: strata.cluster.v1.Cluster.SnapshotSave:output_type -> strata.cluster.v1.SnapshotChunk
-	16, // [16:23] is the sub-list for method output_type
-	9,  // [9:16] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	12, // 9: strata.cluster.v1.StatusResponse.repair:type_name -> strata.cluster.v1.RepairStatus
+	2,  // 10: strata.cluster.v1.Cluster.Propose:input_type -> strata.cluster.v1.ProposeRequest
+	4,  // 11: strata.cluster.v1.Cluster.Read:input_type -> strata.cluster.v1.ReadRequest
+	6,  // 12: strata.cluster.v1.Cluster.Join:input_type -> strata.cluster.v1.JoinRequest
+	8,  // 13: strata.cluster.v1.Cluster.Remove:input_type -> strata.cluster.v1.RemoveRequest
+	10, // 14: strata.cluster.v1.Cluster.Status:input_type -> strata.cluster.v1.StatusRequest
+	14, // 15: strata.cluster.v1.Cluster.Heartbeat:input_type -> strata.cluster.v1.HeartbeatRequest
+	16, // 16: strata.cluster.v1.Cluster.SnapshotSave:input_type -> strata.cluster.v1.SnapshotSaveRequest
+	18, // 17: strata.cluster.v1.Cluster.Drain:input_type -> strata.cluster.v1.DrainRequest
+	3,  // 18: strata.cluster.v1.Cluster.Propose:output_type -> strata.cluster.v1.ProposeResponse
+	5,  // 19: strata.cluster.v1.Cluster.Read:output_type -> strata.cluster.v1.ReadResponse
+	7,  // 20: strata.cluster.v1.Cluster.Join:output_type -> strata.cluster.v1.JoinResponse
+	9,  // 21: strata.cluster.v1.Cluster.Remove:output_type -> strata.cluster.v1.RemoveResponse
+	13, // 22: strata.cluster.v1.Cluster.Status:output_type -> strata.cluster.v1.StatusResponse
+	15, // 23: strata.cluster.v1.Cluster.Heartbeat:output_type -> strata.cluster.v1.HeartbeatResponse
+	17, // 24: strata.cluster.v1.Cluster.SnapshotSave:output_type -> strata.cluster.v1.SnapshotChunk
+	19, // 25: strata.cluster.v1.Cluster.Drain:output_type -> strata.cluster.v1.DrainResponse
+	18, // [18:26] is the sub-list for method output_type
+	10, // [10:18] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_cluster_clusterpb_cluster_proto_init() }
@@ -1227,7 +1568,7 @@ func file_cluster_clusterpb_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cluster_clusterpb_cluster_proto_rawDesc), len(file_cluster_clusterpb_cluster_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   15,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

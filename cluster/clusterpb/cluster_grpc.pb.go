@@ -30,6 +30,7 @@ const (
 	Cluster_Status_FullMethodName       = "/strata.cluster.v1.Cluster/Status"
 	Cluster_Heartbeat_FullMethodName    = "/strata.cluster.v1.Cluster/Heartbeat"
 	Cluster_SnapshotSave_FullMethodName = "/strata.cluster.v1.Cluster/SnapshotSave"
+	Cluster_Drain_FullMethodName        = "/strata.cluster.v1.Cluster/Drain"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -52,6 +53,10 @@ type ClusterClient interface {
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
 	// SnapshotSave streams a consistent snapshot of the metadata.
 	SnapshotSave(ctx context.Context, in *SnapshotSaveRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SnapshotChunk], error)
+	// Drain marks a storage node draining: it takes no new shards, and the
+	// leader's repairer moves every shard it holds to other nodes, then marks
+	// it drained. With cancel it takes the node back (state alive).
+	Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error)
 }
 
 type clusterClient struct {
@@ -141,6 +146,16 @@ func (c *clusterClient) SnapshotSave(ctx context.Context, in *SnapshotSaveReques
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Cluster_SnapshotSaveClient = grpc.ServerStreamingClient[SnapshotChunk]
 
+func (c *clusterClient) Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DrainResponse)
+	err := c.cc.Invoke(ctx, Cluster_Drain_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -161,6 +176,10 @@ type ClusterServer interface {
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
 	// SnapshotSave streams a consistent snapshot of the metadata.
 	SnapshotSave(*SnapshotSaveRequest, grpc.ServerStreamingServer[SnapshotChunk]) error
+	// Drain marks a storage node draining: it takes no new shards, and the
+	// leader's repairer moves every shard it holds to other nodes, then marks
+	// it drained. With cancel it takes the node back (state alive).
+	Drain(context.Context, *DrainRequest) (*DrainResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -191,6 +210,9 @@ func (UnimplementedClusterServer) Heartbeat(context.Context, *HeartbeatRequest) 
 }
 func (UnimplementedClusterServer) SnapshotSave(*SnapshotSaveRequest, grpc.ServerStreamingServer[SnapshotChunk]) error {
 	return status.Errorf(codes.Unimplemented, "method SnapshotSave not implemented")
+}
+func (UnimplementedClusterServer) Drain(context.Context, *DrainRequest) (*DrainResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Drain not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -332,6 +354,24 @@ func _Cluster_SnapshotSave_Handler(srv interface{}, stream grpc.ServerStream) er
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Cluster_SnapshotSaveServer = grpc.ServerStreamingServer[SnapshotChunk]
 
+func _Cluster_Drain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DrainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).Drain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_Drain_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).Drain(ctx, req.(*DrainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -362,6 +402,10 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Heartbeat",
 			Handler:    _Cluster_Heartbeat_Handler,
+		},
+		{
+			MethodName: "Drain",
+			Handler:    _Cluster_Drain_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
