@@ -114,7 +114,10 @@ func TestTagHistoryIsLinearizableAcrossFailover(t *testing.T) {
 		go func(w int) {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(w), 7))
-			for !stop.Load() {
+			// A bounded history keeps the checker fast (it is exponential
+			// in the worst case); pace the operations over the run.
+			for ops := 0; !stop.Load() && ops < 80; ops++ {
+				time.Sleep(time.Duration(rng.IntN(40)) * time.Millisecond)
 				url := urls[rng.IntN(len(urls))]
 				op := porcupine.Operation{ClientId: w, Call: now()}
 				if rng.IntN(2) == 0 {

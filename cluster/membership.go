@@ -92,7 +92,7 @@ func (m *Meta) Ready(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	_, err := m.readOnce(ctx, &cpb.ReadRequest{Kind: cpb.ReadKind_REPOSITORIES, N: 1})
+	_, err := m.readVia(ctx, &cpb.ReadRequest{Kind: cpb.ReadKind_REPOSITORIES, N: 1}, false)
 	return err
 }
 

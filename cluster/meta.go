@@ -140,11 +140,15 @@ func (m *Meta) Propose(ctx context.Context, cmd *pb.Command) error {
 	if err != nil {
 		return err
 	}
-	return retry(ctx, func(ctx context.Context) error { return m.propose(ctx, data, cmd, 0) })
+	return retry(ctx, func(ctx context.Context) error { return m.proposeVia(ctx, data, cmd, 0, false) })
 }
 
-// propose makes one attempt: apply locally when leading, else forward.
-func (m *Meta) propose(ctx context.Context, data []byte, cmd *pb.Command, hops uint32) error {
+// propose makes one attempt: apply locally when leading, else forward. A
+// request that arrived over gRPC (relay) carries the hops it has made: the
+// origin sends 0, a node that is not the leader relays it once with 1, and
+// a node that receives it with 1 and does not lead refuses, so that the
+// origin retries with fresh knowledge of the leader.
+func (m *Meta) proposeVia(ctx context.Context, data []byte, cmd *pb.Command, hops uint32, relay bool) error {
 	if m.node != nil && m.node.Shutdown() {
 		return ErrShutdown
 	}
@@ -157,14 +161,17 @@ func (m *Meta) propose(ctx context.Context, data []byte, cmd *pb.Command, hops u
 		}
 		return m.node.Propose(ctx, cmd)
 	}
-	if hops > 0 {
-		return ErrNotLeader // forwarded once already: let the origin retry
+	if relay && hops > 0 {
+		return ErrNotLeader // relayed once already: let the origin retry
 	}
 	c, err := m.target(ctx)
 	if err != nil {
 		return err
 	}
-	resp, err := c.Propose(ctx, &cpb.ProposeRequest{Command: data, Hops: hops + 1})
+	if relay {
+		hops++
+	}
+	resp, err := c.Propose(ctx, &cpb.ProposeRequest{Command: data, Hops: hops})
 	if err != nil {
 		return fromStatus(err)
 	}
@@ -255,54 +262,58 @@ func fromStatus(err error) error {
 
 // ---- reads ----
 
-// digestAddressed reads may be served by any replica that has the object.
-func digestAddressed(k cpb.ReadKind) bool {
-	switch k {
-	case cpb.ReadKind_BLOB, cpb.ReadKind_REPO_BLOB, cpb.ReadKind_MANIFEST:
-		return true
-	}
-	return false
-}
+// Reads by digest used to be answered by any replica that had the object,
+// but what a repository holds changes with deletes and garbage collection:
+// a replica that has not applied a DELETE yet would still serve the object.
+// They are linearizable like every other read (stale mode aside), and a
+// replica that lacks an object never reports it absent on its own.
 
 // read answers req at its consistency, locally when that is allowed and
 // through the leader otherwise.
 func (m *Meta) read(ctx context.Context, req *cpb.ReadRequest) (*cpb.ReadResponse, error) {
-	if m.stale && req.Consistency == cpb.Consistency_LINEARIZABLE && !digestAddressed(req.Kind) {
+	if m.stale && req.Consistency == cpb.Consistency_LINEARIZABLE {
 		req.Consistency = cpb.Consistency_STALE
 		req.MaxStalenessMs = m.maxStaleness.Milliseconds()
 	}
 	var resp *cpb.ReadResponse
 	err := retry(ctx, func(ctx context.Context) error {
 		var err error
-		resp, err = m.readOnce(ctx, req)
+		resp, err = m.readVia(ctx, req, false)
 		return err
 	})
 	return resp, err
 }
 
+// propose relays a proposal that arrived over gRPC with hops made so far.
+func (m *Meta) propose(ctx context.Context, data []byte, cmd *pb.Command, hops uint32) error {
+	return m.proposeVia(ctx, data, cmd, hops, true)
+}
+
+// readOnce relays a read that arrived over gRPC.
 func (m *Meta) readOnce(ctx context.Context, req *cpb.ReadRequest) (*cpb.ReadResponse, error) {
+	return m.readVia(ctx, req, true)
+}
+
+func (m *Meta) readVia(ctx context.Context, req *cpb.ReadRequest, relay bool) (*cpb.ReadResponse, error) {
 	if m.node != nil && m.node.Shutdown() {
 		return nil, ErrShutdown
 	}
 	if m.node != nil {
-		if digestAddressed(req.Kind) {
-			if resp := m.answer(req); resp.Error == nil || !notFound(resp.Error) {
-				return resp, nil
-			}
-			// Not here (yet): only a linearizable read can say it is absent.
-		}
 		switch {
 		case m.node.IsLeader():
 			if err := m.node.LinearizableRead(ctx); err != nil {
 				return nil, err
 			}
 			return m.answer(req), nil
-		case req.Consistency == cpb.Consistency_STALE && !digestAddressed(req.Kind) &&
+		case req.Consistency == cpb.Consistency_STALE &&
 			m.node.FreshWithin(time.Duration(req.MaxStalenessMs)*time.Millisecond):
-			return m.answer(req), nil
+			if resp := m.answer(req); resp.Error == nil || !notFound(resp.Error) {
+				return resp, nil
+			}
+			// Absent here: only the leader can say it is absent everywhere.
 		}
 	}
-	if req.Hops > 0 {
+	if relay && req.Hops > 0 {
 		return nil, ErrNotLeader
 	}
 	c, err := m.target(ctx)
@@ -310,7 +321,9 @@ func (m *Meta) readOnce(ctx context.Context, req *cpb.ReadRequest) (*cpb.ReadRes
 		return nil, err
 	}
 	fwd := proto.Clone(req).(*cpb.ReadRequest)
-	fwd.Hops++
+	if relay {
+		fwd.Hops++
+	}
 	resp, err := c.Read(ctx, fwd)
 	if err != nil {
 		return nil, fromStatus(err)

@@ -215,7 +215,11 @@ func (s *Store) Orphans(after string, n int) ([]*pb.Segment, error) {
 // scan calls fn for each key under pfx from start (or the prefix's first key)
 // until fn returns false. key and value are valid only during the call.
 func (s *Store) scan(pfx, start []byte, fn func(key, value []byte) bool) error {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: pfx, UpperBound: prefixEnd(pfx)})
+	opts := &pebble.IterOptions{LowerBound: pfx, UpperBound: prefixEnd(pfx)}
+	if len(pfx) == 0 {
+		opts = nil // the whole keyspace (an empty, non-nil bound trips pebble's invariants)
+	}
+	it, err := s.db.NewIter(opts)
 	if err != nil {
 		return err
 	}

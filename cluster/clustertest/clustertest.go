@@ -11,6 +11,7 @@ import (
 	"net"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,11 +38,11 @@ type Node struct {
 	grpc   *grpc.Server
 	peers  *cluster.Peers
 	cancel context.CancelFunc
-	up     bool
+	up     atomic.Bool
 }
 
 // Up reports whether the node is running.
-func (n *Node) Up() bool { return n.up }
+func (n *Node) Up() bool { return n.up.Load() }
 
 // Options tune a test cluster.
 type Options struct {
@@ -80,7 +81,7 @@ func (c *Cluster) AddNode() *Node {
 	first := len(c.Nodes) == 0
 	var seed string
 	for _, o := range c.Nodes {
-		if o.up {
+		if o.Up() {
 			seed = o.GRPCAddr
 			break
 		}
@@ -155,17 +156,16 @@ func (c *Cluster) start(n *Node, bootstrap bool, seed string) {
 	ctx, cancel := context.WithCancel(context.Background())
 	n.cancel = cancel
 	go n.Service.RunLeaderDuties(ctx)
-	n.up = true
+	n.up.Store(true)
 }
 
 // Kill stops a node abruptly: its Raft, gRPC and database go away. Nothing
 // that was not already durable survives, as after a crash of the process.
 func (c *Cluster) Kill(n *Node) {
 	c.t.Helper()
-	if !n.up {
+	if !n.up.CompareAndSwap(true, false) {
 		return
 	}
-	n.up = false
 	n.cancel()
 	n.grpc.Stop()
 	n.Raft.Close()
@@ -177,8 +177,8 @@ func (c *Cluster) Kill(n *Node) {
 func (c *Cluster) Restart(n *Node) {
 	c.t.Helper()
 	c.start(n, false, "")
-	for _, o := range c.Nodes {
-		if o != n && o.up {
+	for _, o := range c.all() {
+		if o != n && o.Up() {
 			n.peers.SetSeeds([]string{o.GRPCAddr})
 			break
 		}
@@ -187,16 +187,24 @@ func (c *Cluster) Restart(n *Node) {
 
 // Stop kills every node.
 func (c *Cluster) Stop() {
-	for _, n := range c.Nodes {
+	for _, n := range c.all() {
 		c.Kill(n)
 	}
+}
+
+// all is a snapshot of every node ever started (AddNode may run
+// concurrently).
+func (c *Cluster) all() []*Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*Node(nil), c.Nodes...)
 }
 
 // Up returns the running nodes.
 func (c *Cluster) Up() []*Node {
 	var out []*Node
-	for _, n := range c.Nodes {
-		if n.up {
+	for _, n := range c.all() {
+		if n.Up() {
 			out = append(out, n)
 		}
 	}
@@ -214,7 +222,7 @@ func (c *Cluster) Leader(nodes ...*Node) *Node {
 	for time.Now().Before(deadline) {
 		var leaders []*Node
 		for _, n := range nodes {
-			if n.up && n.Raft.IsLeader() {
+			if n.Up() && n.Raft.IsLeader() {
 				leaders = append(leaders, n)
 			}
 		}
@@ -240,11 +248,11 @@ func (c *Cluster) Partition(a, b []*Node) {
 // Heal restores every Raft link.
 func (c *Cluster) Heal() {
 	var all []string
-	for _, n := range c.Nodes {
+	for _, n := range c.all() {
 		all = append(all, n.RaftAddr)
 	}
-	for _, n := range c.Nodes {
-		if n.up {
+	for _, n := range c.all() {
+		if n.Up() {
 			n.Bridge.Heal(all...)
 		}
 	}
