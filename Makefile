@@ -70,9 +70,10 @@ run: build ## Build, then run a single-process dev registry (bin/strata serve --
 	$(STRATA) serve --dev
 
 .PHONY: test
-test: tools ## Tools, go vet, go test (unit + e2e with real clients), then conformance
+test: tools ## Tools, go vet, go test (unit + e2e with real clients), then conformance on --dev and on a dev cluster
 	$(GO) vet ./...
 	$(TEST_ENV) $(GO) test -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) ./...
+	@$(MAKE) conformance-cluster
 	@$(MAKE) conformance
 
 .PHONY: test-race
