@@ -27,6 +27,7 @@ Start a working single-node registry on 127.0.0.1:5000 with:
 		SilenceErrors: true,
 	}
 	root.AddCommand(newServeCmd(), newVersionCmd(), newClusterCmd(), newDevCmd())
+	root.AddCommand(newNodeCmd(), newStorageCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "strata:", err)
 		os.Exit(1)

@@ -47,6 +47,9 @@ type serveOptions struct {
 	readConsistency string
 	maxStaleness    time.Duration
 	deadAfter       time.Duration
+	repairRate      int64
+	repairConc      int
+	scrubRate       int64
 	tlsCert         string
 	tlsKey          string
 	tlsCA           string
@@ -114,6 +117,9 @@ flags win over the environment, which wins over the file.`,
 	f.StringVar(&o.readConsistency, "read-consistency", "linearizable", "tag and listing reads: linearizable, or stale (served by any replica within --max-staleness)")
 	f.DurationVar(&o.maxStaleness, "max-staleness", 5*time.Second, "bound on the staleness of reads with --read-consistency=stale")
 	f.DurationVar(&o.deadAfter, "dead-after", 5*time.Minute, "a storage node silent this long is declared dead")
+	f.Int64Var(&o.repairRate, "repair-rate", 256<<20, "bytes per second the leader's repairer may fetch and write (meta role; 0: no bound)")
+	f.IntVar(&o.repairConc, "repair-concurrency", cluster.DefaultRepairConcurrency, "segments the leader's repairer rebuilds at once (meta role)")
+	f.Int64Var(&o.scrubRate, "scrub-rate", blobstore.DefaultScrubRate, "bytes per second the scrubber reads to re-verify shards (storage role; negative: no bound)")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "certificate for mutual TLS on internal gRPC (with --tls-key and --tls-ca)")
 	f.StringVar(&o.tlsKey, "tls-key", "", "private key for --tls-cert")
 	f.StringVar(&o.tlsCA, "tls-ca", "", "CA bundle that peers' certificates must chain to")
@@ -218,6 +224,8 @@ func serve(ctx context.Context, o *serveOptions) error {
 	}
 	peers := cluster.NewPeers(o.join, tlsConf)
 	defer peers.Close()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	gsrv := grpc.NewServer(cluster.ServerOptions(tlsConf)...)
 	gln, err := net.Listen("tcp", o.grpcAddr)
 	if err != nil {
@@ -227,6 +235,7 @@ func serve(ctx context.Context, o *serveOptions) error {
 
 	// Storage first: it has nothing to recover.
 	var local []blobstore.Node
+	var disks []*blobstore.LocalStore
 	if o.has(cluster.RoleStorage) {
 		dirs := o.shardDirs
 		if len(dirs) == 0 {
@@ -245,6 +254,7 @@ func serve(ctx context.Context, o *serveOptions) error {
 				return err
 			}
 			defer ls.Close()
+			disks = append(disks, ls)
 			zone := o.zone
 			if o.dev {
 				zone = id
@@ -283,6 +293,14 @@ func serve(ctx context.Context, o *serveOptions) error {
 		}
 		svc.Register(gsrv)
 		go svc.RunLeaderDuties(ctx)
+		// Repair: every meta node runs it; it works while the node leads.
+		rep, err := cluster.NewRepairer(meta, cluster.RepairConfig{Peers: peers, Local: local, OnlyLocal: o.dev,
+			Concurrency: o.repairConc, BytesPerSecond: o.repairRate, Registerer: reg, Log: log})
+		if err != nil {
+			return err
+		}
+		svc.SetRepairer(rep)
+		go rep.Run(ctx)
 	} else {
 		if meta, err = cluster.NewMeta(cluster.MetaConfig{Peers: peers,
 			ReadConsistency: o.readConsistency, MaxStaleness: o.maxStaleness}); err != nil {
@@ -308,6 +326,14 @@ func serve(ctx context.Context, o *serveOptions) error {
 	if err := joinCluster(ctx, o, meta, svc, self, log); err != nil {
 		return err
 	}
+	// Bad shards found by reads (api) and scrubbers (storage) go on the
+	// repair queue, through the leader.
+	reporter := cluster.NewShardReporter(meta, cluster.ReporterConfig{Registerer: reg, Log: log})
+	go reporter.Run(ctx)
+	for _, ls := range disks {
+		sc := blobstore.NewScrubber(ls, blobstore.ScrubConfig{BytesPerSecond: o.scrubRate, OnCorrupt: reporter.OnCorrupt(ls.NodeID())})
+		go sc.Run(ctx) //nolint:errcheck // ends with ctx
+	}
 	if o.has(cluster.RoleStorage) && !o.dev {
 		go cluster.RunHeartbeats(ctx, meta, nodeID, func(ctx context.Context) (used, free, capacity uint64) {
 			u, err := local[0].Shards.Usage(ctx)
@@ -325,7 +351,7 @@ func serve(ctx context.Context, o *serveOptions) error {
 		log.Info("shutting down")
 		return nil
 	}
-	return serveHTTP(ctx, o, hln, meta, local, peers, nodeID, log)
+	return serveHTTP(ctx, o, hln, meta, local, peers, nodeID, reg, reporter, log)
 }
 
 // joinCluster makes the node a member: a bootstrapping meta node registers
@@ -364,10 +390,8 @@ func joinCluster(ctx context.Context, o *serveOptions, meta *cluster.Meta, svc *
 
 // serveHTTP runs the OCI API until ctx ends.
 func serveHTTP(ctx context.Context, o *serveOptions, ln net.Listener, meta *cluster.Meta, local []blobstore.Node,
-	peers *cluster.Peers, nodeID string, log *slog.Logger) error {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	blobCfg := blobstore.Config{K: o.k, M: o.m, SegmentSize: o.segmentSize}
+	peers *cluster.Peers, nodeID string, reg *prometheus.Registry, reporter *cluster.ShardReporter, log *slog.Logger) error {
+	blobCfg := blobstore.Config{K: o.k, M: o.m, SegmentSize: o.segmentSize, OnShardError: reporter.OnShardError}
 	var blobs *blobstore.Store
 	var storage *cluster.StorageView
 	var err error
