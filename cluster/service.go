@@ -196,6 +196,9 @@ func (s *Service) setState(ctx context.Context, id, state string) {
 		return
 	}
 	s.log.Info("node state changed", "node", id, "state", state)
+	if r := s.repairer(); r != nil && state == metastore.NodeDead {
+		r.Kick() // its shards need rebuilding now
+	}
 }
 
 // Status describes the cluster. A follower asks the leader, which alone
