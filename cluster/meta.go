@@ -368,6 +368,13 @@ func (m *Meta) answer(req *cpb.ReadRequest) *cpb.ReadResponse {
 		resp.Descriptors, err = st.Referrers(req.Repo, req.Digest)
 	case cpb.ReadKind_NODES:
 		resp.Nodes, err = st.Nodes()
+	case cpb.ReadKind_IMAGES:
+		var imgs []metastore.ImageInfo
+		imgs, err = st.Images(req.Repo)
+		for _, im := range imgs {
+			resp.Images = append(resp.Images, &cpb.Image{Digest: im.Digest, Tags: im.Tags,
+				PushedUnixNano: im.PushedNs, LastPulledUnixNano: im.LastPulledNs, Subject: im.Subject})
+		}
 	default:
 		err = fmt.Errorf("%w: read kind %v", metastore.ErrCommandInvalid, req.Kind)
 	}

@@ -37,6 +37,7 @@ type Service struct {
 	beats  map[string]beat // leader's view, in memory
 	since  time.Time       // when this node last became leader
 	repair *Repairer       // nil unless SetRepairer
+	maint  Maintenance     // zero unless SetMaintenance
 }
 
 // SetRepairer attaches the node's repairer: Status reports it and Drain

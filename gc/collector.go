@@ -119,6 +119,9 @@ func NewCollector(cfg CollectorConfig, store *metastore.Store, meta Proposer, no
 		log: log, m: newCollectorMetrics(reg), suspects: map[string]time.Time{}}
 }
 
+// Grace is the configured grace period.
+func (c *Collector) Grace() time.Duration { return c.cfg.Grace }
+
 // Run collects every Interval while this node leads, until ctx ends.
 func (c *Collector) Run(ctx context.Context) {
 	t := time.NewTicker(c.cfg.Interval)

@@ -263,6 +263,11 @@ func TestPushDeleteRepushRacesCollector(t *testing.T) {
 	for i := range layers {
 		layers[i] = randBytes(64<<10 + i*90<<10)
 	}
+	// Lifecycle keeps the 4 newest images of race/0 tagged w*.
+	policy := `{"rules":[{"rulePriority":1,"selection":{"tagStatus":"tagged","tagPrefixList":["w"],"countType":"imageCountMoreThan","countNumber":4},"action":{"type":"expire"}}]}`
+	lc := gc.NewLifecycle(r.store, r.meta, func() bool { return true }, time.Hour, nil, nil)
+	var expiredMu sync.Mutex
+	expired := map[digest.Digest]bool{}
 	ctx, cancel := context.WithCancel(context.Background())
 	var gcRuns sync.WaitGroup
 	gcRuns.Add(1)
@@ -275,6 +280,26 @@ func TestPushDeleteRepushRacesCollector(t *testing.T) {
 			// With no grace at all, a blob is fair game the moment it is
 			// unreferenced; a short pause lets pushes finish at all.
 			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	gcRuns.Add(1)
+	go func() {
+		defer gcRuns.Done()
+		for ctx.Err() == nil {
+			if _, err := r.store.Repository("race/0"); err == nil {
+				r.meta.Propose(ctx, &pb.Command{Op: &pb.Command_SetRepositoryPolicy{SetRepositoryPolicy: &pb.SetRepositoryPolicy{
+					Repo: "race/0", Set: []string{"lifecycle_policy"}, LifecyclePolicy: policy}}})
+				exps, err := lc.Apply(ctx, "race/0")
+				if err != nil && ctx.Err() == nil {
+					t.Errorf("lifecycle: %v", err)
+				}
+				expiredMu.Lock()
+				for _, e := range exps {
+					expired[digest.Digest(e.Image.Digest)] = true
+				}
+				expiredMu.Unlock()
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	}()
 	type image struct {
@@ -333,7 +358,15 @@ func TestPushDeleteRepushRacesCollector(t *testing.T) {
 	wg.Wait()
 	cancel()
 	gcRuns.Wait()
-	t.Logf("%d images alive, %d pushes retried after losing a race with the collector", len(alive), retried)
+	for img := range alive {
+		if img.repo == "race/0" && expired[img.d] {
+			delete(alive, img)
+		}
+	}
+	t.Logf("%d images alive, %d expired by lifecycle, %d pushes retried after losing a race with the collector", len(alive), len(expired), retried)
+	if len(expired) == 0 {
+		t.Fatal("the lifecycle policy expired nothing")
+	}
 	// Images deleted by one worker may share a digest with one another
 	// worker keeps (same config and layers, same tag text cannot happen:
 	// tags differ, so configs differ): every alive image must pull.

@@ -89,6 +89,7 @@ const (
 	ReadKind_REPOSITORIES      ReadKind = 9
 	ReadKind_REFERRERS         ReadKind = 10
 	ReadKind_NODES             ReadKind = 11
+	ReadKind_IMAGES            ReadKind = 12
 )
 
 // Enum value maps for ReadKind.
@@ -106,6 +107,7 @@ var (
 		9:  "REPOSITORIES",
 		10: "REFERRERS",
 		11: "NODES",
+		12: "IMAGES",
 	}
 	ReadKind_value = map[string]int32{
 		"READ_UNSPECIFIED":  0,
@@ -120,6 +122,7 @@ var (
 		"REPOSITORIES":      9,
 		"REFERRERS":         10,
 		"NODES":             11,
+		"IMAGES":            12,
 	}
 )
 
@@ -370,6 +373,7 @@ type ReadResponse struct {
 	More          bool                      `protobuf:"varint,4,opt,name=more,proto3" json:"more,omitempty"`
 	Descriptors   []*metastorepb.Descriptor `protobuf:"bytes,5,rep,name=descriptors,proto3" json:"descriptors,omitempty"`
 	Nodes         []*metastorepb.NodeRecord `protobuf:"bytes,6,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Images        []*Image                  `protobuf:"bytes,7,rep,name=images,proto3" json:"images,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -446,6 +450,584 @@ func (x *ReadResponse) GetNodes() []*metastorepb.NodeRecord {
 	return nil
 }
 
+func (x *ReadResponse) GetImages() []*Image {
+	if x != nil {
+		return x.Images
+	}
+	return nil
+}
+
+// Image is a manifest of a repository with its tags and push and pull times.
+type Image struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Digest             string                 `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	Tags               []string               `protobuf:"bytes,2,rep,name=tags,proto3" json:"tags,omitempty"`
+	PushedUnixNano     int64                  `protobuf:"varint,3,opt,name=pushed_unix_nano,json=pushedUnixNano,proto3" json:"pushed_unix_nano,omitempty"`
+	LastPulledUnixNano int64                  `protobuf:"varint,4,opt,name=last_pulled_unix_nano,json=lastPulledUnixNano,proto3" json:"last_pulled_unix_nano,omitempty"`
+	Subject            string                 `protobuf:"bytes,5,opt,name=subject,proto3" json:"subject,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *Image) Reset() {
+	*x = Image{}
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Image) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Image) ProtoMessage() {}
+
+func (x *Image) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Image.ProtoReflect.Descriptor instead.
+func (*Image) Descriptor() ([]byte, []int) {
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Image) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *Image) GetTags() []string {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+func (x *Image) GetPushedUnixNano() int64 {
+	if x != nil {
+		return x.PushedUnixNano
+	}
+	return 0
+}
+
+func (x *Image) GetLastPulledUnixNano() int64 {
+	if x != nil {
+		return x.LastPulledUnixNano
+	}
+	return 0
+}
+
+func (x *Image) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
+type CollectGarbageRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GraceMs       int64                  `protobuf:"varint,1,opt,name=grace_ms,json=graceMs,proto3" json:"grace_ms,omitempty"` // < 0: the collector's configured grace
+	Sweep         bool                   `protobuf:"varint,2,opt,name=sweep,proto3" json:"sweep,omitempty"`                    // also sweep storage nodes for unrecorded shards
+	Hops          uint32                 `protobuf:"varint,3,opt,name=hops,proto3" json:"hops,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CollectGarbageRequest) Reset() {
+	*x = CollectGarbageRequest{}
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CollectGarbageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CollectGarbageRequest) ProtoMessage() {}
+
+func (x *CollectGarbageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CollectGarbageRequest.ProtoReflect.Descriptor instead.
+func (*CollectGarbageRequest) Descriptor() ([]byte, []int) {
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *CollectGarbageRequest) GetGraceMs() int64 {
+	if x != nil {
+		return x.GraceMs
+	}
+	return 0
+}
+
+func (x *CollectGarbageRequest) GetSweep() bool {
+	if x != nil {
+		return x.Sweep
+	}
+	return false
+}
+
+func (x *CollectGarbageRequest) GetHops() uint32 {
+	if x != nil {
+		return x.Hops
+	}
+	return 0
+}
+
+type GCStats struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	StartedUnixNano  int64                  `protobuf:"varint,1,opt,name=started_unix_nano,json=startedUnixNano,proto3" json:"started_unix_nano,omitempty"`
+	DurationMs       int64                  `protobuf:"varint,2,opt,name=duration_ms,json=durationMs,proto3" json:"duration_ms,omitempty"`
+	UploadsCancelled int64                  `protobuf:"varint,3,opt,name=uploads_cancelled,json=uploadsCancelled,proto3" json:"uploads_cancelled,omitempty"`
+	BlobsCollected   int64                  `protobuf:"varint,4,opt,name=blobs_collected,json=blobsCollected,proto3" json:"blobs_collected,omitempty"`
+	BytesReclaimed   uint64                 `protobuf:"varint,5,opt,name=bytes_reclaimed,json=bytesReclaimed,proto3" json:"bytes_reclaimed,omitempty"`
+	SegmentsDeleted  int64                  `protobuf:"varint,6,opt,name=segments_deleted,json=segmentsDeleted,proto3" json:"segments_deleted,omitempty"`
+	ShardsSwept      int64                  `protobuf:"varint,7,opt,name=shards_swept,json=shardsSwept,proto3" json:"shards_swept,omitempty"`
+	Errors           int64                  `protobuf:"varint,8,opt,name=errors,proto3" json:"errors,omitempty"`
+	Phase            string                 `protobuf:"bytes,9,opt,name=phase,proto3" json:"phase,omitempty"`
+	Error            string                 `protobuf:"bytes,10,opt,name=error,proto3" json:"error,omitempty"` // the run's error, if it had one
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *GCStats) Reset() {
+	*x = GCStats{}
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GCStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GCStats) ProtoMessage() {}
+
+func (x *GCStats) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GCStats.ProtoReflect.Descriptor instead.
+func (*GCStats) Descriptor() ([]byte, []int) {
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GCStats) GetStartedUnixNano() int64 {
+	if x != nil {
+		return x.StartedUnixNano
+	}
+	return 0
+}
+
+func (x *GCStats) GetDurationMs() int64 {
+	if x != nil {
+		return x.DurationMs
+	}
+	return 0
+}
+
+func (x *GCStats) GetUploadsCancelled() int64 {
+	if x != nil {
+		return x.UploadsCancelled
+	}
+	return 0
+}
+
+func (x *GCStats) GetBlobsCollected() int64 {
+	if x != nil {
+		return x.BlobsCollected
+	}
+	return 0
+}
+
+func (x *GCStats) GetBytesReclaimed() uint64 {
+	if x != nil {
+		return x.BytesReclaimed
+	}
+	return 0
+}
+
+func (x *GCStats) GetSegmentsDeleted() int64 {
+	if x != nil {
+		return x.SegmentsDeleted
+	}
+	return 0
+}
+
+func (x *GCStats) GetShardsSwept() int64 {
+	if x != nil {
+		return x.ShardsSwept
+	}
+	return 0
+}
+
+func (x *GCStats) GetErrors() int64 {
+	if x != nil {
+		return x.Errors
+	}
+	return 0
+}
+
+func (x *GCStats) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *GCStats) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+type GCStatusRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Hops          uint32                 `protobuf:"varint,1,opt,name=hops,proto3" json:"hops,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GCStatusRequest) Reset() {
+	*x = GCStatusRequest{}
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GCStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GCStatusRequest) ProtoMessage() {}
+
+func (x *GCStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GCStatusRequest.ProtoReflect.Descriptor instead.
+func (*GCStatusRequest) Descriptor() ([]byte, []int) {
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *GCStatusRequest) GetHops() uint32 {
+	if x != nil {
+		return x.Hops
+	}
+	return 0
+}
+
+type GCStatusResponse struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Current        *GCStats               `protobuf:"bytes,1,opt,name=current,proto3" json:"current,omitempty"` // absent when no run is in progress
+	Last           *GCStats               `protobuf:"bytes,2,opt,name=last,proto3" json:"last,omitempty"`
+	PendingBlobs   int64                  `protobuf:"varint,3,opt,name=pending_blobs,json=pendingBlobs,proto3" json:"pending_blobs,omitempty"` // blobs no manifest references
+	PendingOrphans int64                  `protobuf:"varint,4,opt,name=pending_orphans,json=pendingOrphans,proto3" json:"pending_orphans,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *GCStatusResponse) Reset() {
+	*x = GCStatusResponse{}
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GCStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GCStatusResponse) ProtoMessage() {}
+
+func (x *GCStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GCStatusResponse.ProtoReflect.Descriptor instead.
+func (*GCStatusResponse) Descriptor() ([]byte, []int) {
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *GCStatusResponse) GetCurrent() *GCStats {
+	if x != nil {
+		return x.Current
+	}
+	return nil
+}
+
+func (x *GCStatusResponse) GetLast() *GCStats {
+	if x != nil {
+		return x.Last
+	}
+	return nil
+}
+
+func (x *GCStatusResponse) GetPendingBlobs() int64 {
+	if x != nil {
+		return x.PendingBlobs
+	}
+	return 0
+}
+
+func (x *GCStatusResponse) GetPendingOrphans() int64 {
+	if x != nil {
+		return x.PendingOrphans
+	}
+	return 0
+}
+
+type LifecycleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Repo          string                 `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
+	PolicyText    string                 `protobuf:"bytes,2,opt,name=policy_text,json=policyText,proto3" json:"policy_text,omitempty"` // empty: the repository's own policy
+	Apply         bool                   `protobuf:"varint,3,opt,name=apply,proto3" json:"apply,omitempty"`                            // expire what it selects (else only preview)
+	Hops          uint32                 `protobuf:"varint,4,opt,name=hops,proto3" json:"hops,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LifecycleRequest) Reset() {
+	*x = LifecycleRequest{}
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LifecycleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LifecycleRequest) ProtoMessage() {}
+
+func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LifecycleRequest.ProtoReflect.Descriptor instead.
+func (*LifecycleRequest) Descriptor() ([]byte, []int) {
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *LifecycleRequest) GetRepo() string {
+	if x != nil {
+		return x.Repo
+	}
+	return ""
+}
+
+func (x *LifecycleRequest) GetPolicyText() string {
+	if x != nil {
+		return x.PolicyText
+	}
+	return ""
+}
+
+func (x *LifecycleRequest) GetApply() bool {
+	if x != nil {
+		return x.Apply
+	}
+	return false
+}
+
+func (x *LifecycleRequest) GetHops() uint32 {
+	if x != nil {
+		return x.Hops
+	}
+	return 0
+}
+
+type LifecycleResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Expirations []*Expiration          `protobuf:"bytes,1,rep,name=expirations,proto3" json:"expirations,omitempty"`
+	// A refusal: REPOSITORY_NOT_FOUND, LIFECYCLE_POLICY_NOT_FOUND or
+	// INVALID_PARAMETER, with its message.
+	ErrorCode     string `protobuf:"bytes,2,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	ErrorMessage  string `protobuf:"bytes,3,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LifecycleResponse) Reset() {
+	*x = LifecycleResponse{}
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LifecycleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LifecycleResponse) ProtoMessage() {}
+
+func (x *LifecycleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LifecycleResponse.ProtoReflect.Descriptor instead.
+func (*LifecycleResponse) Descriptor() ([]byte, []int) {
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *LifecycleResponse) GetExpirations() []*Expiration {
+	if x != nil {
+		return x.Expirations
+	}
+	return nil
+}
+
+func (x *LifecycleResponse) GetErrorCode() string {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return ""
+}
+
+func (x *LifecycleResponse) GetErrorMessage() string {
+	if x != nil {
+		return x.ErrorMessage
+	}
+	return ""
+}
+
+type Expiration struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Digest         string                 `protobuf:"bytes,1,opt,name=digest,proto3" json:"digest,omitempty"`
+	Tags           []string               `protobuf:"bytes,2,rep,name=tags,proto3" json:"tags,omitempty"`
+	PushedUnixNano int64                  `protobuf:"varint,3,opt,name=pushed_unix_nano,json=pushedUnixNano,proto3" json:"pushed_unix_nano,omitempty"`
+	RulePriority   int32                  `protobuf:"varint,4,opt,name=rule_priority,json=rulePriority,proto3" json:"rule_priority,omitempty"`
+	Description    string                 `protobuf:"bytes,5,opt,name=description,proto3" json:"description,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *Expiration) Reset() {
+	*x = Expiration{}
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Expiration) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Expiration) ProtoMessage() {}
+
+func (x *Expiration) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Expiration.ProtoReflect.Descriptor instead.
+func (*Expiration) Descriptor() ([]byte, []int) {
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Expiration) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *Expiration) GetTags() []string {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+func (x *Expiration) GetPushedUnixNano() int64 {
+	if x != nil {
+		return x.PushedUnixNano
+	}
+	return 0
+}
+
+func (x *Expiration) GetRulePriority() int32 {
+	if x != nil {
+		return x.RulePriority
+	}
+	return 0
+}
+
+func (x *Expiration) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
 type JoinRequest struct {
 	state         protoimpl.MessageState  `protogen:"open.v1"`
 	Node          *metastorepb.NodeRecord `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -456,7 +1038,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[4]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -468,7 +1050,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[4]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -481,7 +1063,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{4}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *JoinRequest) GetNode() *metastorepb.NodeRecord {
@@ -507,7 +1089,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[5]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -519,7 +1101,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[5]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -532,7 +1114,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{5}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *JoinResponse) GetLeaderId() string {
@@ -552,7 +1134,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[6]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -564,7 +1146,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[6]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -577,7 +1159,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{6}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RemoveRequest) GetId() string {
@@ -602,7 +1184,7 @@ type RemoveResponse struct {
 
 func (x *RemoveResponse) Reset() {
 	*x = RemoveResponse{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[7]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -614,7 +1196,7 @@ func (x *RemoveResponse) String() string {
 func (*RemoveResponse) ProtoMessage() {}
 
 func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[7]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -627,7 +1209,7 @@ func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
 func (*RemoveResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{7}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 type StatusRequest struct {
@@ -641,7 +1223,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[8]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -653,7 +1235,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[8]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -666,7 +1248,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{8}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StatusRequest) GetShardCounts() bool {
@@ -694,7 +1276,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[9]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -706,7 +1288,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[9]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -719,7 +1301,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{9}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Member) GetNode() *metastorepb.NodeRecord {
@@ -801,7 +1383,7 @@ type RepairStatus struct {
 
 func (x *RepairStatus) Reset() {
 	*x = RepairStatus{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[10]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -813,7 +1395,7 @@ func (x *RepairStatus) String() string {
 func (*RepairStatus) ProtoMessage() {}
 
 func (x *RepairStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[10]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -826,7 +1408,7 @@ func (x *RepairStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairStatus.ProtoReflect.Descriptor instead.
 func (*RepairStatus) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{10}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RepairStatus) GetRunning() bool {
@@ -938,7 +1520,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[11]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -950,7 +1532,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[11]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -963,7 +1545,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{11}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -1049,7 +1631,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[12]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1061,7 +1643,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[12]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1074,7 +1656,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{12}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *HeartbeatRequest) GetId() string {
@@ -1120,7 +1702,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[13]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1132,7 +1714,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[13]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1145,7 +1727,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{13}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{21}
 }
 
 type SnapshotSaveRequest struct {
@@ -1156,7 +1738,7 @@ type SnapshotSaveRequest struct {
 
 func (x *SnapshotSaveRequest) Reset() {
 	*x = SnapshotSaveRequest{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[14]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1168,7 +1750,7 @@ func (x *SnapshotSaveRequest) String() string {
 func (*SnapshotSaveRequest) ProtoMessage() {}
 
 func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[14]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1181,7 +1763,7 @@ func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSaveRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotSaveRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{14}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{22}
 }
 
 type SnapshotChunk struct {
@@ -1193,7 +1775,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[15]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1205,7 +1787,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[15]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1218,7 +1800,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{15}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -1243,7 +1825,7 @@ type DrainRequest struct {
 
 func (x *DrainRequest) Reset() {
 	*x = DrainRequest{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[16]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1255,7 +1837,7 @@ func (x *DrainRequest) String() string {
 func (*DrainRequest) ProtoMessage() {}
 
 func (x *DrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[16]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1268,7 +1850,7 @@ func (x *DrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
 func (*DrainRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{16}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DrainRequest) GetId() string {
@@ -1309,7 +1891,7 @@ type DrainResponse struct {
 
 func (x *DrainResponse) Reset() {
 	*x = DrainResponse{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[17]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1903,7 @@ func (x *DrainResponse) String() string {
 func (*DrainResponse) ProtoMessage() {}
 
 func (x *DrainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[17]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1916,7 @@ func (x *DrainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
 func (*DrainResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{17}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DrainResponse) GetState() string {
@@ -1372,14 +1954,63 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"\x04last\x18\b \x01(\tR\x04last\x12\f\n" +
 	"\x01n\x18\t \x01(\x05R\x01n\x12\x12\n" +
 	"\x04hops\x18\n" +
-	" \x01(\rR\x04hops\"\x82\x02\n" +
+	" \x01(\rR\x04hops\"\xb4\x02\n" +
 	"\fReadResponse\x126\n" +
 	"\x05error\x18\x01 \x01(\v2 .strata.metastore.v1.ApplyResultR\x05error\x12\x16\n" +
 	"\x06record\x18\x02 \x01(\fR\x06record\x12\x14\n" +
 	"\x05names\x18\x03 \x03(\tR\x05names\x12\x12\n" +
 	"\x04more\x18\x04 \x01(\bR\x04more\x12A\n" +
 	"\vdescriptors\x18\x05 \x03(\v2\x1f.strata.metastore.v1.DescriptorR\vdescriptors\x125\n" +
-	"\x05nodes\x18\x06 \x03(\v2\x1f.strata.metastore.v1.NodeRecordR\x05nodes\"V\n" +
+	"\x05nodes\x18\x06 \x03(\v2\x1f.strata.metastore.v1.NodeRecordR\x05nodes\x120\n" +
+	"\x06images\x18\a \x03(\v2\x18.strata.cluster.v1.ImageR\x06images\"\xaa\x01\n" +
+	"\x05Image\x12\x16\n" +
+	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
+	"\x04tags\x18\x02 \x03(\tR\x04tags\x12(\n" +
+	"\x10pushed_unix_nano\x18\x03 \x01(\x03R\x0epushedUnixNano\x121\n" +
+	"\x15last_pulled_unix_nano\x18\x04 \x01(\x03R\x12lastPulledUnixNano\x12\x18\n" +
+	"\asubject\x18\x05 \x01(\tR\asubject\"\\\n" +
+	"\x15CollectGarbageRequest\x12\x19\n" +
+	"\bgrace_ms\x18\x01 \x01(\x03R\agraceMs\x12\x14\n" +
+	"\x05sweep\x18\x02 \x01(\bR\x05sweep\x12\x12\n" +
+	"\x04hops\x18\x03 \x01(\rR\x04hops\"\xe7\x02\n" +
+	"\aGCStats\x12*\n" +
+	"\x11started_unix_nano\x18\x01 \x01(\x03R\x0fstartedUnixNano\x12\x1f\n" +
+	"\vduration_ms\x18\x02 \x01(\x03R\n" +
+	"durationMs\x12+\n" +
+	"\x11uploads_cancelled\x18\x03 \x01(\x03R\x10uploadsCancelled\x12'\n" +
+	"\x0fblobs_collected\x18\x04 \x01(\x03R\x0eblobsCollected\x12'\n" +
+	"\x0fbytes_reclaimed\x18\x05 \x01(\x04R\x0ebytesReclaimed\x12)\n" +
+	"\x10segments_deleted\x18\x06 \x01(\x03R\x0fsegmentsDeleted\x12!\n" +
+	"\fshards_swept\x18\a \x01(\x03R\vshardsSwept\x12\x16\n" +
+	"\x06errors\x18\b \x01(\x03R\x06errors\x12\x14\n" +
+	"\x05phase\x18\t \x01(\tR\x05phase\x12\x14\n" +
+	"\x05error\x18\n" +
+	" \x01(\tR\x05error\"%\n" +
+	"\x0fGCStatusRequest\x12\x12\n" +
+	"\x04hops\x18\x01 \x01(\rR\x04hops\"\xc6\x01\n" +
+	"\x10GCStatusResponse\x124\n" +
+	"\acurrent\x18\x01 \x01(\v2\x1a.strata.cluster.v1.GCStatsR\acurrent\x12.\n" +
+	"\x04last\x18\x02 \x01(\v2\x1a.strata.cluster.v1.GCStatsR\x04last\x12#\n" +
+	"\rpending_blobs\x18\x03 \x01(\x03R\fpendingBlobs\x12'\n" +
+	"\x0fpending_orphans\x18\x04 \x01(\x03R\x0ependingOrphans\"q\n" +
+	"\x10LifecycleRequest\x12\x12\n" +
+	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x1f\n" +
+	"\vpolicy_text\x18\x02 \x01(\tR\n" +
+	"policyText\x12\x14\n" +
+	"\x05apply\x18\x03 \x01(\bR\x05apply\x12\x12\n" +
+	"\x04hops\x18\x04 \x01(\rR\x04hops\"\x98\x01\n" +
+	"\x11LifecycleResponse\x12?\n" +
+	"\vexpirations\x18\x01 \x03(\v2\x1d.strata.cluster.v1.ExpirationR\vexpirations\x12\x1d\n" +
+	"\n" +
+	"error_code\x18\x02 \x01(\tR\terrorCode\x12#\n" +
+	"\rerror_message\x18\x03 \x01(\tR\ferrorMessage\"\xa9\x01\n" +
+	"\n" +
+	"Expiration\x12\x16\n" +
+	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
+	"\x04tags\x18\x02 \x03(\tR\x04tags\x12(\n" +
+	"\x10pushed_unix_nano\x18\x03 \x01(\x03R\x0epushedUnixNano\x12#\n" +
+	"\rrule_priority\x18\x04 \x01(\x05R\frulePriority\x12 \n" +
+	"\vdescription\x18\x05 \x01(\tR\vdescription\"V\n" +
 	"\vJoinRequest\x123\n" +
 	"\x04node\x18\x01 \x01(\v2\x1f.strata.metastore.v1.NodeRecordR\x04node\x12\x12\n" +
 	"\x04hops\x18\x02 \x01(\rR\x04hops\"+\n" +
@@ -1457,7 +2088,7 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"shardCount**\n" +
 	"\vConsistency\x12\x10\n" +
 	"\fLINEARIZABLE\x10\x00\x12\t\n" +
-	"\x05STALE\x10\x01*\xb9\x01\n" +
+	"\x05STALE\x10\x01*\xc5\x01\n" +
 	"\bReadKind\x12\x14\n" +
 	"\x10READ_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04BLOB\x10\x01\x12\r\n" +
@@ -1473,7 +2104,9 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"\fREPOSITORIES\x10\t\x12\r\n" +
 	"\tREFERRERS\x10\n" +
 	"\x12\t\n" +
-	"\x05NODES\x10\v2\x8b\x05\n" +
+	"\x05NODES\x10\v\x12\n" +
+	"\n" +
+	"\x06IMAGES\x10\f2\x90\a\n" +
 	"\aCluster\x12P\n" +
 	"\aPropose\x12!.strata.cluster.v1.ProposeRequest\x1a\".strata.cluster.v1.ProposeResponse\x12G\n" +
 	"\x04Read\x12\x1e.strata.cluster.v1.ReadRequest\x1a\x1f.strata.cluster.v1.ReadResponse\x12G\n" +
@@ -1482,7 +2115,10 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"\x06Status\x12 .strata.cluster.v1.StatusRequest\x1a!.strata.cluster.v1.StatusResponse\x12V\n" +
 	"\tHeartbeat\x12#.strata.cluster.v1.HeartbeatRequest\x1a$.strata.cluster.v1.HeartbeatResponse\x12Z\n" +
 	"\fSnapshotSave\x12&.strata.cluster.v1.SnapshotSaveRequest\x1a .strata.cluster.v1.SnapshotChunk0\x01\x12J\n" +
-	"\x05Drain\x12\x1f.strata.cluster.v1.DrainRequest\x1a .strata.cluster.v1.DrainResponseB5Z3github.com/strata-registry/strata/cluster/clusterpbb\x06proto3"
+	"\x05Drain\x12\x1f.strata.cluster.v1.DrainRequest\x1a .strata.cluster.v1.DrainResponse\x12V\n" +
+	"\x0eCollectGarbage\x12(.strata.cluster.v1.CollectGarbageRequest\x1a\x1a.strata.cluster.v1.GCStats\x12S\n" +
+	"\bGCStatus\x12\".strata.cluster.v1.GCStatusRequest\x1a#.strata.cluster.v1.GCStatusResponse\x12V\n" +
+	"\tLifecycle\x12#.strata.cluster.v1.LifecycleRequest\x1a$.strata.cluster.v1.LifecycleResponseB5Z3github.com/strata-registry/strata/cluster/clusterpbb\x06proto3"
 
 var (
 	file_cluster_clusterpb_cluster_proto_rawDescOnce sync.Once
@@ -1497,7 +2133,7 @@ func file_cluster_clusterpb_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_cluster_clusterpb_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_cluster_clusterpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_cluster_clusterpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_cluster_clusterpb_cluster_proto_goTypes = []any{
 	(Consistency)(0),                // 0: strata.cluster.v1.Consistency
 	(ReadKind)(0),                   // 1: strata.cluster.v1.ReadKind
@@ -1505,56 +2141,74 @@ var file_cluster_clusterpb_cluster_proto_goTypes = []any{
 	(*ProposeResponse)(nil),         // 3: strata.cluster.v1.ProposeResponse
 	(*ReadRequest)(nil),             // 4: strata.cluster.v1.ReadRequest
 	(*ReadResponse)(nil),            // 5: strata.cluster.v1.ReadResponse
-	(*JoinRequest)(nil),             // 6: strata.cluster.v1.JoinRequest
-	(*JoinResponse)(nil),            // 7: strata.cluster.v1.JoinResponse
-	(*RemoveRequest)(nil),           // 8: strata.cluster.v1.RemoveRequest
-	(*RemoveResponse)(nil),          // 9: strata.cluster.v1.RemoveResponse
-	(*StatusRequest)(nil),           // 10: strata.cluster.v1.StatusRequest
-	(*Member)(nil),                  // 11: strata.cluster.v1.Member
-	(*RepairStatus)(nil),            // 12: strata.cluster.v1.RepairStatus
-	(*StatusResponse)(nil),          // 13: strata.cluster.v1.StatusResponse
-	(*HeartbeatRequest)(nil),        // 14: strata.cluster.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),       // 15: strata.cluster.v1.HeartbeatResponse
-	(*SnapshotSaveRequest)(nil),     // 16: strata.cluster.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),           // 17: strata.cluster.v1.SnapshotChunk
-	(*DrainRequest)(nil),            // 18: strata.cluster.v1.DrainRequest
-	(*DrainResponse)(nil),           // 19: strata.cluster.v1.DrainResponse
-	(*metastorepb.ApplyResult)(nil), // 20: strata.metastore.v1.ApplyResult
-	(*metastorepb.Descriptor)(nil),  // 21: strata.metastore.v1.Descriptor
-	(*metastorepb.NodeRecord)(nil),  // 22: strata.metastore.v1.NodeRecord
+	(*Image)(nil),                   // 6: strata.cluster.v1.Image
+	(*CollectGarbageRequest)(nil),   // 7: strata.cluster.v1.CollectGarbageRequest
+	(*GCStats)(nil),                 // 8: strata.cluster.v1.GCStats
+	(*GCStatusRequest)(nil),         // 9: strata.cluster.v1.GCStatusRequest
+	(*GCStatusResponse)(nil),        // 10: strata.cluster.v1.GCStatusResponse
+	(*LifecycleRequest)(nil),        // 11: strata.cluster.v1.LifecycleRequest
+	(*LifecycleResponse)(nil),       // 12: strata.cluster.v1.LifecycleResponse
+	(*Expiration)(nil),              // 13: strata.cluster.v1.Expiration
+	(*JoinRequest)(nil),             // 14: strata.cluster.v1.JoinRequest
+	(*JoinResponse)(nil),            // 15: strata.cluster.v1.JoinResponse
+	(*RemoveRequest)(nil),           // 16: strata.cluster.v1.RemoveRequest
+	(*RemoveResponse)(nil),          // 17: strata.cluster.v1.RemoveResponse
+	(*StatusRequest)(nil),           // 18: strata.cluster.v1.StatusRequest
+	(*Member)(nil),                  // 19: strata.cluster.v1.Member
+	(*RepairStatus)(nil),            // 20: strata.cluster.v1.RepairStatus
+	(*StatusResponse)(nil),          // 21: strata.cluster.v1.StatusResponse
+	(*HeartbeatRequest)(nil),        // 22: strata.cluster.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),       // 23: strata.cluster.v1.HeartbeatResponse
+	(*SnapshotSaveRequest)(nil),     // 24: strata.cluster.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),           // 25: strata.cluster.v1.SnapshotChunk
+	(*DrainRequest)(nil),            // 26: strata.cluster.v1.DrainRequest
+	(*DrainResponse)(nil),           // 27: strata.cluster.v1.DrainResponse
+	(*metastorepb.ApplyResult)(nil), // 28: strata.metastore.v1.ApplyResult
+	(*metastorepb.Descriptor)(nil),  // 29: strata.metastore.v1.Descriptor
+	(*metastorepb.NodeRecord)(nil),  // 30: strata.metastore.v1.NodeRecord
 }
 var file_cluster_clusterpb_cluster_proto_depIdxs = []int32{
-	20, // 0: strata.cluster.v1.ProposeResponse.result:type_name -> strata.metastore.v1.ApplyResult
+	28, // 0: strata.cluster.v1.ProposeResponse.result:type_name -> strata.metastore.v1.ApplyResult
 	1,  // 1: strata.cluster.v1.ReadRequest.kind:type_name -> strata.cluster.v1.ReadKind
 	0,  // 2: strata.cluster.v1.ReadRequest.consistency:type_name -> strata.cluster.v1.Consistency
-	20, // 3: strata.cluster.v1.ReadResponse.error:type_name -> strata.metastore.v1.ApplyResult
-	21, // 4: strata.cluster.v1.ReadResponse.descriptors:type_name -> strata.metastore.v1.Descriptor
-	22, // 5: strata.cluster.v1.ReadResponse.nodes:type_name -> strata.metastore.v1.NodeRecord
-	22, // 6: strata.cluster.v1.JoinRequest.node:type_name -> strata.metastore.v1.NodeRecord
-	22, // 7: strata.cluster.v1.Member.node:type_name -> strata.metastore.v1.NodeRecord
-	11, // 8: strata.cluster.v1.StatusResponse.members:type_name -> strata.cluster.v1.Member
-	12, // 9: strata.cluster.v1.StatusResponse.repair:type_name -> strata.cluster.v1.RepairStatus
-	2,  // 10: strata.cluster.v1.Cluster.Propose:input_type -> strata.cluster.v1.ProposeRequest
-	4,  // 11: strata.cluster.v1.Cluster.Read:input_type -> strata.cluster.v1.ReadRequest
-	6,  // 12: strata.cluster.v1.Cluster.Join:input_type -> strata.cluster.v1.JoinRequest
-	8,  // 13: strata.cluster.v1.Cluster.Remove:input_type -> strata.cluster.v1.RemoveRequest
-	10, // 14: strata.cluster.v1.Cluster.Status:input_type -> strata.cluster.v1.StatusRequest
-	14, // 15: strata.cluster.v1.Cluster.Heartbeat:input_type -> strata.cluster.v1.HeartbeatRequest
-	16, // 16: strata.cluster.v1.Cluster.SnapshotSave:input_type -> strata.cluster.v1.SnapshotSaveRequest
-	18, // 17: strata.cluster.v1.Cluster.Drain:input_type -> strata.cluster.v1.DrainRequest
-	3,  // 18: strata.cluster.v1.Cluster.Propose:output_type -> strata.cluster.v1.ProposeResponse
-	5,  // 19: strata.cluster.v1.Cluster.Read:output_type -> strata.cluster.v1.ReadResponse
-	7,  // 20: strata.cluster.v1.Cluster.Join:output_type -> strata.cluster.v1.JoinResponse
-	9,  // 21: strata.cluster.v1.Cluster.Remove:output_type -> strata.cluster.v1.RemoveResponse
-	13, // 22: strata.cluster.v1.Cluster.Status:output_type -> strata.cluster.v1.StatusResponse
-	15, // 23: strata.cluster.v1.Cluster.Heartbeat:output_type -> strata.cluster.v1.HeartbeatResponse
-	17, // 24: strata.cluster.v1.Cluster.SnapshotSave:output_type -> strata.cluster.v1.SnapshotChunk
-	19, // 25: strata.cluster.v1.Cluster.Drain:output_type -> strata.cluster.v1.DrainResponse
-	18, // [18:26] is the sub-list for method output_type
-	10, // [10:18] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	28, // 3: strata.cluster.v1.ReadResponse.error:type_name -> strata.metastore.v1.ApplyResult
+	29, // 4: strata.cluster.v1.ReadResponse.descriptors:type_name -> strata.metastore.v1.Descriptor
+	30, // 5: strata.cluster.v1.ReadResponse.nodes:type_name -> strata.metastore.v1.NodeRecord
+	6,  // 6: strata.cluster.v1.ReadResponse.images:type_name -> strata.cluster.v1.Image
+	8,  // 7: strata.cluster.v1.GCStatusResponse.current:type_name -> strata.cluster.v1.GCStats
+	8,  // 8: strata.cluster.v1.GCStatusResponse.last:type_name -> strata.cluster.v1.GCStats
+	13, // 9: strata.cluster.v1.LifecycleResponse.expirations:type_name -> strata.cluster.v1.Expiration
+	30, // 10: strata.cluster.v1.JoinRequest.node:type_name -> strata.metastore.v1.NodeRecord
+	30, // 11: strata.cluster.v1.Member.node:type_name -> strata.metastore.v1.NodeRecord
+	19, // 12: strata.cluster.v1.StatusResponse.members:type_name -> strata.cluster.v1.Member
+	20, // 13: strata.cluster.v1.StatusResponse.repair:type_name -> strata.cluster.v1.RepairStatus
+	2,  // 14: strata.cluster.v1.Cluster.Propose:input_type -> strata.cluster.v1.ProposeRequest
+	4,  // 15: strata.cluster.v1.Cluster.Read:input_type -> strata.cluster.v1.ReadRequest
+	14, // 16: strata.cluster.v1.Cluster.Join:input_type -> strata.cluster.v1.JoinRequest
+	16, // 17: strata.cluster.v1.Cluster.Remove:input_type -> strata.cluster.v1.RemoveRequest
+	18, // 18: strata.cluster.v1.Cluster.Status:input_type -> strata.cluster.v1.StatusRequest
+	22, // 19: strata.cluster.v1.Cluster.Heartbeat:input_type -> strata.cluster.v1.HeartbeatRequest
+	24, // 20: strata.cluster.v1.Cluster.SnapshotSave:input_type -> strata.cluster.v1.SnapshotSaveRequest
+	26, // 21: strata.cluster.v1.Cluster.Drain:input_type -> strata.cluster.v1.DrainRequest
+	7,  // 22: strata.cluster.v1.Cluster.CollectGarbage:input_type -> strata.cluster.v1.CollectGarbageRequest
+	9,  // 23: strata.cluster.v1.Cluster.GCStatus:input_type -> strata.cluster.v1.GCStatusRequest
+	11, // 24: strata.cluster.v1.Cluster.Lifecycle:input_type -> strata.cluster.v1.LifecycleRequest
+	3,  // 25: strata.cluster.v1.Cluster.Propose:output_type -> strata.cluster.v1.ProposeResponse
+	5,  // 26: strata.cluster.v1.Cluster.Read:output_type -> strata.cluster.v1.ReadResponse
+	15, // 27: strata.cluster.v1.Cluster.Join:output_type -> strata.cluster.v1.JoinResponse
+	17, // 28: strata.cluster.v1.Cluster.Remove:output_type -> strata.cluster.v1.RemoveResponse
+	21, // 29: strata.cluster.v1.Cluster.Status:output_type -> strata.cluster.v1.StatusResponse
+	23, // 30: strata.cluster.v1.Cluster.Heartbeat:output_type -> strata.cluster.v1.HeartbeatResponse
+	25, // 31: strata.cluster.v1.Cluster.SnapshotSave:output_type -> strata.cluster.v1.SnapshotChunk
+	27, // 32: strata.cluster.v1.Cluster.Drain:output_type -> strata.cluster.v1.DrainResponse
+	8,  // 33: strata.cluster.v1.Cluster.CollectGarbage:output_type -> strata.cluster.v1.GCStats
+	10, // 34: strata.cluster.v1.Cluster.GCStatus:output_type -> strata.cluster.v1.GCStatusResponse
+	12, // 35: strata.cluster.v1.Cluster.Lifecycle:output_type -> strata.cluster.v1.LifecycleResponse
+	25, // [25:36] is the sub-list for method output_type
+	14, // [14:25] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_cluster_clusterpb_cluster_proto_init() }
@@ -1568,7 +2222,7 @@ func file_cluster_clusterpb_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cluster_clusterpb_cluster_proto_rawDesc), len(file_cluster_clusterpb_cluster_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   18,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -23,14 +23,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Cluster_Propose_FullMethodName      = "/strata.cluster.v1.Cluster/Propose"
-	Cluster_Read_FullMethodName         = "/strata.cluster.v1.Cluster/Read"
-	Cluster_Join_FullMethodName         = "/strata.cluster.v1.Cluster/Join"
-	Cluster_Remove_FullMethodName       = "/strata.cluster.v1.Cluster/Remove"
-	Cluster_Status_FullMethodName       = "/strata.cluster.v1.Cluster/Status"
-	Cluster_Heartbeat_FullMethodName    = "/strata.cluster.v1.Cluster/Heartbeat"
-	Cluster_SnapshotSave_FullMethodName = "/strata.cluster.v1.Cluster/SnapshotSave"
-	Cluster_Drain_FullMethodName        = "/strata.cluster.v1.Cluster/Drain"
+	Cluster_Propose_FullMethodName        = "/strata.cluster.v1.Cluster/Propose"
+	Cluster_Read_FullMethodName           = "/strata.cluster.v1.Cluster/Read"
+	Cluster_Join_FullMethodName           = "/strata.cluster.v1.Cluster/Join"
+	Cluster_Remove_FullMethodName         = "/strata.cluster.v1.Cluster/Remove"
+	Cluster_Status_FullMethodName         = "/strata.cluster.v1.Cluster/Status"
+	Cluster_Heartbeat_FullMethodName      = "/strata.cluster.v1.Cluster/Heartbeat"
+	Cluster_SnapshotSave_FullMethodName   = "/strata.cluster.v1.Cluster/SnapshotSave"
+	Cluster_Drain_FullMethodName          = "/strata.cluster.v1.Cluster/Drain"
+	Cluster_CollectGarbage_FullMethodName = "/strata.cluster.v1.Cluster/CollectGarbage"
+	Cluster_GCStatus_FullMethodName       = "/strata.cluster.v1.Cluster/GCStatus"
+	Cluster_Lifecycle_FullMethodName      = "/strata.cluster.v1.Cluster/Lifecycle"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -57,6 +60,13 @@ type ClusterClient interface {
 	// leader's repairer moves every shard it holds to other nodes, then marks
 	// it drained. With cancel it takes the node back (state alive).
 	Drain(ctx context.Context, in *DrainRequest, opts ...grpc.CallOption) (*DrainResponse, error)
+	// CollectGarbage runs the garbage collector on the leader now.
+	CollectGarbage(ctx context.Context, in *CollectGarbageRequest, opts ...grpc.CallOption) (*GCStats, error)
+	// GCStatus reports the collector's run in progress and its last run.
+	GCStatus(ctx context.Context, in *GCStatusRequest, opts ...grpc.CallOption) (*GCStatusResponse, error)
+	// Lifecycle previews (or applies) a repository's lifecycle policy on the
+	// leader.
+	Lifecycle(ctx context.Context, in *LifecycleRequest, opts ...grpc.CallOption) (*LifecycleResponse, error)
 }
 
 type clusterClient struct {
@@ -156,6 +166,36 @@ func (c *clusterClient) Drain(ctx context.Context, in *DrainRequest, opts ...grp
 	return out, nil
 }
 
+func (c *clusterClient) CollectGarbage(ctx context.Context, in *CollectGarbageRequest, opts ...grpc.CallOption) (*GCStats, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GCStats)
+	err := c.cc.Invoke(ctx, Cluster_CollectGarbage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) GCStatus(ctx context.Context, in *GCStatusRequest, opts ...grpc.CallOption) (*GCStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GCStatusResponse)
+	err := c.cc.Invoke(ctx, Cluster_GCStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) Lifecycle(ctx context.Context, in *LifecycleRequest, opts ...grpc.CallOption) (*LifecycleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LifecycleResponse)
+	err := c.cc.Invoke(ctx, Cluster_Lifecycle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -180,6 +220,13 @@ type ClusterServer interface {
 	// leader's repairer moves every shard it holds to other nodes, then marks
 	// it drained. With cancel it takes the node back (state alive).
 	Drain(context.Context, *DrainRequest) (*DrainResponse, error)
+	// CollectGarbage runs the garbage collector on the leader now.
+	CollectGarbage(context.Context, *CollectGarbageRequest) (*GCStats, error)
+	// GCStatus reports the collector's run in progress and its last run.
+	GCStatus(context.Context, *GCStatusRequest) (*GCStatusResponse, error)
+	// Lifecycle previews (or applies) a repository's lifecycle policy on the
+	// leader.
+	Lifecycle(context.Context, *LifecycleRequest) (*LifecycleResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -213,6 +260,15 @@ func (UnimplementedClusterServer) SnapshotSave(*SnapshotSaveRequest, grpc.Server
 }
 func (UnimplementedClusterServer) Drain(context.Context, *DrainRequest) (*DrainResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Drain not implemented")
+}
+func (UnimplementedClusterServer) CollectGarbage(context.Context, *CollectGarbageRequest) (*GCStats, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CollectGarbage not implemented")
+}
+func (UnimplementedClusterServer) GCStatus(context.Context, *GCStatusRequest) (*GCStatusResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GCStatus not implemented")
+}
+func (UnimplementedClusterServer) Lifecycle(context.Context, *LifecycleRequest) (*LifecycleResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Lifecycle not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -372,6 +428,60 @@ func _Cluster_Drain_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cluster_CollectGarbage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CollectGarbageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).CollectGarbage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_CollectGarbage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).CollectGarbage(ctx, req.(*CollectGarbageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_GCStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GCStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).GCStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_GCStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).GCStatus(ctx, req.(*GCStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_Lifecycle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LifecycleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).Lifecycle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_Lifecycle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).Lifecycle(ctx, req.(*LifecycleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -406,6 +516,18 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Drain",
 			Handler:    _Cluster_Drain_Handler,
+		},
+		{
+			MethodName: "CollectGarbage",
+			Handler:    _Cluster_CollectGarbage_Handler,
+		},
+		{
+			MethodName: "GCStatus",
+			Handler:    _Cluster_GCStatus_Handler,
+		},
+		{
+			MethodName: "Lifecycle",
+			Handler:    _Cluster_Lifecycle_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
