@@ -332,6 +332,7 @@ func serve(ctx context.Context, o *serveOptions) error {
 	go reporter.Run(ctx)
 	for _, ls := range disks {
 		sc := blobstore.NewScrubber(ls, blobstore.ScrubConfig{BytesPerSecond: o.scrubRate, OnCorrupt: reporter.OnCorrupt(ls.NodeID())})
+		cluster.RegisterScrubMetrics(reg, ls.NodeID(), sc)
 		go sc.Run(ctx) //nolint:errcheck // ends with ctx
 	}
 	if o.has(cluster.RoleStorage) && !o.dev {
