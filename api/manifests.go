@@ -128,6 +128,7 @@ func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, name, ref s
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(rec.Body)
+		s.pulls.record(name, rec.Digest)
 	}
 	return nil
 }

@@ -44,6 +44,9 @@ type Config struct {
 	// deleted. The config blob and index children are handled the same way
 	// in both modes (config required, children optional).
 	StrictManifests bool
+	// AdminRemote lets clients that are not on loopback use the admin API
+	// (/admin/v1/). Off by default until access control lands.
+	AdminRemote bool
 	// Ready reports whether the node can serve (for /readyz).
 	Ready func(ctx context.Context) error
 	// Registry receives the HTTP metrics; nil uses a private registry.
@@ -59,6 +62,7 @@ type Server struct {
 	log     *slog.Logger
 	metrics *metrics
 	reg     *prometheus.Registry
+	pulls   pullRecorder
 }
 
 // New returns a Server over meta and blobs.
@@ -105,9 +109,14 @@ func (s *Server) Handler() http.Handler {
 	// /v2 is routed here, not by the ServeMux, which would clean paths
 	// such as /v2/a//b/... and redirect instead of refusing the name.
 	v2 := s.instrument(http.HandlerFunc(s.serveV2))
+	admin := s.instrument(http.HandlerFunc(s.serveAdmin))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/v2" || strings.HasPrefix(r.URL.Path, "/v2/") {
 			v2.ServeHTTP(w, r)
+			return
+		}
+		if strings.HasPrefix(r.URL.Path, "/admin/v1/") {
+			admin.ServeHTTP(w, r)
 			return
 		}
 		mux.ServeHTTP(w, r)

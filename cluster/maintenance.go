@@ -143,3 +143,51 @@ func (s *Service) Lifecycle(ctx context.Context, req *cpb.LifecycleRequest) (*cp
 	}
 	return resp, nil
 }
+
+// CollectGarbage runs the garbage collector on the leader now; grace < 0
+// uses the collector's own.
+func (m *Meta) CollectGarbage(ctx context.Context, grace time.Duration, sweep bool) (*cpb.GCStats, error) {
+	ms := grace.Milliseconds()
+	if grace < 0 {
+		ms = -1
+	}
+	var out *cpb.GCStats
+	err := retry(ctx, func(ctx context.Context) error {
+		c, err := m.target(ctx)
+		if err != nil {
+			return err
+		}
+		out, err = c.CollectGarbage(ctx, &cpb.CollectGarbageRequest{GraceMs: ms, Sweep: sweep})
+		return fromStatus(err)
+	})
+	return out, err
+}
+
+// GCStatus reports the leader's garbage collector.
+func (m *Meta) GCStatus(ctx context.Context) (*cpb.GCStatusResponse, error) {
+	var out *cpb.GCStatusResponse
+	err := retry(ctx, func(ctx context.Context) error {
+		c, err := m.target(ctx)
+		if err != nil {
+			return err
+		}
+		out, err = c.GCStatus(ctx, &cpb.GCStatusRequest{})
+		return fromStatus(err)
+	})
+	return out, err
+}
+
+// Lifecycle previews (or applies) a repository's lifecycle policy on the
+// leader; policyText overrides the repository's own for a preview.
+func (m *Meta) Lifecycle(ctx context.Context, repo, policyText string, apply bool) (*cpb.LifecycleResponse, error) {
+	var out *cpb.LifecycleResponse
+	err := retry(ctx, func(ctx context.Context) error {
+		c, err := m.target(ctx)
+		if err != nil {
+			return err
+		}
+		out, err = c.Lifecycle(ctx, &cpb.LifecycleRequest{Repo: repo, PolicyText: policyText, Apply: apply})
+		return fromStatus(err)
+	})
+	return out, err
+}

@@ -346,6 +346,16 @@ func (v *repairView) avoid(id string) bool {
 	return !ok || e.state != metastore.NodeAlive
 }
 
+// StorageNodes are the storage nodes that are not dead, with a shard client
+// for each, read from the registry now (the garbage collector deletes
+// through them).
+func (r *Repairer) StorageNodes() []blobstore.Node {
+	if v, err := r.refresh(); err == nil {
+		return v.readable
+	}
+	return r.readable()
+}
+
 // readable is the node source of the repairer's blob pipeline.
 func (r *Repairer) readable() []blobstore.Node {
 	if v := r.view.Load(); v != nil {

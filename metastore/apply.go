@@ -128,6 +128,8 @@ func (t *txn) apply(cmd *pb.Command) error {
 		return t.setRepositoryPolicy(op.SetRepositoryPolicy)
 	case *pb.Command_RecordPulls:
 		return t.recordPulls(op.RecordPulls)
+	case *pb.Command_CreateRepository:
+		return t.createRepository(op.CreateRepository)
 	case nil:
 		return fmt.Errorf("%w: empty command", ErrCommandInvalid)
 	default:

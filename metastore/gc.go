@@ -20,11 +20,40 @@ import (
 var (
 	ErrBlobInUse    = errors.New("metastore: blob is referenced")
 	ErrRepoNotEmpty = errors.New("metastore: repository is not empty")
+	ErrRepoExists   = errors.New("metastore: repository already exists")
 )
 
 func init() {
 	errorCodes["BLOB_IN_USE"] = ErrBlobInUse
 	errorCodes["REPO_NOT_EMPTY"] = ErrRepoNotEmpty
+	errorCodes["REPO_EXISTS"] = ErrRepoExists
+}
+
+func validMutability(mode string) error {
+	switch mode {
+	case "", Mutable, Immutable, MutableWithExclusion, ImmutableWithExclusion:
+		return nil
+	}
+	return fmt.Errorf("%w: tag mutability %q", ErrCommandInvalid, mode)
+}
+
+func (t *txn) createRepository(c *pb.CreateRepository) error {
+	if c.Repo == "" {
+		return fmt.Errorf("%w: repository needs a name", ErrCommandInvalid)
+	}
+	if err := validMutability(c.TagMutability); err != nil {
+		return err
+	}
+	if ok, err := t.has(repoKey(c.Repo)); err != nil {
+		return err
+	} else if ok {
+		return fmt.Errorf("%w: %s", ErrRepoExists, c.Repo)
+	}
+	if err := t.put(repoKey(c.Repo), &pb.Repository{Name: c.Repo, CreatedUnixNano: t.now,
+		TagMutability: c.TagMutability, MutabilityExclusions: c.MutabilityExclusions}); err != nil {
+		return err
+	}
+	return t.emit(&pb.Event{Type: "repository.create", Repo: c.Repo})
 }
 
 // Tag mutability modes (ECR's imageTagMutability).
@@ -209,14 +238,14 @@ func (t *txn) setRepositoryPolicy(c *pb.SetRepositoryPolicy) error {
 	for _, field := range c.Set {
 		switch field {
 		case "tag_mutability":
-			switch c.TagMutability {
-			case "", Mutable, Immutable, MutableWithExclusion, ImmutableWithExclusion:
-			default:
-				return fmt.Errorf("%w: tag mutability %q", ErrCommandInvalid, c.TagMutability)
+			if err := validMutability(c.TagMutability); err != nil {
+				return err
 			}
 			r.TagMutability, r.MutabilityExclusions = c.TagMutability, c.MutabilityExclusions
 		case "lifecycle_policy":
 			r.LifecyclePolicy, r.LifecyclePolicyUpdatedUnixNano = c.LifecyclePolicy, t.now
+		case "lifecycle_preview_policy":
+			r.LifecyclePreviewPolicy = c.LifecyclePreviewPolicy
 		default:
 			return fmt.Errorf("%w: unknown repository setting %q", ErrCommandInvalid, field)
 		}

@@ -151,3 +151,19 @@ func TestDeleteRepositoryAndPulls(t *testing.T) {
 		t.Fatalf("blob of a deleted repository is not collectable: %v", c)
 	}
 }
+
+func TestCreateRepository(t *testing.T) {
+	h := newHarness(t)
+	create := &pb.Command{Op: &pb.Command_CreateRepository{CreateRepository: &pb.CreateRepository{
+		Repo: "team/app", TagMutability: Immutable}}}
+	h.must(create)
+	h.refuse(create, ErrRepoExists)
+	h.refuse(&pb.Command{Op: &pb.Command_CreateRepository{CreateRepository: &pb.CreateRepository{Repo: "x", TagMutability: "NOPE"}}}, ErrCommandInvalid)
+	r, err := h.st.Repository("team/app")
+	if err != nil || r.TagMutability != Immutable {
+		t.Fatalf("%v %v", r, err)
+	}
+	h.must(commitCmd("team/app", dg(1), 1, seg("c", 1)))
+	h.must(manifestCmd("team/app", dg(100), []string{"v1"}, dg(1)))
+	h.refuse(manifestCmd("team/app", dg(101), []string{"v1"}, dg(1)), ErrTagImmutable)
+}

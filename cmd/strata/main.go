@@ -26,7 +26,7 @@ Start a working single-node registry on 127.0.0.1:5000 with:
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newServeCmd(), newVersionCmd(), newClusterCmd(), newDevCmd())
+	root.AddCommand(newServeCmd(), newVersionCmd(), newClusterCmd(), newDevCmd(), newLifecycleCmd(), newGCCmd(), newRepoCmd())
 	root.AddCommand(newNodeCmd(), newStorageCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "strata:", err)

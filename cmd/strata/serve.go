@@ -25,6 +25,7 @@ import (
 	"github.com/strata-registry/strata/api"
 	"github.com/strata-registry/strata/blobstore"
 	"github.com/strata-registry/strata/cluster"
+	"github.com/strata-registry/strata/gc"
 	"github.com/strata-registry/strata/metastore"
 	pb "github.com/strata-registry/strata/metastore/metastorepb"
 )
@@ -54,6 +55,9 @@ type serveOptions struct {
 	tlsKey          string
 	tlsCA           string
 	logLevel        string
+
+	gcGrace, gcInterval, uploadIdle, lifecycleInterval time.Duration
+	adminRemote                                        bool
 }
 
 func newServeCmd() *cobra.Command {
@@ -123,6 +127,11 @@ flags win over the environment, which wins over the file.`,
 	f.StringVar(&o.tlsCert, "tls-cert", "", "certificate for mutual TLS on internal gRPC (with --tls-key and --tls-ca)")
 	f.StringVar(&o.tlsKey, "tls-key", "", "private key for --tls-cert")
 	f.StringVar(&o.tlsCA, "tls-ca", "", "CA bundle that peers' certificates must chain to")
+	f.DurationVar(&o.gcGrace, "gc-grace", time.Hour, "a blob no manifest has referenced for this long is garbage-collected")
+	f.DurationVar(&o.gcInterval, "gc-interval", time.Minute, "how often the leader collects garbage")
+	f.DurationVar(&o.uploadIdle, "upload-idle", 24*time.Hour, "an upload session untouched this long is cancelled and its space reclaimed")
+	f.DurationVar(&o.lifecycleInterval, "lifecycle-interval", 10*time.Minute, "how often the leader applies every repository's lifecycle policy")
+	f.BoolVar(&o.adminRemote, "admin-remote", false, "serve the admin API (/admin/v1/) to clients that are not on loopback")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }
@@ -301,6 +310,14 @@ func serve(ctx context.Context, o *serveOptions) error {
 		}
 		svc.SetRepairer(rep)
 		go rep.Run(ctx)
+		// Garbage collection and lifecycle policies: every meta node runs
+		// them; they act while the node leads.
+		collector := gc.NewCollector(gc.CollectorConfig{Grace: o.gcGrace, UploadIdle: o.uploadIdle, Interval: o.gcInterval},
+			st, meta, rep.StorageNodes, node.IsLeader, reg, log)
+		lifecycle := gc.NewLifecycle(st, meta, node.IsLeader, o.lifecycleInterval, reg, log)
+		svc.SetMaintenance(cluster.Maintenance{Collector: collector, Lifecycle: lifecycle})
+		go collector.Run(ctx)
+		go lifecycle.Run(ctx)
 	} else {
 		if meta, err = cluster.NewMeta(cluster.MetaConfig{Peers: peers,
 			ReadConsistency: o.readConsistency, MaxStaleness: o.maxStaleness}); err != nil {
@@ -406,12 +423,15 @@ func serveHTTP(ctx context.Context, o *serveOptions, ln net.Listener, meta *clus
 		return err
 	}
 	srv := api.New(api.Config{
-		Registry: reg, Logger: log, StrictManifests: o.strict,
+		Registry: reg, Logger: log, StrictManifests: o.strict, AdminRemote: o.adminRemote,
 		Ready: func(ctx context.Context) error { return meta.Ready(ctx) },
 	}, meta, blobs)
 	if storage != nil {
 		go storage.Run(ctx, blobCfg, srv.SetBlobs)
 	}
+	bg := make(chan struct{})
+	go func() { srv.Run(ctx); close(bg) }()
+	defer func() { <-bg }()
 	hs := &http.Server{
 		Handler:           srv.Handler(),
 		ReadHeaderTimeout: 30 * time.Second,

@@ -58,6 +58,7 @@ type Command struct {
 	//	*Command_DeleteRepository
 	//	*Command_SetRepositoryPolicy
 	//	*Command_RecordPulls
+	//	*Command_CreateRepository
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -285,6 +286,15 @@ func (x *Command) GetRecordPulls() *RecordPulls {
 	return nil
 }
 
+func (x *Command) GetCreateRepository() *CreateRepository {
+	if x != nil {
+		if x, ok := x.Op.(*Command_CreateRepository); ok {
+			return x.CreateRepository
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -365,6 +375,10 @@ type Command_RecordPulls struct {
 	RecordPulls *RecordPulls `protobuf:"bytes,28,opt,name=record_pulls,json=recordPulls,proto3,oneof"`
 }
 
+type Command_CreateRepository struct {
+	CreateRepository *CreateRepository `protobuf:"bytes,29,opt,name=create_repository,json=createRepository,proto3,oneof"`
+}
+
 func (*Command_OpenUpload) isCommand_Op() {}
 
 func (*Command_UpdateUpload) isCommand_Op() {}
@@ -402,6 +416,8 @@ func (*Command_DeleteRepository) isCommand_Op() {}
 func (*Command_SetRepositoryPolicy) isCommand_Op() {}
 
 func (*Command_RecordPulls) isCommand_Op() {}
+
+func (*Command_CreateRepository) isCommand_Op() {}
 
 // CollectBlob garbage-collects a blob that no manifest has referenced since
 // before cutoff: its links go (leaving tombstones, so a racing manifest push
@@ -562,14 +578,15 @@ func (x *DeleteRepository) GetForce() bool {
 // SetRepositoryPolicy changes a repository's settings; only the fields named
 // in `set` change ("tag_mutability", "lifecycle_policy").
 type SetRepositoryPolicy struct {
-	state                protoimpl.MessageState `protogen:"open.v1"`
-	Repo                 string                 `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
-	Set                  []string               `protobuf:"bytes,2,rep,name=set,proto3" json:"set,omitempty"`
-	TagMutability        string                 `protobuf:"bytes,3,opt,name=tag_mutability,json=tagMutability,proto3" json:"tag_mutability,omitempty"`
-	MutabilityExclusions []string               `protobuf:"bytes,4,rep,name=mutability_exclusions,json=mutabilityExclusions,proto3" json:"mutability_exclusions,omitempty"`
-	LifecyclePolicy      string                 `protobuf:"bytes,5,opt,name=lifecycle_policy,json=lifecyclePolicy,proto3" json:"lifecycle_policy,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	state                  protoimpl.MessageState `protogen:"open.v1"`
+	Repo                   string                 `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
+	Set                    []string               `protobuf:"bytes,2,rep,name=set,proto3" json:"set,omitempty"`
+	TagMutability          string                 `protobuf:"bytes,3,opt,name=tag_mutability,json=tagMutability,proto3" json:"tag_mutability,omitempty"`
+	MutabilityExclusions   []string               `protobuf:"bytes,4,rep,name=mutability_exclusions,json=mutabilityExclusions,proto3" json:"mutability_exclusions,omitempty"`
+	LifecyclePolicy        string                 `protobuf:"bytes,5,opt,name=lifecycle_policy,json=lifecyclePolicy,proto3" json:"lifecycle_policy,omitempty"`
+	LifecyclePreviewPolicy string                 `protobuf:"bytes,6,opt,name=lifecycle_preview_policy,json=lifecyclePreviewPolicy,proto3" json:"lifecycle_preview_policy,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *SetRepositoryPolicy) Reset() {
@@ -633,6 +650,13 @@ func (x *SetRepositoryPolicy) GetMutabilityExclusions() []string {
 func (x *SetRepositoryPolicy) GetLifecyclePolicy() string {
 	if x != nil {
 		return x.LifecyclePolicy
+	}
+	return ""
+}
+
+func (x *SetRepositoryPolicy) GetLifecyclePreviewPolicy() string {
+	if x != nil {
+		return x.LifecyclePreviewPolicy
 	}
 	return ""
 }
@@ -2685,8 +2709,10 @@ type Repository struct {
 	// the frontend); empty when the repository has none.
 	LifecyclePolicy                string `protobuf:"bytes,5,opt,name=lifecycle_policy,json=lifecyclePolicy,proto3" json:"lifecycle_policy,omitempty"`
 	LifecyclePolicyUpdatedUnixNano int64  `protobuf:"varint,6,opt,name=lifecycle_policy_updated_unix_nano,json=lifecyclePolicyUpdatedUnixNano,proto3" json:"lifecycle_policy_updated_unix_nano,omitempty"`
-	unknownFields                  protoimpl.UnknownFields
-	sizeCache                      protoimpl.SizeCache
+	// The policy text of the last StartLifecyclePolicyPreview.
+	LifecyclePreviewPolicy string `protobuf:"bytes,7,opt,name=lifecycle_preview_policy,json=lifecyclePreviewPolicy,proto3" json:"lifecycle_preview_policy,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *Repository) Reset() {
@@ -2759,6 +2785,13 @@ func (x *Repository) GetLifecyclePolicyUpdatedUnixNano() int64 {
 		return x.LifecyclePolicyUpdatedUnixNano
 	}
 	return 0
+}
+
+func (x *Repository) GetLifecyclePreviewPolicy() string {
+	if x != nil {
+		return x.LifecyclePreviewPolicy
+	}
+	return ""
 }
 
 // Descriptor describes a manifest for the referrers API. Stored under
@@ -2839,11 +2872,74 @@ func (x *Descriptor) GetAnnotationsJson() []byte {
 	return nil
 }
 
+// CreateRepository creates an empty repository with its settings (ECR's
+// CreateRepository). Pushing to a repository that does not exist also
+// creates it, with the defaults.
+type CreateRepository struct {
+	state                protoimpl.MessageState `protogen:"open.v1"`
+	Repo                 string                 `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
+	TagMutability        string                 `protobuf:"bytes,2,opt,name=tag_mutability,json=tagMutability,proto3" json:"tag_mutability,omitempty"`
+	MutabilityExclusions []string               `protobuf:"bytes,3,rep,name=mutability_exclusions,json=mutabilityExclusions,proto3" json:"mutability_exclusions,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *CreateRepository) Reset() {
+	*x = CreateRepository{}
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateRepository) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateRepository) ProtoMessage() {}
+
+func (x *CreateRepository) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateRepository.ProtoReflect.Descriptor instead.
+func (*CreateRepository) Descriptor() ([]byte, []int) {
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *CreateRepository) GetRepo() string {
+	if x != nil {
+		return x.Repo
+	}
+	return ""
+}
+
+func (x *CreateRepository) GetTagMutability() string {
+	if x != nil {
+		return x.TagMutability
+	}
+	return ""
+}
+
+func (x *CreateRepository) GetMutabilityExclusions() []string {
+	if x != nil {
+		return x.MutabilityExclusions
+	}
+	return nil
+}
+
 var File_metastore_metastorepb_metastore_proto protoreflect.FileDescriptor
 
 const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\n" +
-	"%metastore/metastorepb/metastore.proto\x12\x13strata.metastore.v1\"\xc2\v\n" +
+	"%metastore/metastorepb/metastore.proto\x12\x13strata.metastore.v1\"\x98\f\n" +
 	"\aCommand\x12$\n" +
 	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x1d\n" +
 	"\n" +
@@ -2873,7 +2969,8 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\fdrop_orphans\x18\x19 \x01(\v2 .strata.metastore.v1.DropOrphansH\x00R\vdropOrphans\x12T\n" +
 	"\x11delete_repository\x18\x1a \x01(\v2%.strata.metastore.v1.DeleteRepositoryH\x00R\x10deleteRepository\x12^\n" +
 	"\x15set_repository_policy\x18\x1b \x01(\v2(.strata.metastore.v1.SetRepositoryPolicyH\x00R\x13setRepositoryPolicy\x12E\n" +
-	"\frecord_pulls\x18\x1c \x01(\v2 .strata.metastore.v1.RecordPullsH\x00R\vrecordPullsB\x04\n" +
+	"\frecord_pulls\x18\x1c \x01(\v2 .strata.metastore.v1.RecordPullsH\x00R\vrecordPulls\x12T\n" +
+	"\x11create_repository\x18\x1d \x01(\v2%.strata.metastore.v1.CreateRepositoryH\x00R\x10createRepositoryB\x04\n" +
 	"\x02op\"O\n" +
 	"\vCollectBlob\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12(\n" +
@@ -2883,13 +2980,14 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"segmentIds\"<\n" +
 	"\x10DeleteRepository\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x14\n" +
-	"\x05force\x18\x02 \x01(\bR\x05force\"\xc2\x01\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"\xfc\x01\n" +
 	"\x13SetRepositoryPolicy\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x10\n" +
 	"\x03set\x18\x02 \x03(\tR\x03set\x12%\n" +
 	"\x0etag_mutability\x18\x03 \x01(\tR\rtagMutability\x123\n" +
 	"\x15mutability_exclusions\x18\x04 \x03(\tR\x14mutabilityExclusions\x12)\n" +
-	"\x10lifecycle_policy\x18\x05 \x01(\tR\x0flifecyclePolicy\">\n" +
+	"\x10lifecycle_policy\x18\x05 \x01(\tR\x0flifecyclePolicy\x128\n" +
+	"\x18lifecycle_preview_policy\x18\x06 \x01(\tR\x16lifecyclePreviewPolicy\">\n" +
 	"\vRecordPulls\x12/\n" +
 	"\x05pulls\x18\x01 \x03(\v2\x19.strata.metastore.v1.PullR\x05pulls\"X\n" +
 	"\x04Pull\x12\x12\n" +
@@ -3055,7 +3153,7 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\vApplyResult\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x01 \x01(\tR\terrorCode\x12!\n" +
-	"\ferror_detail\x18\x02 \x01(\tR\verrorDetail\"\x9f\x02\n" +
+	"\ferror_detail\x18\x02 \x01(\tR\verrorDetail\"\xd9\x02\n" +
 	"\n" +
 	"Repository\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
@@ -3063,7 +3161,8 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\x0etag_mutability\x18\x03 \x01(\tR\rtagMutability\x123\n" +
 	"\x15mutability_exclusions\x18\x04 \x03(\tR\x14mutabilityExclusions\x12)\n" +
 	"\x10lifecycle_policy\x18\x05 \x01(\tR\x0flifecyclePolicy\x12J\n" +
-	"\"lifecycle_policy_updated_unix_nano\x18\x06 \x01(\x03R\x1elifecyclePolicyUpdatedUnixNano\"\xa7\x01\n" +
+	"\"lifecycle_policy_updated_unix_nano\x18\x06 \x01(\x03R\x1elifecyclePolicyUpdatedUnixNano\x128\n" +
+	"\x18lifecycle_preview_policy\x18\a \x01(\tR\x16lifecyclePreviewPolicy\"\xa7\x01\n" +
 	"\n" +
 	"Descriptor\x12\x1d\n" +
 	"\n" +
@@ -3071,7 +3170,11 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04size\x18\x03 \x01(\x04R\x04size\x12#\n" +
 	"\rartifact_type\x18\x04 \x01(\tR\fartifactType\x12)\n" +
-	"\x10annotations_json\x18\x05 \x01(\fR\x0fannotationsJsonB9Z7github.com/strata-registry/strata/metastore/metastorepbb\x06proto3"
+	"\x10annotations_json\x18\x05 \x01(\fR\x0fannotationsJson\"\x82\x01\n" +
+	"\x10CreateRepository\x12\x12\n" +
+	"\x04repo\x18\x01 \x01(\tR\x04repo\x12%\n" +
+	"\x0etag_mutability\x18\x02 \x01(\tR\rtagMutability\x123\n" +
+	"\x15mutability_exclusions\x18\x03 \x03(\tR\x14mutabilityExclusionsB9Z7github.com/strata-registry/strata/metastore/metastorepbb\x06proto3"
 
 var (
 	file_metastore_metastorepb_metastore_proto_rawDescOnce sync.Once
@@ -3085,7 +3188,7 @@ func file_metastore_metastorepb_metastore_proto_rawDescGZIP() []byte {
 	return file_metastore_metastorepb_metastore_proto_rawDescData
 }
 
-var file_metastore_metastorepb_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_metastore_metastorepb_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
 var file_metastore_metastorepb_metastore_proto_goTypes = []any{
 	(*Command)(nil),             // 0: strata.metastore.v1.Command
 	(*CollectBlob)(nil),         // 1: strata.metastore.v1.CollectBlob
@@ -3123,6 +3226,7 @@ var file_metastore_metastorepb_metastore_proto_goTypes = []any{
 	(*ApplyResult)(nil),         // 33: strata.metastore.v1.ApplyResult
 	(*Repository)(nil),          // 34: strata.metastore.v1.Repository
 	(*Descriptor)(nil),          // 35: strata.metastore.v1.Descriptor
+	(*CreateRepository)(nil),    // 36: strata.metastore.v1.CreateRepository
 }
 var file_metastore_metastorepb_metastore_proto_depIdxs = []int32{
 	24, // 0: strata.metastore.v1.Command.open_upload:type_name -> strata.metastore.v1.OpenUpload
@@ -3144,19 +3248,20 @@ var file_metastore_metastorepb_metastore_proto_depIdxs = []int32{
 	3,  // 16: strata.metastore.v1.Command.delete_repository:type_name -> strata.metastore.v1.DeleteRepository
 	4,  // 17: strata.metastore.v1.Command.set_repository_policy:type_name -> strata.metastore.v1.SetRepositoryPolicy
 	5,  // 18: strata.metastore.v1.Command.record_pulls:type_name -> strata.metastore.v1.RecordPulls
-	6,  // 19: strata.metastore.v1.RecordPulls.pulls:type_name -> strata.metastore.v1.Pull
-	10, // 20: strata.metastore.v1.RegisterNode.node:type_name -> strata.metastore.v1.NodeRecord
-	33, // 21: strata.metastore.v1.RequestRecord.result:type_name -> strata.metastore.v1.ApplyResult
-	15, // 22: strata.metastore.v1.Segment.shards:type_name -> strata.metastore.v1.ShardRef
-	16, // 23: strata.metastore.v1.BlobLayout.segments:type_name -> strata.metastore.v1.Segment
-	16, // 24: strata.metastore.v1.Upload.segments:type_name -> strata.metastore.v1.Segment
-	16, // 25: strata.metastore.v1.UpdateUpload.segments:type_name -> strata.metastore.v1.Segment
-	16, // 26: strata.metastore.v1.CommitBlob.segments:type_name -> strata.metastore.v1.Segment
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	36, // 19: strata.metastore.v1.Command.create_repository:type_name -> strata.metastore.v1.CreateRepository
+	6,  // 20: strata.metastore.v1.RecordPulls.pulls:type_name -> strata.metastore.v1.Pull
+	10, // 21: strata.metastore.v1.RegisterNode.node:type_name -> strata.metastore.v1.NodeRecord
+	33, // 22: strata.metastore.v1.RequestRecord.result:type_name -> strata.metastore.v1.ApplyResult
+	15, // 23: strata.metastore.v1.Segment.shards:type_name -> strata.metastore.v1.ShardRef
+	16, // 24: strata.metastore.v1.BlobLayout.segments:type_name -> strata.metastore.v1.Segment
+	16, // 25: strata.metastore.v1.Upload.segments:type_name -> strata.metastore.v1.Segment
+	16, // 26: strata.metastore.v1.UpdateUpload.segments:type_name -> strata.metastore.v1.Segment
+	16, // 27: strata.metastore.v1.CommitBlob.segments:type_name -> strata.metastore.v1.Segment
+	28, // [28:28] is the sub-list for method output_type
+	28, // [28:28] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_metastore_metastorepb_metastore_proto_init() }
@@ -3184,6 +3289,7 @@ func file_metastore_metastorepb_metastore_proto_init() {
 		(*Command_DeleteRepository)(nil),
 		(*Command_SetRepositoryPolicy)(nil),
 		(*Command_RecordPulls)(nil),
+		(*Command_CreateRepository)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3191,7 +3297,7 @@ func file_metastore_metastorepb_metastore_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metastore_metastorepb_metastore_proto_rawDesc), len(file_metastore_metastorepb_metastore_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   36,
+			NumMessages:   37,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

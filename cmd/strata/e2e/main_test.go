@@ -28,6 +28,10 @@ var reg *registry
 // runID keeps the repositories of one run apart from those of earlier runs.
 var runID = randomHex(4)
 
+// strataBin is the strata binary the server runs (empty when the tests
+// target a registry given by STRATA_E2E_URL); tests drive its CLI with it.
+var strataBin string
+
 // raceBuild is set by race_test.go when the tests are built with -race; the
 // server is then built with -race too.
 var raceBuild bool
@@ -83,6 +87,7 @@ func testMain(m *testing.M) int {
 			return 1
 		}
 	}
+	strataBin = bin
 	srv, err := startServer(bin, work)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "e2e: starting strata: %v\n", err)
