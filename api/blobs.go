@@ -82,7 +82,7 @@ func (s *Server) deleteBlob(w http.ResponseWriter, r *http.Request, name, ref st
 
 // propose replicates a command, bounded by requestTimeout.
 func (s *Server) propose(ctx context.Context, cmd *pb.Command) error {
-	ctx, cancel := context.WithTimeout(ctx, requestTimeout)
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
 	defer cancel()
 	return s.meta.Propose(ctx, cmd)
 }

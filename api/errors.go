@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -69,6 +70,8 @@ var errorTable = []struct {
 	{cluster.ErrNotLeader, ociCode{"UNAVAILABLE", http.StatusServiceUnavailable}},
 	{cluster.ErrNoLeader, ociCode{"UNAVAILABLE", http.StatusServiceUnavailable}},
 	{cluster.ErrShutdown, ociCode{"UNAVAILABLE", http.StatusServiceUnavailable}},
+	{cluster.ErrUnreachable, ociCode{"UNAVAILABLE", http.StatusServiceUnavailable}},
+	{context.DeadlineExceeded, ociCode{"UNAVAILABLE", http.StatusServiceUnavailable}},
 	{blobstore.ErrWriteQuorum, ociCode{"UNAVAILABLE", http.StatusServiceUnavailable}},
 	{blobstore.ErrNotEnoughNodes, ociCode{"UNAVAILABLE", http.StatusServiceUnavailable}},
 	{blobstore.ErrSegmentUnreadable, ociCode{"UNAVAILABLE", http.StatusServiceUnavailable}},

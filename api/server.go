@@ -44,6 +44,10 @@ type Config struct {
 	// deleted. The config blob and index children are handled the same way
 	// in both modes (config required, children optional).
 	StrictManifests bool
+	// RequestTimeout bounds the metadata work of a request that does not
+	// stream a body (proposals, with their retries through an election).
+	// Default 10s.
+	RequestTimeout time.Duration
 	// AdminRemote lets clients that are not on loopback use the admin API
 	// (/admin/v1/). Off by default until access control lands.
 	AdminRemote bool
@@ -67,6 +71,9 @@ type Server struct {
 
 // New returns a Server over meta and blobs.
 func New(cfg Config, meta Metadata, blobs *blobstore.Store) *Server {
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = defaultRequestTimeout
+	}
 	if cfg.MaxListPage <= 0 {
 		cfg.MaxListPage = 10000
 	}
@@ -231,4 +238,4 @@ func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
 // requestTimeout bounds metadata operations that do not stream a body: long
 // enough to ride out a leader election, short enough that a client behind a
 // minority partition gets its 503 promptly.
-const requestTimeout = 10 * time.Second
+const defaultRequestTimeout = 10 * time.Second

@@ -273,7 +273,7 @@ func (s *Server) discard(segs []*pb.Segment, cause error) {
 		return
 	}
 	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.RequestTimeout)
 		defer cancel()
 		if err := s.blobstore().Delete(ctx, segs); err != nil {
 			s.log.Warn("discarding unreferenced segments", "err", err)

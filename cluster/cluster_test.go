@@ -4,11 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/strata-registry/strata/api"
 	"github.com/strata-registry/strata/cluster"
 	cpb "github.com/strata-registry/strata/cluster/clusterpb"
 	"github.com/strata-registry/strata/cluster/clustertest"
@@ -129,6 +134,23 @@ func TestMinorityPartition(t *testing.T) {
 		if err == nil && tag.Digest != dg(1_000_002) {
 			t.Fatalf("minority node %s served stale tag %s after the majority acknowledged a newer one", n.ID, tag.Digest)
 		}
+	}
+	// An HTTP client of a frontend on the minority side gets 503 with an OCI
+	// error body, and Retry-After.
+	hs := httptest.NewServer(api.New(api.Config{RequestTimeout: 1500 * time.Millisecond}, minority[1].Meta, nil).Handler())
+	defer hs.Close()
+	body := `{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:` +
+		strings.Repeat("a", 64) + `","size":2},"layers":[]}`
+	req, _ := http.NewRequest("PUT", hs.URL+"/v2/r/manifests/latest", strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(b), `"code":"UNAVAILABLE"`) || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("minority frontend answered %d %s", resp.StatusCode, b)
 	}
 	for _, n := range majority {
 		tag, err := n.Meta.Tag(ctxT(t, 10*time.Second), "r", "latest")
@@ -287,4 +309,36 @@ func TestStaleReadsFromFollowers(t *testing.T) {
 		}
 		t.Logf("%s answered a stale read in %v while the leader was down", n.ID, time.Since(start))
 	}
+}
+
+// A member restarted with an empty disk catches up (from a snapshot, as the
+// log was compacted behind it).
+func TestMemberWithEmptyDiskCatchesUp(t *testing.T) {
+	c := clustertest.Start(t, 3, clustertest.Options{SnapshotThreshold: 30, TrailingLogs: 5})
+	var acked []int
+	for i := 0; i < 80; i++ {
+		if err := c.Nodes[0].Meta.Propose(ctxT(t, 10*time.Second), commitBlob("wipe", i)); err != nil {
+			t.Fatal(err)
+		}
+		acked = append(acked, i)
+	}
+	var victim *clustertest.Node
+	for _, n := range c.Nodes {
+		if !n.Raft.IsLeader() {
+			victim = n
+		}
+	}
+	c.Kill(victim)
+	for i := 80; i < 120; i++ {
+		if err := c.Leader().Meta.Propose(ctxT(t, 10*time.Second), commitBlob("wipe", i)); err != nil {
+			t.Fatal(err)
+		}
+		acked = append(acked, i)
+	}
+	if err := c.Leader().Raft.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	c.Rejoin(victim)
+	c.WaitConverged()
+	checkBlobs(t, []*clustertest.Node{victim}, "wipe", acked)
 }

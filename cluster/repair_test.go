@@ -41,6 +41,7 @@ type repairEnv struct {
 	st         *clustertest.Storage
 	front      *cluster.Meta
 	frontPeers *cluster.Peers
+	view       *cluster.StorageView
 	blobs      *blobstore.Store
 	reporter   *cluster.ShardReporter
 	rep        *cluster.Repairer
@@ -97,6 +98,7 @@ func newRepairEnv(t *testing.T, storageNodes, k, m int) *repairEnv {
 	e.reporter = cluster.NewShardReporter(e.front, cluster.ReporterConfig{Rate: 1000})
 	go e.reporter.Run(ctx)
 	view := cluster.NewStorageView(e.front, peers, "", nil, nil)
+	e.view = view
 	cfg := blobstore.Config{K: k, M: m, SegmentSize: repairSegSize, OnShardError: e.reporter.OnShardError}
 	if e.blobs, err = view.NewStore(cfg); err != nil {
 		t.Fatal(err)
@@ -186,9 +188,27 @@ func (e *repairEnv) push(seed uint64, sizes ...int) {
 	}
 }
 
-// readAll reads every blob back through the frontend and compares digests.
+// readAll reads every blob back through the frontend and compares digests,
+// once the frontend's view of the storage nodes (refreshed every second)
+// has caught up with the registry.
 func (e *repairEnv) readAll(what string) {
 	e.t.Helper()
+	waitFor(e.t, 10*time.Second, "the frontend's view of the storage nodes", func() string {
+		recs, err := e.leader.Store.Nodes()
+		if err != nil {
+			return err.Error()
+		}
+		known := map[string]bool{}
+		for _, nd := range e.view.Nodes() {
+			known[nd.Info.ID] = true
+		}
+		for _, rec := range recs {
+			if slices.Contains(rec.Roles, cluster.RoleStorage) && (rec.State == metastore.NodeAlive || rec.State == metastore.NodeDraining) && !known[rec.Id] {
+				return rec.Id + " unknown to the frontend"
+			}
+		}
+		return ""
+	})
 	for _, dgst := range e.order {
 		l, err := e.front.Blob(e.ctx, dgst)
 		if err != nil {

@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -182,6 +183,35 @@ func (c *Cluster) Restart(n *Node) {
 			n.peers.SetSeeds([]string{o.GRPCAddr})
 			break
 		}
+	}
+}
+
+// Rejoin restarts a killed node with an empty disk: the same id and
+// addresses, no state; it joins again and must catch up from the others.
+func (c *Cluster) Rejoin(n *Node) {
+	c.t.Helper()
+	if err := os.RemoveAll(n.Dir); err != nil {
+		c.t.Fatal(err)
+	}
+	var seed string
+	for _, o := range c.all() {
+		if o != n && o.Up() {
+			seed = o.GRPCAddr
+			break
+		}
+	}
+	c.start(n, false, seed)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for {
+		err := cluster.Join(ctx, n.Meta, c.record(n))
+		if err == nil {
+			return
+		}
+		if ctx.Err() != nil {
+			c.t.Fatalf("rejoin %s: %v", n.ID, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
