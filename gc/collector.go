@@ -42,6 +42,9 @@ type CollectorConfig struct {
 	SweepEvery int
 	// Batch bounds the work items read at a time. Default 256.
 	Batch int
+	// Parallel bounds the proposals and shard deletions in flight at once.
+	// Default 32.
+	Parallel int
 }
 
 func (c CollectorConfig) withDefaults() CollectorConfig {
@@ -67,6 +70,9 @@ func (c CollectorConfig) withDefaults() CollectorConfig {
 	}
 	if c.Batch == 0 {
 		c.Batch = 256
+	}
+	if c.Parallel == 0 {
+		c.Parallel = 32
 	}
 	return c
 }
@@ -195,8 +201,11 @@ func (c *Collector) RunOnce(ctx context.Context, grace time.Duration, sweep bool
 
 func (c *Collector) run(ctx context.Context, grace time.Duration, sweep bool) error {
 	var errs []error
+	var errMu sync.Mutex
 	now := time.Now()
 	fail := func(err error) {
+		errMu.Lock()
+		defer errMu.Unlock()
 		errs = append(errs, err)
 		c.update(func(s *Stats) { s.Errors++ })
 		c.m.errors.Inc()
@@ -225,30 +234,47 @@ func (c *Collector) run(ctx context.Context, grace time.Duration, sweep bool) er
 		if err != nil {
 			return err
 		}
-		progress := false
+		var (
+			progress bool
+			pmu      sync.Mutex
+			wg       sync.WaitGroup
+			sem      = make(chan struct{}, c.cfg.Parallel)
+		)
 		for _, cand := range cands {
-			if refused[cand.Digest] {
+			pmu.Lock()
+			skip := refused[cand.Digest]
+			pmu.Unlock()
+			if skip {
 				continue
 			}
-			var size uint64
-			if l, err := c.store.Blob(cand.Digest); err == nil {
-				size = l.Size
-			}
-			err := c.meta.Propose(ctx, &pb.Command{Op: &pb.Command_CollectBlob{CollectBlob: &pb.CollectBlob{
-				Digest: cand.Digest, CutoffUnixNano: cutoff}}})
-			switch {
-			case err == nil:
-				progress = true
-				c.update(func(s *Stats) { s.BlobsCollected++; s.BytesReclaimed += size })
-				c.m.blobs.Inc()
-				c.m.bytes.Add(float64(size))
-			case errors.Is(err, metastore.ErrBlobInUse), errors.Is(err, metastore.ErrBlobUnknown):
-				refused[cand.Digest] = true // a push got there first
-			default:
-				refused[cand.Digest] = true
-				fail(fmt.Errorf("collect %s: %w", cand.Digest, err))
-			}
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() { // concurrent proposals share Raft's batched fsyncs
+				defer wg.Done()
+				defer func() { <-sem }()
+				var size uint64
+				if l, err := c.store.Blob(cand.Digest); err == nil {
+					size = l.Size
+				}
+				err := c.meta.Propose(ctx, &pb.Command{Op: &pb.Command_CollectBlob{CollectBlob: &pb.CollectBlob{
+					Digest: cand.Digest, CutoffUnixNano: cutoff}}})
+				pmu.Lock()
+				defer pmu.Unlock()
+				switch {
+				case err == nil:
+					progress = true
+					c.update(func(s *Stats) { s.BlobsCollected++; s.BytesReclaimed += size })
+					c.m.blobs.Inc()
+					c.m.bytes.Add(float64(size))
+				case errors.Is(err, metastore.ErrBlobInUse), errors.Is(err, metastore.ErrBlobUnknown):
+					refused[cand.Digest] = true // a push got there first
+				default:
+					refused[cand.Digest] = true
+					fail(fmt.Errorf("collect %s: %w", cand.Digest, err))
+				}
+			}()
 		}
+		wg.Wait()
 		if !progress {
 			break
 		}
@@ -266,14 +292,29 @@ func (c *Collector) run(ctx context.Context, grace time.Duration, sweep bool) er
 			break
 		}
 		after = orphans[len(orphans)-1].Id
-		var done []string
+		var (
+			done []string
+			dmu  sync.Mutex
+			wg   sync.WaitGroup
+			sem  = make(chan struct{}, c.cfg.Parallel)
+		)
 		for _, seg := range orphans {
-			if err := c.deleteSegment(ctx, seg); err != nil {
-				fail(err)
-				continue
-			}
-			done = append(done, seg.Id)
+			sem <- struct{}{}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				err := c.deleteSegment(ctx, seg)
+				dmu.Lock()
+				defer dmu.Unlock()
+				if err != nil {
+					fail(err)
+					return
+				}
+				done = append(done, seg.Id)
+			}()
 		}
+		wg.Wait()
 		if len(done) > 0 {
 			if err := c.meta.Propose(ctx, &pb.Command{Op: &pb.Command_DropOrphans{DropOrphans: &pb.DropOrphans{SegmentIds: done}}}); err != nil {
 				fail(fmt.Errorf("drop orphans: %w", err))
