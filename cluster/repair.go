@@ -25,6 +25,7 @@ const (
 	DefaultRepairConcurrency    = 4
 	DefaultRepairInterval       = 5 * time.Second
 	DefaultRepairSegmentTimeout = 5 * time.Minute
+	DefaultRepairDeleteGrace    = time.Minute
 )
 
 // RepairConfig configures a Repairer. Zero fields take the defaults.
@@ -48,6 +49,12 @@ type RepairConfig struct {
 	Interval time.Duration
 	// SegmentTimeout bounds the repair of one segment (default 5m).
 	SegmentTimeout time.Duration
+	// DeleteGrace is how long the old copy of a moved shard stays on its
+	// node after the move is recorded, so that reads that loaded the layout
+	// before the move still find it (default 1m; negative: delete at once).
+	// A copy whose deletion a leader change interrupts is an orphan for the
+	// storage sweep.
+	DeleteGrace time.Duration
 	// Registerer, if set, receives the repairer's Prometheus metrics.
 	Registerer prometheus.Registerer
 	Log        *slog.Logger
@@ -84,6 +91,7 @@ type Repairer struct {
 	backoff  map[string]backoffEntry
 	viewKey  string // the placeable nodes the backoffs were decided under
 	lastErr  string
+	deletes  []oldCopy // old copies of moved shards, deleted after DeleteGrace
 
 	running                             atomic.Bool
 	segments, rebuilt, moved, failures  atomic.Int64
@@ -91,6 +99,14 @@ type Repairer struct {
 	queueLen, pending, active, lastPass atomic.Int64
 
 	m *repairMetrics
+}
+
+// oldCopy is the copy of a moved shard left on its old node.
+type oldCopy struct {
+	due   time.Time
+	node  string
+	store blobstore.ShardStore
+	id    blobstore.ShardID
 }
 
 type backoffEntry struct {
@@ -114,6 +130,12 @@ func NewRepairer(meta *Meta, cfg RepairConfig) (*Repairer, error) {
 	}
 	if cfg.SegmentTimeout <= 0 {
 		cfg.SegmentTimeout = DefaultRepairSegmentTimeout
+	}
+	switch {
+	case cfg.DeleteGrace == 0:
+		cfg.DeleteGrace = DefaultRepairDeleteGrace
+	case cfg.DeleteGrace < 0:
+		cfg.DeleteGrace = 0
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
@@ -146,10 +168,11 @@ func (r *Repairer) Run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			return
+			return // copies not deleted yet are orphans for the storage sweep
 		case <-t.C:
 		case <-r.kick:
 		}
+		r.deleteOldCopies(ctx)
 		wait := r.cfg.Interval
 		if r.meta.node.IsLeader() {
 			if !r.running.Swap(true) {
@@ -574,9 +597,7 @@ func (r *Repairer) repairSegment(ctx context.Context, view *repairView, segID st
 		r.log.Debug("repair: shard replaced", "segment", seg.Id, "index", rep.Index, "from", rep.OldNode, "to", rep.NewNode, "moved", rep.Moved)
 		if rep.OldNode != "" && rep.OldNode != rep.NewNode {
 			if e, ok := view.byID[rep.OldNode]; ok && e.store != nil {
-				dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
-				_ = e.store.Delete(dctx, blobstore.ShardID{Segment: seg.Id, Index: rep.Index}) // best effort: an orphan otherwise
-				dcancel()
+				r.deleteLater(rep.OldNode, e.store, blobstore.ShardID{Segment: seg.Id, Index: rep.Index})
 			}
 		}
 	}
@@ -588,6 +609,41 @@ func (r *Repairer) repairSegment(ctx context.Context, view *repairView, segID st
 		return replaced, false
 	}
 	return replaced, true
+}
+
+// deleteLater schedules the deletion of a moved shard's old copy.
+func (r *Repairer) deleteLater(node string, store blobstore.ShardStore, id blobstore.ShardID) {
+	r.mu.Lock()
+	r.deletes = append(r.deletes, oldCopy{due: time.Now().Add(r.cfg.DeleteGrace), node: node, store: store, id: id})
+	r.mu.Unlock()
+	if r.cfg.DeleteGrace == 0 {
+		r.Kick()
+	}
+}
+
+// deleteOldCopies deletes the old copies that are due, best effort: one
+// that cannot be deleted is an orphan for the storage sweep.
+func (r *Repairer) deleteOldCopies(ctx context.Context) {
+	now := time.Now()
+	r.mu.Lock()
+	var due []oldCopy
+	keep := r.deletes[:0]
+	for _, d := range r.deletes {
+		if !now.Before(d.due) {
+			due = append(due, d)
+		} else {
+			keep = append(keep, d)
+		}
+	}
+	r.deletes = keep
+	r.mu.Unlock()
+	for _, d := range due {
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if err := d.store.Delete(dctx, d.id); err != nil {
+			r.log.Debug("repair: deleting a moved shard's old copy", "node", d.node, "shard", d.id, "err", err)
+		}
+		cancel()
+	}
 }
 
 // classify returns the shards of seg to rebuild, and how many shards could

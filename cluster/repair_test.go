@@ -105,7 +105,8 @@ func newRepairEnv(t *testing.T, storageNodes, k, m int) *repairEnv {
 	}
 	go view.Run(ctx, cfg, func(*blobstore.Store) {})
 
-	if e.rep, err = cluster.NewRepairer(e.leader.Meta, cluster.RepairConfig{Peers: e.st.Peers, Interval: 50 * time.Millisecond}); err != nil {
+	if e.rep, err = cluster.NewRepairer(e.leader.Meta, cluster.RepairConfig{Peers: e.st.Peers, Interval: 50 * time.Millisecond,
+		DeleteGrace: 300 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
 	e.leader.Service.SetRepairer(e.rep)
@@ -516,9 +517,14 @@ func testRepair(t *testing.T, nodes, k, m int) {
 	// move only if the node was once declared dead meanwhile, which a slow
 	// run with this short dead-after may do: the shard was then rebuilt
 	// elsewhere and the copy is an orphan for the storage sweep.)
-	infos, err := drain.Local().List(e.ctx, "", 0)
-	if err != nil {
-		t.Fatal(err)
+	var infos []blobstore.ShardInfo
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(50 * time.Millisecond) { // past the grace
+		if infos, err = drain.Local().List(e.ctx, "", 0); err != nil {
+			t.Fatal(err)
+		}
+		if len(infos) == 0 || time.Now().After(deadline) {
+			break
+		}
 	}
 	for _, info := range infos {
 		if ref, err := e.leader.Store.ShardReferenced(drain.ID, info.ID.Segment, info.ID.Index); err != nil || ref {
