@@ -27,7 +27,7 @@ import (
 // Admin is what the admin API needs beyond Metadata: the leader's
 // housekeeping (cluster.Meta implements it).
 type Admin interface {
-	CollectGarbage(ctx context.Context, grace time.Duration, sweep bool) (*cpb.GCStats, error)
+	CollectGarbage(ctx context.Context, grace time.Duration, sweep, async bool) (*cpb.GCStats, error)
 	GCStatus(ctx context.Context) (*cpb.GCStatusResponse, error)
 	Lifecycle(ctx context.Context, repo, policyText string, apply bool) (*cpb.LifecycleResponse, error)
 }
@@ -113,6 +113,7 @@ type adminRequest struct {
 	Force                  bool        `json:"force"`
 	GraceSeconds           *float64    `json:"graceSeconds"`
 	Sweep                  bool        `json:"sweep"`
+	Wait                   bool        `json:"wait"`
 	MaxResults             int         `json:"maxResults"`
 	NextToken              string      `json:"nextToken"`
 }
@@ -333,7 +334,7 @@ func (s *Server) adminOp(r *http.Request, op string) (any, error) {
 			}
 			grace = time.Duration(*req.GraceSeconds * float64(time.Second))
 		}
-		return admin.CollectGarbage(ctx, grace, req.Sweep)
+		return admin.CollectGarbage(ctx, grace, req.Sweep, !req.Wait)
 	case "GetGarbageCollectionStatus":
 		if admin == nil {
 			return nil, adminErr("ServerException", 500, "this frontend cannot reach the garbage collector")

@@ -52,7 +52,7 @@ func (s *Service) CollectGarbage(ctx context.Context, req *cpb.CollectGarbageReq
 		var resp *cpb.GCStats
 		err := s.forward(ctx, req.Hops, func(c cpb.ClusterClient) error {
 			var err error
-			resp, err = c.CollectGarbage(ctx, &cpb.CollectGarbageRequest{GraceMs: req.GraceMs, Sweep: req.Sweep, Hops: req.Hops + 1})
+			resp, err = c.CollectGarbage(ctx, &cpb.CollectGarbageRequest{GraceMs: req.GraceMs, Sweep: req.Sweep, Async: req.Async, Hops: req.Hops + 1})
 			return err
 		})
 		return resp, err
@@ -64,6 +64,16 @@ func (s *Service) CollectGarbage(ctx context.Context, req *cpb.CollectGarbageReq
 	grace := time.Duration(req.GraceMs) * time.Millisecond
 	if req.GraceMs < 0 {
 		grace = m.Collector.Grace()
+	}
+	if req.Async {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 24*time.Hour)
+			defer cancel()
+			if _, err := m.Collector.RunOnce(ctx, grace, req.Sweep); err != nil {
+				s.log.Warn("garbage collection run", "err", err)
+			}
+		}()
+		return &cpb.GCStats{StartedUnixNano: time.Now().UnixNano(), Phase: "started"}, nil
 	}
 	st, err := m.Collector.RunOnce(ctx, grace, req.Sweep)
 	return gcStats(st, err), nil
@@ -146,7 +156,7 @@ func (s *Service) Lifecycle(ctx context.Context, req *cpb.LifecycleRequest) (*cp
 
 // CollectGarbage runs the garbage collector on the leader now; grace < 0
 // uses the collector's own.
-func (m *Meta) CollectGarbage(ctx context.Context, grace time.Duration, sweep bool) (*cpb.GCStats, error) {
+func (m *Meta) CollectGarbage(ctx context.Context, grace time.Duration, sweep, async bool) (*cpb.GCStats, error) {
 	ms := grace.Milliseconds()
 	if grace < 0 {
 		ms = -1
@@ -157,7 +167,7 @@ func (m *Meta) CollectGarbage(ctx context.Context, grace time.Duration, sweep bo
 		if err != nil {
 			return err
 		}
-		out, err = c.CollectGarbage(ctx, &cpb.CollectGarbageRequest{GraceMs: ms, Sweep: sweep})
+		out, err = c.CollectGarbage(ctx, &cpb.CollectGarbageRequest{GraceMs: ms, Sweep: sweep, Async: async})
 		return fromStatus(err)
 	})
 	return out, err

@@ -539,6 +539,7 @@ type CollectGarbageRequest struct {
 	GraceMs       int64                  `protobuf:"varint,1,opt,name=grace_ms,json=graceMs,proto3" json:"grace_ms,omitempty"` // < 0: the collector's configured grace
 	Sweep         bool                   `protobuf:"varint,2,opt,name=sweep,proto3" json:"sweep,omitempty"`                    // also sweep storage nodes for unrecorded shards
 	Hops          uint32                 `protobuf:"varint,3,opt,name=hops,proto3" json:"hops,omitempty"`
+	Async         bool                   `protobuf:"varint,4,opt,name=async,proto3" json:"async,omitempty"` // start the run and answer at once (phase "started")
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -592,6 +593,13 @@ func (x *CollectGarbageRequest) GetHops() uint32 {
 		return x.Hops
 	}
 	return 0
+}
+
+func (x *CollectGarbageRequest) GetAsync() bool {
+	if x != nil {
+		return x.Async
+	}
+	return false
 }
 
 type GCStats struct {
@@ -1968,11 +1976,12 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"\x04tags\x18\x02 \x03(\tR\x04tags\x12(\n" +
 	"\x10pushed_unix_nano\x18\x03 \x01(\x03R\x0epushedUnixNano\x121\n" +
 	"\x15last_pulled_unix_nano\x18\x04 \x01(\x03R\x12lastPulledUnixNano\x12\x18\n" +
-	"\asubject\x18\x05 \x01(\tR\asubject\"\\\n" +
+	"\asubject\x18\x05 \x01(\tR\asubject\"r\n" +
 	"\x15CollectGarbageRequest\x12\x19\n" +
 	"\bgrace_ms\x18\x01 \x01(\x03R\agraceMs\x12\x14\n" +
 	"\x05sweep\x18\x02 \x01(\bR\x05sweep\x12\x12\n" +
-	"\x04hops\x18\x03 \x01(\rR\x04hops\"\xe7\x02\n" +
+	"\x04hops\x18\x03 \x01(\rR\x04hops\x12\x14\n" +
+	"\x05async\x18\x04 \x01(\bR\x05async\"\xe7\x02\n" +
 	"\aGCStats\x12*\n" +
 	"\x11started_unix_nano\x18\x01 \x01(\x03R\x0fstartedUnixNano\x12\x1f\n" +
 	"\vduration_ms\x18\x02 \x01(\x03R\n" +

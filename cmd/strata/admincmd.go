@@ -203,21 +203,21 @@ a collection fails with MANIFEST_BLOB_UNKNOWN and the client uploads again.`,
 	}
 	a.bind(cmd)
 	var grace time.Duration
-	var sweep, asJSON bool
+	var sweep, asJSON, wait bool
 	run := &cobra.Command{
 		Use:   "run",
-		Short: "Collect now and wait for the run to finish (with progress on stderr)",
-		Example: `  strata gc run
-  strata gc run --grace 0s --sweep --server http://127.0.0.1:5000`,
+		Short: "Start a collection now; with --wait, wait for it (progress on stderr) and print what it did",
+		Example: `  strata gc run --wait
+  strata gc run --grace 0s --sweep --wait --server http://127.0.0.1:5000`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := map[string]any{"sweep": sweep}
+			req := map[string]any{"sweep": sweep, "wait": wait}
 			if cmd.Flags().Changed("grace") {
 				req["graceSeconds"] = grace.Seconds()
 			}
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
-			tty := isTerminal(os.Stderr)
+			tty := wait && isTerminal(os.Stderr)
 			go func() { // progress while the run goes on
 				if !tty {
 					return
@@ -251,6 +251,10 @@ a collection fails with MANIFEST_BLOB_UNKNOWN and the client uploads again.`,
 			if asJSON {
 				return printJSON(out)
 			}
+			if !wait {
+				fmt.Println("garbage collection started on the leader; follow it with: strata gc status")
+				return nil
+			}
 			fmt.Println(out.String())
 			if out.Error != "" {
 				return fmt.Errorf("the run had errors (retried next run): %s", out.Error)
@@ -261,6 +265,7 @@ a collection fails with MANIFEST_BLOB_UNKNOWN and the client uploads again.`,
 	run.Flags().DurationVar(&grace, "grace", 0, "collect blobs unreferenced for longer than this (default: the server's --gc-grace)")
 	run.Flags().BoolVar(&sweep, "sweep", false, "also list every storage node and delete shards nothing records (older than the sweep's safety age)")
 	run.Flags().BoolVar(&asJSON, "json", false, "print the run's statistics as JSON")
+	run.Flags().BoolVar(&wait, "wait", false, "wait for the run to finish, showing progress")
 	status := &cobra.Command{
 		Use: "status", Short: "Show the run in progress, the last run and what is pending", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {

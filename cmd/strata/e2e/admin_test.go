@@ -77,7 +77,7 @@ func TestAdminLifecycleImmutabilityAndGC(t *testing.T) {
 		BytesReclaimed uint64 `json:"bytes_reclaimed"`
 		Error          string `json:"error"`
 	}
-	if err := json.Unmarshal(strata.run("gc", "run", "--grace", "0s", "--json", server), &st); err != nil {
+	if err := json.Unmarshal(strata.run("gc", "run", "--grace", "0s", "--wait", "--json", server), &st); err != nil {
 		t.Fatal(err)
 	}
 	if st.BlobsCollected < 6 || st.BytesReclaimed == 0 || st.Error != "" {
