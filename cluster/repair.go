@@ -210,16 +210,16 @@ func (r *Repairer) Pass(ctx context.Context) PassResult {
 	}
 	st := r.meta.store
 	var (
-		mu   sync.Mutex
-		wg   sync.WaitGroup
-		sem  = make(chan struct{}, r.cfg.Concurrency)
-		seen = map[string]bool{}
+		mu  sync.Mutex
+		wg  sync.WaitGroup
+		sem = make(chan struct{}, r.cfg.Concurrency)
 	)
+	// A segment met twice in a pass (on two dead nodes, or also queued) is
+	// not repaired twice: its first repair took it off the shard index of
+	// the nodes and off the queue, a running repair claims it, and a failed
+	// one waits out its backoff. So nothing per segment is kept here, and a
+	// pass over millions of shards needs no memory for them.
 	submit := func(segID string, fromQueue bool) bool {
-		if seen[segID] {
-			return true
-		}
-		seen[segID] = true
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
