@@ -101,6 +101,7 @@ image: ## Build images strata:dev and strata-lb:dev (FROM scratch, static binari
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(IMAGE_BUILD_DIR)/strata-lb ./deploy/lb
 	$(DOCKER) build -q -f deploy/Dockerfile -t strata:dev -t strata:$(IMAGE_TAG) $(IMAGE_BUILD_DIR)
 	$(DOCKER) build -q -f deploy/lb/Dockerfile -t strata-lb:dev -t strata-lb:$(IMAGE_TAG) $(IMAGE_BUILD_DIR)
+	$(DOCKER) image prune -f --filter label=io.strata-registry.image >/dev/null
 
 .PHONY: compose-test
 compose-test: image ## deploy/compose.yaml end to end: push/pull through the lb, stop 1 meta + 2 storage, push/pull again
@@ -113,6 +114,19 @@ fuzz: ## Run every Fuzz* target in the repo for FUZZTIME each (default 30s)
 .PHONY: bench
 bench: ## Run benchmarks (go test -run XXX -bench . -benchmem ./...; BENCH=regexp narrows)
 	$(TEST_ENV) $(GO) test -run XXX -bench '$(BENCH)' -benchmem ./...
+
+# strata bench against a running registry: BENCH_URL (default: the `make run`
+# server), BENCH_ARGS for more flags (e.g. --scenario pull-herd --duration 30s).
+BENCH_URL  ?= http://127.0.0.1:5000
+BENCH_ARGS ?= --scenario all
+
+.PHONY: bench-load
+bench-load: build ## Load-test a running registry with strata bench (BENCH_URL, BENCH_ARGS)
+	$(STRATA) bench --url $(BENCH_URL) --summary $(BENCH_ARGS)
+
+.PHONY: bench-compare
+bench-compare: build ## Strata (--dev and a 4+2 dev cluster) next to CNCF Distribution v3.1.2: a table of ratios (~15 min)
+	STRATA_BIN=$(STRATA) $(CURDIR)/deploy/scripts/bench-compare.sh
 
 .PHONY: generate
 generate: tools ## Regenerate protobuf/gRPC code from every *.proto (paths=source_relative)
