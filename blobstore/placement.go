@@ -20,6 +20,9 @@ type NodeInfo struct {
 	ID   string
 	Zone string // failure zone (rack, room, site); nodes with the same Zone fail together
 	Free uint64 // free bytes; the node's weight
+	// ReadOnly nodes serve the shards they hold but take no new ones (a
+	// node being drained).
+	ReadOnly bool
 }
 
 // Place chooses n distinct nodes for the shards of a segment, in shard

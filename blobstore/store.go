@@ -343,6 +343,9 @@ func (s *Store) writeSegment(ctx context.Context, buf []byte, n int) (*metastore
 	byID := make(map[string]ShardStore, len(nodes))
 	infos := make([]NodeInfo, 0, len(nodes))
 	for _, nd := range nodes {
+		if nd.Info.ReadOnly {
+			continue
+		}
 		byID[nd.Info.ID] = nd.Shards
 		infos = append(infos, nd.Info)
 	}

@@ -140,7 +140,7 @@ func (v *StorageView) refresh(ctx context.Context) error {
 		if r.State == metastore.NodeDead {
 			continue
 		}
-		info := blobstore.NodeInfo{ID: r.Id, Zone: r.Zone}
+		info := blobstore.NodeInfo{ID: r.Id, Zone: r.Zone, ReadOnly: r.State == metastore.NodeDraining}
 		if r.Id == v.selfID && len(v.local) > 0 {
 			nodes = append(nodes, blobstore.Node{Info: info, Shards: v.local[0].Shards})
 			continue

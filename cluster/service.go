@@ -336,7 +336,10 @@ func (s *Service) RunLeaderDuties(ctx context.Context) {
 		}
 		now := time.Now()
 		for _, n := range nodes {
-			if !slices.Contains(n.Roles, RoleStorage) || n.State == metastore.NodeDead || n.State == metastore.NodeDrained {
+			// A draining node stays draining when it goes silent: the
+			// repairer rebuilds what it cannot copy off it, and the drain is
+			// not forgotten should it come back.
+			if !slices.Contains(n.Roles, RoleStorage) || n.State != metastore.NodeAlive {
 				continue
 			}
 			s.mu.Lock()
