@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -16,11 +17,36 @@ import (
 // (each node's Bridge) for a symmetric partition.
 type Bridge struct {
 	net.Listener
+	advertise net.Addr // what peers are told to dial; the listener's address if nil
 
 	mu      sync.Mutex
 	blocked map[raft.ServerAddress]bool
 	conns   map[raft.ServerAddress]map[net.Conn]bool
 }
+
+// Addr is the address peers dial: the advertised one when set.
+func (b *Bridge) Addr() net.Addr {
+	if b.advertise != nil {
+		return b.advertise
+	}
+	return b.Listener.Addr()
+}
+
+// Advertise makes the node known to its peers by addr (host:port, where host
+// may be a DNS name) instead of the address it listens on.
+func (b *Bridge) Advertise(addr string) error {
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("cluster: advertised raft address %q: %w", addr, err)
+	}
+	b.advertise = namedAddr(addr)
+	return nil
+}
+
+// namedAddr is a TCP address that may name its host.
+type namedAddr string
+
+func (a namedAddr) Network() string { return "tcp" }
+func (a namedAddr) String() string  { return string(a) }
 
 // ErrLinkCut is returned when dialling a peer whose link is cut.
 var ErrLinkCut = errors.New("cluster: link cut")

@@ -162,7 +162,7 @@ func (m *Meta) CollectGarbage(ctx context.Context, grace time.Duration, sweep, a
 		ms = -1
 	}
 	var out *cpb.GCStats
-	err := retry(ctx, func(ctx context.Context) error {
+	err := retryEach(ctx, 0, func(ctx context.Context) error {
 		c, err := m.target(ctx)
 		if err != nil {
 			return err
@@ -191,7 +191,7 @@ func (m *Meta) GCStatus(ctx context.Context) (*cpb.GCStatusResponse, error) {
 // leader; policyText overrides the repository's own for a preview.
 func (m *Meta) Lifecycle(ctx context.Context, repo, policyText string, apply bool) (*cpb.LifecycleResponse, error) {
 	var out *cpb.LifecycleResponse
-	err := retry(ctx, func(ctx context.Context) error {
+	err := retryEach(ctx, 0, func(ctx context.Context) error {
 		c, err := m.target(ctx)
 		if err != nil {
 			return err

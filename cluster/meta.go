@@ -95,12 +95,20 @@ func newRequestID() string {
 // retriable reports errors that a retry after a short wait may clear: no
 // leader, a leader change, an unreachable peer.
 func retriable(err error) bool {
-	return errors.Is(err, ErrNotLeader) || errors.Is(err, ErrNoLeader) || errors.Is(err, ErrUnreachable)
+	return errors.Is(err, ErrNotLeader) || errors.Is(err, ErrNoLeader) || errors.Is(err, ErrUnreachable) ||
+		errors.Is(err, context.DeadlineExceeded)
 }
 
-// retry runs op until it succeeds, fails for good, or ctx ends. Without a
-// deadline in ctx it gives up after defaultRetryFor.
+// retry runs op until it succeeds, fails for good, or ctx ends, giving each
+// attempt at most attemptTimeout. Without a deadline in ctx it gives up
+// after defaultRetryFor.
 func retry(ctx context.Context, op func(ctx context.Context) error) error {
+	return retryEach(ctx, attemptTimeout, op)
+}
+
+// retryEach is retry with a chosen bound per attempt (0: none, for calls
+// that legitimately run long, such as a garbage collection).
+func retryEach(ctx context.Context, each time.Duration, op func(ctx context.Context) error) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, defaultRetryFor)
@@ -108,8 +116,17 @@ func retry(ctx context.Context, op func(ctx context.Context) error) error {
 	}
 	wait := 20 * time.Millisecond
 	for {
-		err := op(ctx)
-		if err == nil || !retriable(err) {
+		// Each attempt gets its own bound, so that a peer that vanished
+		// (its connection hangs until the dial times out) costs one attempt,
+		// not the whole budget. Retried proposals keep their request id, so
+		// an attempt that timed out after committing is not applied twice.
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if each > 0 {
+			actx, cancel = context.WithTimeout(ctx, each)
+		}
+		err := op(actx)
+		cancel()
+		if err == nil || !retriable(err) || ctx.Err() != nil {
 			return err
 		}
 		select {
@@ -126,6 +143,10 @@ func retry(ctx context.Context, op func(ctx context.Context) error) error {
 // defaultRetryFor bounds retries through a leader change when the caller
 // set no deadline. Elections here take well under 2 s.
 const defaultRetryFor = 10 * time.Second
+
+// attemptTimeout bounds one attempt of a proposal or read (a forwarded call
+// included).
+const attemptTimeout = 3 * time.Second
 
 // Propose replicates cmd and returns once it is applied: nil, or the
 // metastore error that refused it.

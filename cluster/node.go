@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"net"
 	"errors"
 	"fmt"
 	"io"
@@ -45,6 +46,9 @@ type Config struct {
 	// StreamLayer, if set, carries Raft traffic instead of plain TCP on
 	// RaftAddr (a Bridge, to cut links in tests).
 	StreamLayer raft.StreamLayer
+	// AdvertiseRaftAddr is the address other meta nodes dial (host:port,
+	// the host may be a DNS name); RaftAddr's listener address if empty.
+	AdvertiseRaftAddr string
 	Logger      *slog.Logger
 }
 
@@ -119,16 +123,27 @@ func Open(cfg Config, st *metastore.Store) (*Node, error) {
 		logs.Close()
 		return nil, fmt.Errorf("cluster: snapshot store: %w", err)
 	}
-	var transport *raft.NetworkTransport
-	if cfg.StreamLayer != nil {
-		transport = raft.NewNetworkTransportWithLogger(cfg.StreamLayer, 3, 10*time.Second, rc.Logger)
-	} else {
-		transport, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, nil, 3, 10*time.Second, rc.Logger)
+	stream := cfg.StreamLayer
+	if stream == nil {
+		b, err := NewBridge(cfg.RaftAddr)
 		if err != nil {
 			logs.Close()
 			return nil, fmt.Errorf("cluster: raft transport on %s: %w", cfg.RaftAddr, err)
 		}
+		if cfg.AdvertiseRaftAddr != "" {
+			if err := b.Advertise(cfg.AdvertiseRaftAddr); err != nil {
+				b.Close()
+				logs.Close()
+				return nil, err
+			}
+		} else if tcp, ok := b.Listener.Addr().(*net.TCPAddr); ok && tcp.IP.IsUnspecified() {
+			b.Close()
+			logs.Close()
+			return nil, fmt.Errorf("cluster: raft listens on %s: give --advertise-raft-addr, the address peers can dial", cfg.RaftAddr)
+		}
+		stream = b
 	}
+	transport := raft.NewNetworkTransportWithLogger(stream, 3, 10*time.Second, rc.Logger)
 	r, err := raft.NewRaft(rc, &fsm{st: st}, logs, logs, snaps, transport)
 	if err != nil {
 		transport.Close()

@@ -19,6 +19,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 
@@ -55,6 +56,8 @@ type serveOptions struct {
 	tlsKey          string
 	tlsCA           string
 	logLevel        string
+
+	advGRPC, advRaft, advHTTP, metricsAddr string
 
 	gcGrace, gcInterval, uploadIdle, lifecycleInterval time.Duration
 	adminRemote                                        bool
@@ -132,6 +135,10 @@ flags win over the environment, which wins over the file.`,
 	f.DurationVar(&o.uploadIdle, "upload-idle", 24*time.Hour, "an upload session untouched this long is cancelled and its space reclaimed")
 	f.DurationVar(&o.lifecycleInterval, "lifecycle-interval", 10*time.Minute, "how often the leader applies every repository's lifecycle policy")
 	f.BoolVar(&o.adminRemote, "admin-remote", false, "serve the admin API (/admin/v1/) to clients that are not on loopback")
+	f.StringVar(&o.advGRPC, "advertise-grpc-addr", "", "gRPC address other nodes dial (host:port; default: the --grpc-addr listener's)")
+	f.StringVar(&o.advRaft, "advertise-raft-addr", "", "Raft address other meta nodes dial (host:port, host may be a DNS name; default: the --raft-addr listener's)")
+	f.StringVar(&o.advHTTP, "advertise-http-addr", "", "HTTP address recorded for this frontend (default: the --http-addr listener's)")
+	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics and /healthz on this address too (for nodes without the api role)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }
@@ -240,7 +247,23 @@ func serve(ctx context.Context, o *serveOptions) error {
 	if err != nil {
 		return fmt.Errorf("--grpc-addr: %w", err)
 	}
-	self := &pb.NodeRecord{Id: nodeID, GrpcAddr: gln.Addr().String(), Roles: o.roles, Zone: o.zone}
+	grpcAdv, err := advertised(gln.Addr(), o.advGRPC, "--advertise-grpc-addr")
+	if err != nil {
+		return err
+	}
+	self := &pb.NodeRecord{Id: nodeID, GrpcAddr: grpcAdv, Roles: o.roles, Zone: o.zone}
+	if o.metricsAddr != "" {
+		mln, err := net.Listen("tcp", o.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics-addr: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go ms.Serve(mln)
+		defer ms.Close()
+	}
 
 	// Storage first: it has nothing to recover.
 	var local []blobstore.Node
@@ -285,7 +308,7 @@ func serve(ctx context.Context, o *serveOptions) error {
 		}
 		defer st.Close()
 		node, err := cluster.Open(cluster.Config{
-			NodeID: nodeID, Dir: filepath.Join(o.dataDir, "meta", "raft"), RaftAddr: o.raftAddr,
+			NodeID: nodeID, Dir: filepath.Join(o.dataDir, "meta", "raft"), RaftAddr: o.raftAddr, AdvertiseRaftAddr: o.advRaft,
 			Bootstrap: len(o.join) == 0, Logger: log,
 		}, st)
 		if err != nil {
@@ -338,7 +361,14 @@ func serve(ctx context.Context, o *serveOptions) error {
 		if hln, err = net.Listen("tcp", o.httpAddr); err != nil {
 			return fmt.Errorf("--http-addr: %w", err)
 		}
-		self.HttpAddr = hln.Addr().String()
+		if self.HttpAddr, err = advertised(hln.Addr(), o.advHTTP, "--advertise-http-addr"); err != nil && o.advHTTP == "" {
+			// The HTTP address is informational (status, cluster.json):
+			// a wildcard bind is recorded as it is.
+			self.HttpAddr, err = hln.Addr().String(), nil
+		}
+		if err != nil {
+			return err
+		}
 	}
 	if err := joinCluster(ctx, o, meta, svc, self, log); err != nil {
 		return err
@@ -454,4 +484,19 @@ func serveHTTP(ctx context.Context, o *serveOptions, ln net.Listener, meta *clus
 		log.Warn("http shutdown", "err", err)
 	}
 	return nil
+}
+
+// advertised is the address other nodes are given: the flag's when set,
+// else the listener's, which must then not be a wildcard address.
+func advertised(ln net.Addr, flag, name string) (string, error) {
+	if flag != "" {
+		if _, _, err := net.SplitHostPort(flag); err != nil {
+			return "", fmt.Errorf("%s %q: %w", name, flag, err)
+		}
+		return flag, nil
+	}
+	if tcp, ok := ln.(*net.TCPAddr); ok && tcp.IP.IsUnspecified() {
+		return "", fmt.Errorf("listening on %s: give %s, the address other nodes can dial", ln, name)
+	}
+	return ln.String(), nil
 }
