@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	cpb "github.com/strata-registry/strata/cluster/clusterpb"
@@ -152,6 +154,10 @@ func (s *Service) Remove(ctx context.Context, req *cpb.RemoveRequest) (*cpb.Remo
 			return err
 		})
 		return &cpb.RemoveResponse{}, err
+	}
+	if n, err := s.meta.store.CountShardsOnNode(req.Id); err == nil && n > 0 {
+		return nil, status.Errorf(codes.FailedPrecondition,
+			"%s still holds %d shards: drain it (strata node drain %s --wait) or let repair move them first", req.Id, n, req.Id)
 	}
 	if err := s.meta.node.RemoveServer(ctx, req.Id); err != nil {
 		return nil, toStatus(err)

@@ -727,6 +727,21 @@ func (t *txn) removeNode(c *pb.RemoveNode) error {
 	} else if !ok {
 		return fmt.Errorf("%w: %s", ErrNodeUnknown, c.Id)
 	}
+	// A storage node that the layouts still place shards on stays until
+	// repair or a drain has moved them: removing it would hide them from
+	// the repairer.
+	pfx := nodeShardPrefix(c.Id)
+	it, err := t.b.NewIter(&pebble.IterOptions{LowerBound: pfx, UpperBound: prefixEnd(pfx)})
+	if err != nil {
+		return err
+	}
+	holds := it.First()
+	if err := it.Close(); err != nil {
+		return err
+	}
+	if holds {
+		return fmt.Errorf("%w: %s still holds shards; drain it (strata node drain) or let repair move them first", ErrNodeNotEmpty, c.Id)
+	}
 	return t.del(nodeKey(c.Id))
 }
 

@@ -22,6 +22,7 @@ var (
 	ErrCorrupt             = errors.New("metastore: stored record corrupt")
 	ErrNodeUnknown         = errors.New("metastore: node unknown")
 	ErrShardMoved          = errors.New("metastore: shard is not where the command expected")
+	ErrNodeNotEmpty        = errors.New("metastore: node still holds shards")
 )
 
 var errorCodes = map[string]error{

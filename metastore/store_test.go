@@ -516,6 +516,9 @@ func TestNodeRegistry(t *testing.T) {
 	}
 	h.must(&pb.Command{Op: &pb.Command_RemoveNode{RemoveNode: &pb.RemoveNode{Id: "s2"}}})
 	h.refuse(&pb.Command{Op: &pb.Command_RemoveNode{RemoveNode: &pb.RemoveNode{Id: "s2"}}}, ErrNodeUnknown)
+	// A node the layouts still place shards on cannot be removed.
+	h.must(commitCmd("r", dg(5), 10, ecSeg("held", "s1", "x", "y")))
+	h.refuse(&pb.Command{Op: &pb.Command_RemoveNode{RemoveNode: &pb.RemoveNode{Id: "s1"}}}, ErrNodeNotEmpty)
 	nodes, _ := h.st.Nodes()
 	if len(nodes) != 1 || nodes[0].Id != "s1" {
 		t.Fatalf("nodes %v", nodes)
