@@ -2,11 +2,11 @@ package cluster
 
 import (
 	"context"
-	"net"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -49,7 +49,7 @@ type Config struct {
 	// AdvertiseRaftAddr is the address other meta nodes dial (host:port,
 	// the host may be a DNS name); RaftAddr's listener address if empty.
 	AdvertiseRaftAddr string
-	Logger      *slog.Logger
+	Logger            *slog.Logger
 }
 
 func (c *Config) setDefaults() {
