@@ -76,6 +76,10 @@ type Config struct {
 	// for every shard ReadRange could not use: missing, unreachable or
 	// corrupt. It is the hook that feeds the repair queue.
 	OnShardError func(segmentID string, ref *metastorepb.ShardRef, err error)
+	// Sealer seals and opens segments when a Write or ReadRange names no
+	// sealer of its own (WriteOptions.Sealer, ReadOptions.Sealer). Default
+	// Plain: segments are stored as they are.
+	Sealer Sealer
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -98,6 +102,9 @@ func (c Config) WithDefaults() Config {
 	if c.StragglerTimeout == 0 {
 		c.StragglerTimeout = DefaultStragglerTimeout
 	}
+	if c.Sealer == nil {
+		c.Sealer = Plain
+	}
 	return c
 }
 
@@ -110,6 +117,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("blobstore: erasure geometry %d+%d out of range", c.K, c.M)
 	case c.WriteConcurrency < 1:
 		return fmt.Errorf("blobstore: write concurrency %d < 1", c.WriteConcurrency)
+	case c.Sealer != nil && (c.Sealer.Overhead() < 0 || c.Sealer.Overhead() > MaxSealOverhead):
+		return fmt.Errorf("blobstore: sealer overhead %d out of range 0..%d", c.Sealer.Overhead(), MaxSealOverhead)
 	}
 	return nil
 }
@@ -138,7 +147,6 @@ type Store struct {
 	nodes func() []Node
 	large *erasure.Codec // K+M
 	small *erasure.Codec // 1+M, for segments under SmallBlobThreshold
-	seal  sealer
 
 	codecs sync.Map // [2]int{k, m} -> *erasure.Codec, for reading any geometry
 	bufCap int
@@ -156,7 +164,7 @@ func New(cfg Config, nodes func() []Node) (*Store, error) {
 	if nodes == nil {
 		return nil, errors.New("blobstore: nil node source")
 	}
-	s := &Store{cfg: cfg, nodes: nodes, seal: plainSealer{}}
+	s := &Store{cfg: cfg, nodes: nodes}
 	var err error
 	if s.large, err = s.codec(cfg.K, cfg.M); err != nil {
 		return nil, err
@@ -164,9 +172,10 @@ func New(cfg Config, nodes func() []Node) (*Store, error) {
 	if s.small, err = s.codec(1, cfg.M); err != nil {
 		return nil, err
 	}
-	// A buffer holds a segment, its seal overhead, its zero padding and its
-	// parity, so that sealing and encoding allocate nothing.
-	ov := s.seal.Overhead()
+	// A buffer holds a segment, its seal overhead (room for any sealer's),
+	// its zero padding and its parity, so that sealing and encoding allocate
+	// nothing.
+	ov := MaxSealOverhead
 	s.bufCap = max(cfg.SegmentSize+ov, s.large.EncodedSize(cfg.SegmentSize+ov))
 	if cfg.SmallBlobThreshold > 0 {
 		smallMax := min(cfg.SegmentSize, cfg.SmallBlobThreshold-1)
@@ -221,6 +230,36 @@ func newSegmentID() string {
 // Memory: at most WriteConcurrency+1 segment buffers (each a segment plus its
 // parity) are in use, recycled through a pool.
 func (s *Store) Write(ctx context.Context, r io.Reader, h hash.Hash) ([]*metastorepb.Segment, int64, error) {
+	return s.WriteWith(ctx, r, h, WriteOptions{})
+}
+
+// WriteOptions are the per-call settings of WriteWith.
+type WriteOptions struct {
+	// Sealer seals every segment written; nil means Config.Sealer. For an
+	// encrypted blob: NewAESGCMSealer with the blob's (upload's) data key.
+	Sealer Sealer
+	// Offset is the position in the blob of the first byte read from r: the
+	// upload's offset before this request (0 for a whole blob). Sealers
+	// that bind a segment's position (AESGCMSealer) seal each segment at
+	// Offset plus the bytes before it, and ReadRange must later find it
+	// there, so the segments of a blob must be written with the right
+	// offsets and listed in order.
+	Offset int64
+}
+
+// WriteWith is Write with per-call options: the sealer (the blob's data
+// key) and the offset in the blob at which r starts.
+func (s *Store) WriteWith(ctx context.Context, r io.Reader, h hash.Hash, opts WriteOptions) ([]*metastorepb.Segment, int64, error) {
+	seal := opts.Sealer
+	if seal == nil {
+		seal = s.cfg.Sealer
+	}
+	if ov := seal.Overhead(); ov < 0 || ov > MaxSealOverhead {
+		return nil, 0, fmt.Errorf("blobstore: sealer overhead %d out of range 0..%d", ov, MaxSealOverhead)
+	}
+	if opts.Offset < 0 {
+		return nil, 0, fmt.Errorf("blobstore: negative write offset %d", opts.Offset)
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 
@@ -249,6 +288,7 @@ func (s *Store) Write(ctx context.Context, r io.Reader, h hash.Hash) ([]*metasto
 			if h != nil {
 				h.Write(buf[:n]) // a hash.Hash never returns an error
 			}
+			at := uint64(opts.Offset + total) // this segment's offset in the blob
 			total += int64(n)
 			select {
 			case slots <- struct{}{}:
@@ -262,7 +302,7 @@ func (s *Store) Write(ctx context.Context, r io.Reader, h hash.Hash) ([]*metasto
 			wg.Add(1)
 			go func(i, n int) {
 				defer wg.Done()
-				seg, err := s.writeSegment(ctx, buf, n)
+				seg, err := s.writeSegment(ctx, buf, n, seal, at)
 				s.bufs.Put(bp) // writeSegment has waited for every Put
 				<-slots
 				if err != nil {
@@ -318,10 +358,11 @@ type putResult struct {
 	err   error
 }
 
-// writeSegment seals, encodes and puts one segment whose n bytes are at the
-// start of buf (of capacity s.bufCap). It returns only after every Put it
-// started has returned, so buf may then be reused.
-func (s *Store) writeSegment(ctx context.Context, buf []byte, n int) (*metastorepb.Segment, error) {
+// writeSegment seals (with seal, at offset at in the blob), encodes and puts
+// one segment whose n bytes are at the start of buf (of capacity s.bufCap).
+// It returns only after every Put it started has returned, so buf may then
+// be reused.
+func (s *Store) writeSegment(ctx context.Context, buf []byte, n int, seal Sealer, at uint64) (*metastorepb.Segment, error) {
 	codec := s.large
 	if n < s.cfg.SmallBlobThreshold {
 		codec = s.small
@@ -329,7 +370,7 @@ func (s *Store) writeSegment(ctx context.Context, buf []byte, n int) (*metastore
 	k, m := codec.K(), codec.M()
 	seg := &metastorepb.Segment{Id: newSegmentID(), Length: uint64(n), K: uint32(k), M: uint32(m)}
 
-	sealed, err := s.seal.Seal(seg, buf[:n:s.bufCap])
+	sealed, err := seal.Seal(seg, at, buf[:n:s.bufCap])
 	if err != nil {
 		return nil, err
 	}
@@ -457,6 +498,28 @@ func (s *Store) nodeMap() map[string]ShardStore {
 // fewer than k good shards can be had the error wraps ErrSegmentUnreadable.
 // On error, w may have received part of the range.
 func (s *Store) ReadRange(ctx context.Context, w io.Writer, segs []*metastorepb.Segment, off, length int64) error {
+	return s.ReadRangeWith(ctx, w, segs, off, length, ReadOptions{})
+}
+
+// ReadOptions are the per-call settings of ReadRangeWith.
+type ReadOptions struct {
+	// Sealer opens the segments; nil means Config.Sealer. For an encrypted
+	// blob: NewAESGCMSealer with the blob's data key, unwrapped from the
+	// layout.
+	Sealer Sealer
+}
+
+// ReadRangeWith is ReadRange with per-call options: the sealer (the blob's
+// data key). segs must be all the segments of the blob, in order: a
+// segment's offset in the blob, which sealers may bind, is the sum of the
+// lengths of those before it. A segment that does not open is an error
+// (ErrKeyRequired, ErrWrongKey, ErrSegmentAuth, ErrInvalidSegment) and none
+// of its bytes are written.
+func (s *Store) ReadRangeWith(ctx context.Context, w io.Writer, segs []*metastorepb.Segment, off, length int64, opts ReadOptions) error {
+	seal := opts.Sealer
+	if seal == nil {
+		seal = s.cfg.Sealer
+	}
 	var size int64
 	for _, seg := range segs {
 		size += int64(seg.GetLength())
@@ -470,6 +533,7 @@ func (s *Store) ReadRange(ctx context.Context, w io.Writer, segs []*metastorepb.
 
 	type part struct {
 		seg      *metastorepb.Segment
+		at       int64 // the segment's offset in the blob
 		from, to int64 // within the segment
 	}
 	var parts []part
@@ -478,7 +542,7 @@ func (s *Store) ReadRange(ctx context.Context, w io.Writer, segs []*metastorepb.
 	for _, seg := range segs {
 		segEnd := start + int64(seg.GetLength())
 		if segEnd > off && start < end {
-			parts = append(parts, part{seg, max(off, start) - start, min(end, segEnd) - start})
+			parts = append(parts, part{seg, start, max(off, start) - start, min(end, segEnd) - start})
 		}
 		start = segEnd
 	}
@@ -494,7 +558,7 @@ func (s *Store) ReadRange(ctx context.Context, w io.Writer, segs []*metastorepb.
 	go func() {
 		defer close(ch)
 		for _, p := range parts {
-			pieces, err := s.readSegment(ctx, nodes, p.seg)
+			pieces, err := s.readSegment(ctx, nodes, p.seg, seal, uint64(p.at))
 			select {
 			case ch <- fetched{p, pieces, err}:
 			case <-ctx.Done():
@@ -565,8 +629,9 @@ type shardResult struct {
 }
 
 // readSegment fetches enough good shards of seg, reconstructs missing data
-// shards, and returns the segment's plaintext as pieces.
-func (s *Store) readSegment(ctx context.Context, nodes map[string]ShardStore, seg *metastorepb.Segment) ([][]byte, error) {
+// shards, and returns the segment's plaintext, opened with seal (at offset at
+// in the blob), as pieces.
+func (s *Store) readSegment(ctx context.Context, nodes map[string]ShardStore, seg *metastorepb.Segment, seal Sealer, at uint64) ([][]byte, error) {
 	if err := checkSegment(seg); err != nil {
 		return nil, err
 	}
@@ -650,7 +715,7 @@ func (s *Store) readSegment(ctx context.Context, nodes map[string]ShardStore, se
 			break
 		}
 	}
-	return s.seal.Open(seg, shards[:k])
+	return seal.Open(seg, at, shards[:k])
 }
 
 // fetchShard gets one shard and checks its size and checksum.
