@@ -304,21 +304,12 @@ func (s *Store) CountGCQueue() (int, error) {
 // cutoff.
 func (s *Store) IdleUploads(cutoff int64, limit int) ([]*pb.Upload, error) {
 	var out []*pb.Upload
-	var derr error
-	err := s.scan([]byte(pfxUpload), nil, func(key, v []byte) bool {
-		var u pb.Upload
-		if err := unmarshal(key, v, &u); err != nil {
-			derr = err
-			return false
-		}
+	err := scanRecords(s, []byte(pfxUpload), nil, func(_ []byte, u *pb.Upload) bool {
 		if u.UpdatedUnixNano < cutoff {
-			out = append(out, &u)
+			out = append(out, u)
 		}
 		return len(out) < limit
 	})
-	if err == nil {
-		err = derr
-	}
 	return out, err
 }
 
@@ -346,20 +337,10 @@ type ImageInfo struct {
 // Images lists every manifest of repo with its tags and push and pull times.
 func (s *Store) Images(repo string) ([]ImageInfo, error) {
 	var out []ImageInfo
-	var derr error
-	pfx := manifestPrefix(repo)
-	err := s.scan(pfx, nil, func(key, v []byte) bool {
-		var m pb.ManifestRecord
-		if err := unmarshal(key, v, &m); err != nil {
-			derr = err
-			return false
-		}
+	err := scanRecords(s, manifestPrefix(repo), nil, func(_ []byte, m *pb.ManifestRecord) bool {
 		out = append(out, ImageInfo{Digest: m.Digest, PushedNs: m.PushedUnixNano, Subject: m.Subject})
 		return true
 	})
-	if err == nil {
-		err = derr
-	}
 	if err != nil {
 		return nil, err
 	}
@@ -388,21 +369,12 @@ func (s *Store) Images(repo string) ([]ImageInfo, error) {
 // lifecycle policy.
 func (s *Store) RepositoriesWithLifecyclePolicy() ([]*pb.Repository, error) {
 	var out []*pb.Repository
-	var derr error
-	err := s.scan([]byte(pfxRepo), nil, func(key, v []byte) bool {
-		var r pb.Repository
-		if err := unmarshal(key, v, &r); err != nil {
-			derr = err
-			return false
-		}
+	err := scanRecords(s, []byte(pfxRepo), nil, func(_ []byte, r *pb.Repository) bool {
 		if r.LifecyclePolicy != "" {
-			out = append(out, &r)
+			out = append(out, r)
 		}
 		return true
 	})
-	if err == nil {
-		err = derr
-	}
 	return out, err
 }
 

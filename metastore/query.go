@@ -153,38 +153,20 @@ func (s *Store) page(pfx []byte, last string, n int) ([]string, bool, error) {
 // Referrers lists the descriptors of manifests in repo whose subject is subj.
 func (s *Store) Referrers(repo, subj string) ([]*pb.Descriptor, error) {
 	var out []*pb.Descriptor
-	var derr error
-	err := s.scan(referrerPrefix(repo, subj), nil, func(key, v []byte) bool {
-		var d pb.Descriptor
-		if err := proto.Unmarshal(v, &d); err != nil {
-			derr = fmt.Errorf("%w: %q: %v", ErrCorrupt, key, err)
-			return false
-		}
-		out = append(out, &d)
+	err := scanRecords(s, referrerPrefix(repo, subj), nil, func(_ []byte, d *pb.Descriptor) bool {
+		out = append(out, d)
 		return true
 	})
-	if err == nil {
-		err = derr
-	}
 	return out, err
 }
 
 // Events returns up to n outbox events with sequence greater than after.
 func (s *Store) Events(after uint64, n int) ([]*pb.Event, error) {
 	var out []*pb.Event
-	var derr error
-	err := s.scan([]byte(pfxOutbox), outboxKey(after+1), func(key, v []byte) bool {
-		var e pb.Event
-		if err := proto.Unmarshal(v, &e); err != nil {
-			derr = fmt.Errorf("%w: %q: %v", ErrCorrupt, key, err)
-			return false
-		}
-		out = append(out, &e)
+	err := scanRecords(s, []byte(pfxOutbox), outboxKey(after+1), func(_ []byte, e *pb.Event) bool {
+		out = append(out, e)
 		return len(out) < n
 	})
-	if err == nil {
-		err = derr
-	}
 	return out, err
 }
 
@@ -196,19 +178,10 @@ func (s *Store) Orphans(after string, n int) ([]*pb.Segment, error) {
 		start = append(orphanKey(after), 0)
 	}
 	var out []*pb.Segment
-	var derr error
-	err := s.scan([]byte(pfxOrphan), start, func(key, v []byte) bool {
-		var seg pb.Segment
-		if err := proto.Unmarshal(v, &seg); err != nil {
-			derr = fmt.Errorf("%w: %q: %v", ErrCorrupt, key, err)
-			return false
-		}
-		out = append(out, &seg)
+	err := scanRecords(s, []byte(pfxOrphan), start, func(_ []byte, seg *pb.Segment) bool {
+		out = append(out, seg)
 		return len(out) < n
 	})
-	if err == nil {
-		err = derr
-	}
 	return out, err
 }
 
@@ -271,19 +244,10 @@ func (s *Store) Node(id string) (*pb.NodeRecord, error) {
 // Nodes returns every node of the registry, ordered by id.
 func (s *Store) Nodes() ([]*pb.NodeRecord, error) {
 	var out []*pb.NodeRecord
-	var derr error
-	err := s.scan([]byte(pfxNode), nil, func(key, v []byte) bool {
-		var n pb.NodeRecord
-		if err := proto.Unmarshal(v, &n); err != nil {
-			derr = fmt.Errorf("%w: %q: %v", ErrCorrupt, key, err)
-			return false
-		}
-		out = append(out, &n)
+	err := scanRecords(s, []byte(pfxNode), nil, func(_ []byte, n *pb.NodeRecord) bool {
+		out = append(out, n)
 		return true
 	})
-	if err == nil {
-		err = derr
-	}
 	return out, err
 }
 
@@ -351,19 +315,10 @@ func (s *Store) RepairQueue(after string, limit int) ([]*pb.RepairItem, error) {
 		start = append(repairKey(after), 0)
 	}
 	var out []*pb.RepairItem
-	var derr error
-	err := s.scan([]byte(pfxRepair), start, func(key, v []byte) bool {
-		var it pb.RepairItem
-		if err := proto.Unmarshal(v, &it); err != nil {
-			derr = fmt.Errorf("%w: %q: %v", ErrCorrupt, key, err)
-			return false
-		}
-		out = append(out, &it)
+	err := scanRecords(s, []byte(pfxRepair), start, func(_ []byte, it *pb.RepairItem) bool {
+		out = append(out, it)
 		return len(out) < limit
 	})
-	if err == nil {
-		err = derr
-	}
 	return out, err
 }
 
@@ -372,6 +327,27 @@ func (s *Store) CountRepairQueue() (int, error) {
 	n := 0
 	err := s.scan([]byte(pfxRepair), nil, func(_, _ []byte) bool { n++; return true })
 	return n, err
+}
+
+// scanRecords decodes each record under pfx (from start) into a fresh T and
+// calls fn until it returns false. A record that does not decode stops the
+// scan with ErrCorrupt.
+func scanRecords[T any, PT interface {
+	*T
+	proto.Message
+}](s *Store, pfx, start []byte, fn func(key []byte, rec PT) bool) error {
+	var derr error
+	err := s.scan(pfx, start, func(key, v []byte) bool {
+		rec := PT(new(T))
+		if derr = unmarshal(key, v, rec); derr != nil {
+			return false
+		}
+		return fn(key, rec)
+	})
+	if err == nil {
+		err = derr
+	}
+	return err
 }
 
 func unmarshal(key, v []byte, m proto.Message) error {
