@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"time"
 )
 
 // CheckError is a broken promise found by a checker: acknowledged data
@@ -18,12 +19,27 @@ import (
 // (transport failures, 503) only mean the server could not be asked.
 type CheckError struct {
 	What string
+	// Lost is set when the server answered 404 for something that must
+	// exist (as opposed to wrong bytes or headers).
+	Lost bool
 }
 
 func (e *CheckError) Error() string { return e.What }
 
 func violationf(format string, args ...any) error {
 	return &CheckError{What: fmt.Sprintf(format, args...)}
+}
+
+// lostf is violationf for something acknowledged that the server says it
+// does not know.
+func lostf(format string, args ...any) error {
+	return &CheckError{What: fmt.Sprintf(format, args...), Lost: true}
+}
+
+// IsLost reports whether err is a CheckError for something missing.
+func IsLost(err error) bool {
+	var ce *CheckError
+	return errors.As(err, &ce) && ce.Lost
 }
 
 // requireGone checks that an answer says "unknown" with the expected OCI
@@ -57,7 +73,7 @@ func CheckBlob(ctx context.Context, c *Client, repo string, b Blob, mustExist bo
 			if mustExist {
 				se := statusError(what, resp)
 				resp.Body.Close()
-				return violationf("LOST ACKNOWLEDGED BLOB: %s: 404 %s %s", what, se.Code, se.Body)
+				return lostf("LOST ACKNOWLEDGED BLOB: %s: 404 %s %s", what, se.Code, se.Body)
 			}
 			if present {
 				resp.Body.Close()
@@ -69,12 +85,12 @@ func CheckBlob(ctx context.Context, c *Client, repo string, b Blob, mustExist bo
 				return err
 			}
 			continue
-		case http.StatusServiceUnavailable:
-			drain(resp)
-			return statusError(what, resp)
 		default:
 			se := statusError(what, resp)
 			resp.Body.Close()
+			if resp.StatusCode >= 500 {
+				return se // the server could not answer; it said nothing wrong
+			}
 			return violationf("%s: %v", what, se)
 		}
 		// (200 after HEAD said 404 is fine: a retry of the push may have
@@ -160,7 +176,7 @@ func CheckManifest(ctx context.Context, c *Client, m ManifestOp, mustExist bool)
 				if mustExist {
 					se := statusError(what, resp)
 					resp.Body.Close()
-					return violationf("LOST ACKNOWLEDGED MANIFEST: %s: 404 %s %s", what, se.Code, se.Body)
+					return lostf("LOST ACKNOWLEDGED MANIFEST: %s: 404 %s %s", what, se.Code, se.Body)
 				}
 				err := requireGone(resp, "MANIFEST_UNKNOWN", what)
 				resp.Body.Close()
@@ -171,12 +187,12 @@ func CheckManifest(ctx context.Context, c *Client, m ManifestOp, mustExist bool)
 					return violationf("%s: 404 after GET said 200", what)
 				}
 				continue
-			case http.StatusServiceUnavailable:
-				drain(resp)
-				return statusError(what, resp)
 			default:
 				se := statusError(what, resp)
 				resp.Body.Close()
+				if resp.StatusCode >= 500 {
+					return se // the server could not answer; it said nothing wrong
+				}
 				return violationf("%s: %v", what, se)
 			}
 			body, err := io.ReadAll(resp.Body)
@@ -230,7 +246,7 @@ func CheckTags(ctx context.Context, c *Client, repo string, want []string) error
 		}
 	}
 	if len(missing) > 0 {
-		return violationf("LOST ACKNOWLEDGED TAGS: %s: %d of %d acknowledged tags missing from the listing: %v",
+		return lostf("LOST ACKNOWLEDGED TAGS: %s: %d of %d acknowledged tags missing from the listing: %v",
 			what, len(missing), len(want), missing)
 	}
 	return nil
@@ -244,6 +260,14 @@ type VerifyOptions struct {
 	Quick bool
 	// Parallel is how many checks run at once. Default 4.
 	Parallel int
+	// LiveOnly holds the server only to the acknowledged blobs that a live
+	// acknowledged manifest references (LiveBlobs): garbage collection at
+	// zero grace may take any other blob at once.
+	LiveOnly bool
+	// Retries is how many times a check that could not run (the server
+	// did not answer, 503) is tried again, a second apart, before it
+	// counts as a failure. Broken promises are never retried.
+	Retries int
 }
 
 // VerifyReport is the outcome of Verify.
@@ -252,6 +276,9 @@ type VerifyReport struct {
 	// Counts of what was checked.
 	AckedBlobs, AckedManifests, Repos int
 	BlobBytes                         int64
+	// Deleted manifests checked (gone, or for unacknowledged deletions
+	// gone or intact).
+	DeletedManifests int
 	// Unacknowledged operations found stored (correctly) and found absent.
 	UnackedPresent, UnackedAbsent int
 }
@@ -282,7 +309,12 @@ func Verify(ctx context.Context, c *Client, snap Snapshot, opts VerifyOptions) V
 		go func() {
 			defer wg.Done()
 			for job := range jobs {
-				if err := job(); err != nil {
+				err := job()
+				for i := 0; i < opts.Retries && err != nil && !isViolation(err) && ctx.Err() == nil; i++ {
+					sleepCtx(ctx, time.Second)
+					err = job()
+				}
+				if err != nil {
 					fail(err)
 				}
 			}
@@ -298,7 +330,11 @@ func Verify(ctx context.Context, c *Client, snap Snapshot, opts VerifyOptions) V
 		}
 	}
 	tags := map[string][]string{}
-	for _, op := range snap.AckedBlobs {
+	blobs := snap.AckedBlobs
+	if opts.LiveOnly {
+		blobs = snap.LiveBlobs()
+	}
+	for _, op := range blobs {
 		rep.AckedBlobs++
 		rep.BlobBytes += op.Blob.Size
 		jobs <- func() error {
@@ -323,6 +359,19 @@ func Verify(ctx context.Context, c *Client, snap Snapshot, opts VerifyOptions) V
 		jobs <- func() error {
 			if err := CheckManifest(ctx, c, m, true); err != nil {
 				return fmt.Errorf("%w [acknowledged in phase %d]", err, m.Phase)
+			}
+			return nil
+		}
+	}
+	for _, m := range snap.DeletedMans {
+		rep.DeletedManifests++
+		jobs <- func() error { return CheckManifestGone(ctx, c, m) }
+	}
+	for _, m := range snap.DeletingMans {
+		rep.DeletedManifests++
+		jobs <- func() error {
+			if err := CheckManifest(ctx, c, m, false); err != nil {
+				return fmt.Errorf("manifest whose deletion was not acknowledged: %w", err)
 			}
 			return nil
 		}
@@ -365,7 +414,7 @@ func headBlob(ctx context.Context, c *Client, op BlobOp) error {
 	}
 	drain(resp)
 	if resp.StatusCode == http.StatusNotFound {
-		return violationf("LOST ACKNOWLEDGED BLOB: %s: 404", what)
+		return lostf("LOST ACKNOWLEDGED BLOB: %s: 404", what)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return violationf("%s: HTTP %d", what, resp.StatusCode)
@@ -380,4 +429,33 @@ func blobPresent(ctx context.Context, c *Client, op BlobOp) bool {
 	}
 	drain(resp)
 	return resp.StatusCode == http.StatusOK
+}
+
+// CheckManifestGone checks that a manifest whose deletion was acknowledged
+// is unknown by digest and by tag (the workloads never reuse a tag).
+func CheckManifestGone(ctx context.Context, c *Client, m ManifestOp) error {
+	for _, ref := range []string{m.Digest, m.Tag} {
+		what := fmt.Sprintf("GET deleted manifest %s:%s (%s)", m.Repo, ref, m.Digest)
+		resp, err := c.do(ctx, http.MethodGet, c.manifestURL(m.Repo, ref), nil, 0,
+			map[string]string{"Accept": m.MediaType})
+		if err != nil {
+			return err
+		}
+		switch resp.StatusCode {
+		case http.StatusNotFound:
+			err := requireGone(resp, "MANIFEST_UNKNOWN", what)
+			resp.Body.Close()
+			if err != nil {
+				return err
+			}
+		default:
+			se := statusError(what, resp)
+			resp.Body.Close()
+			if resp.StatusCode >= 500 {
+				return se
+			}
+			return violationf("DELETED MANIFEST SERVED: %s: acknowledged deletion, yet HTTP %d", what, se.Status)
+		}
+	}
+	return nil
 }

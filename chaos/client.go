@@ -85,6 +85,15 @@ func IsTransient(err error) bool {
 	return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 }
 
+// IsServerError reports whether err is an error answer of the server's
+// own making other than 503: a 500 "internal error" and the like. A real
+// client retries such answers; the design promises that a cluster short of
+// a leader or a node answers 503 UNAVAILABLE instead (docs/OPERATIONS.md).
+func IsServerError(err error) bool {
+	var se *StatusError
+	return errors.As(err, &se) && se.Status >= 500 && se.Status != http.StatusServiceUnavailable
+}
+
 // ErrorCode is the OCI error code of err, or "".
 func ErrorCode(err error) string {
 	var se *StatusError
@@ -266,6 +275,21 @@ func parseUploadRange(h string) (int64, error) {
 	return last + 1, nil
 }
 
+// Rebase moves the session to the frontend of c (any frontend of a
+// cluster serves any session): later requests go to c's host.
+func (u *Upload) Rebase(c *Client) {
+	if c == u.c {
+		return
+	}
+	loc, err := url.Parse(u.Location)
+	base, berr := url.Parse(c.Base)
+	if err != nil || berr != nil {
+		return
+	}
+	loc.Scheme, loc.Host = base.Scheme, base.Host
+	u.Location, u.c = loc.String(), c
+}
+
 // Patch sends n bytes from body as the next chunk, with Content-Range. On
 // 202 it checks that the server's Range moved exactly by n.
 func (u *Upload) Patch(ctx context.Context, body io.Reader, n int64) error {
@@ -356,6 +380,19 @@ func (c *Client) PutManifest(ctx context.Context, repo, ref, mediaType string, b
 	}
 	if got := resp.Header.Get("Docker-Content-Digest"); got != want {
 		return &ProtocolError{"PUT manifest", fmt.Sprintf("201 Created with Docker-Content-Digest %q, pushed %s", got, want)}
+	}
+	return nil
+}
+
+// DeleteManifest deletes a manifest by digest (202 Accepted), or a tag.
+func (c *Client) DeleteManifest(ctx context.Context, repo, ref string) error {
+	resp, err := c.do(ctx, http.MethodDelete, c.Base+"/v2/"+repo+"/manifests/"+ref, nil, 0, nil)
+	if err != nil {
+		return err
+	}
+	defer drain(resp)
+	if resp.StatusCode != http.StatusAccepted {
+		return statusError("DELETE manifest", resp)
 	}
 	return nil
 }

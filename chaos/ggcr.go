@@ -56,37 +56,46 @@ func (p *pusher) pushGGCR(ctx context.Context, img image) error {
 	if err != nil {
 		return err
 	}
-	u, err := url.Parse(p.c.Base)
-	if err != nil {
-		return err
-	}
-	ref, err := name.NewTag(u.Host+"/"+img.repo+":"+img.tag, name.Insecure)
-	if err != nil {
-		return err
+	refOf := func() (name.Tag, error) {
+		u, err := url.Parse(p.c.Base)
+		if err != nil {
+			return name.Tag{}, err
+		}
+		return name.NewTag(u.Host+"/"+img.repo+":"+img.tag, name.Insecure)
 	}
 	config := LiteralBlob(rawCfg)
-	m := ManifestOp{Repo: img.repo, Tag: img.tag, Digest: LiteralBlob(rawMan).Digest, MediaType: string(mt), Body: rawMan}
 	blobs := append([]Blob{config}, img.layers...)
+	m := ManifestOp{Repo: img.repo, Tag: img.tag, Digest: LiteralBlob(rawMan).Digest, MediaType: string(mt), Body: rawMan,
+		Blobs: digests(blobs)}
 	for _, b := range blobs {
 		p.w.h.AttemptBlob(img.repo, b, StyleGGCR)
 	}
 	p.w.h.AttemptManifest(m)
 
-	err = p.retry(ctx, "remote.Write "+ref.String(), func() error {
-		defer p.w.h.TrackInFlight()()
-		err := remote.Write(ref, im,
-			remote.WithContext(ctx),
-			remote.WithAuth(authn.Anonymous),
-			remote.WithTransport(p.c.HTTP.Transport),
-			remote.WithJobs(2),
-			// No retries of its own: a failure comes back here and is
-			// retried (or classified) like every other step.
-			remote.WithRetryBackoff(remote.Backoff{Duration: time.Millisecond, Steps: 1}),
-		)
-		return ggcrError(err)
-	})
-	if err != nil {
-		return err
+	for round := 1; ; round++ {
+		err = p.retry(ctx, "remote.Write "+img.repo+":"+img.tag, func() error {
+			defer p.w.h.TrackInFlight()()
+			ref, err := refOf() // the frontend of this attempt
+			if err != nil {
+				return err
+			}
+			err = remote.Write(ref, im,
+				remote.WithContext(ctx),
+				remote.WithAuth(authn.Anonymous),
+				remote.WithTransport(p.c.HTTP.Transport),
+				remote.WithJobs(2),
+				// No retries of its own: a failure comes back here and is
+				// retried (or classified) like every other step.
+				remote.WithRetryBackoff(remote.Backoff{Duration: time.Millisecond, Steps: 1}),
+			)
+			return ggcrError(err)
+		})
+		if err == nil {
+			break
+		}
+		if !p.collected(err, round) {
+			return err
+		}
 	}
 	for _, b := range blobs {
 		p.w.h.AckBlob(img.repo, b, StyleGGCR)

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +22,7 @@ const (
 	StyleChunkedPut = "chunked PATCH, last chunk in PUT"
 	StyleWhole      = "single POST ?digest="
 	StyleGGCR       = "go-containerregistry remote.Write"
+	StyleProbe      = "probe: single POST ?digest="
 )
 
 // Media types the workload pushes.
@@ -33,6 +36,11 @@ const (
 type WorkloadConfig struct {
 	// BaseURL of the registry.
 	BaseURL string
+	// Frontends, when set, are the base URLs of several frontends of one
+	// registry (BaseURL is then ignored): every pusher and reader spreads
+	// its requests over them, moves to another after a transient failure,
+	// and resumes chunked uploads through whichever frontend answers.
+	Frontends []string
 	// Pushers is the number of concurrent pushers. Default 8.
 	Pushers int
 	// ReposPerPusher is how many repositories each pusher rotates over;
@@ -59,6 +67,30 @@ type WorkloadConfig struct {
 	// (and checking their bytes) while the pushes go on. Default 1;
 	// negative for none.
 	Readers int
+	// MaxLayerSize caps the size of generated layers (0: up to about 20
+	// MiB, three segments).
+	MaxLayerSize int64
+	// TotalBudget bounds the layer bytes of a whole run: past it, layers
+	// are tiny (under 64 KiB), so that a long run keeps pushing without
+	// filling the disks. 0: no bound.
+	TotalBudget int64
+	// Collecting says garbage collection at zero grace may run during the
+	// workload: a blob no manifest references yet may vanish at any moment,
+	// and a manifest push refused with MANIFEST_BLOB_UNKNOWN is met by
+	// uploading the image's blobs again (up to 5 times) instead of being a
+	// violation.
+	Collecting bool
+	// DeleteEvery, when set, runs a deleter that deletes one acknowledged
+	// image (by digest, through any frontend) this often.
+	DeleteEvery time.Duration
+	// ProbeEvery, when set, runs a prober that pushes a tiny new blob in
+	// one request this often, through the frontends in turn: its
+	// acknowledgements time the windows of unavailability.
+	ProbeEvery time.Duration
+	// RetryServerErrors makes the clients retry 5xx answers other than 503
+	// (as real clients do) and record them with History.ServerError,
+	// instead of giving up on the image and calling them unexpected.
+	RetryServerErrors bool
 	// History receives every operation. Required.
 	History *History
 	// Logf, if set, receives progress lines.
@@ -88,11 +120,16 @@ type Workload struct {
 	images     atomic.Int64
 	sentBytes  atomic.Int64 // request body bytes that went out
 	reads      atomic.Int64
+	pulls      atomic.Int64 // whole images pulled and checked
+	totalBytes atomic.Int64 // layer bytes planned so far
+	deletes    atomic.Int64 // deletions acknowledged
+	probes     atomic.Int64 // probe pushes acknowledged
 
 	shared []Blob // layers several pushers push (content stored once)
 }
 
-// StartWorkload starts the pushers and readers. Stop ends them.
+// StartWorkload starts the pushers and readers (and the deleter and the
+// prober when configured). Stop ends them.
 func StartWorkload(cfg WorkloadConfig) *Workload {
 	if cfg.Pushers == 0 {
 		cfg.Pushers = 8
@@ -112,6 +149,9 @@ func StartWorkload(cfg WorkloadConfig) *Workload {
 	if cfg.Logf == nil {
 		cfg.Logf = func(string, ...any) {}
 	}
+	if len(cfg.Frontends) == 0 {
+		cfg.Frontends = []string{cfg.BaseURL}
+	}
 	w := &Workload{cfg: cfg, h: cfg.History, phaseBytes: map[int]int64{}}
 	r := rand.New(rand.NewPCG(cfg.Seed, 0x5eed))
 	for i := 0; i < 4; i++ {
@@ -123,10 +163,21 @@ func StartWorkload(cfg WorkloadConfig) *Workload {
 	if cfg.UploadRate > 0 {
 		lim = &limiter{rate: cfg.UploadRate}
 	}
+	clients := func(throttled bool) []*Client {
+		var out []*Client
+		for _, fe := range cfg.Frontends {
+			c := NewClient(fe)
+			if throttled {
+				c.HTTP.Transport = &throttledTransport{base: c.HTTP.Transport, lim: lim, sent: &w.sentBytes}
+			}
+			out = append(out, c)
+		}
+		return out
+	}
 	for i := 0; i < cfg.Pushers; i++ {
-		c := NewClient(cfg.BaseURL)
-		c.HTTP.Transport = &throttledTransport{base: c.HTTP.Transport, lim: lim, sent: &w.sentBytes}
-		p := &pusher{w: w, id: i, c: c, r: rand.New(rand.NewPCG(cfg.Seed, uint64(i)+1))}
+		p := &pusher{w: w, id: i, clients: clients(true), r: rand.New(rand.NewPCG(cfg.Seed, uint64(i)+1))}
+		p.cur = i % len(p.clients)
+		p.c = p.clients[p.cur]
 		w.wg.Add(1)
 		go func() {
 			defer w.wg.Done()
@@ -134,11 +185,27 @@ func StartWorkload(cfg WorkloadConfig) *Workload {
 		}()
 	}
 	for i := 0; i < cfg.Readers; i++ {
-		rd := &reader{w: w, c: NewClient(cfg.BaseURL), r: rand.New(rand.NewPCG(cfg.Seed, 1000+uint64(i)))}
+		rd := &reader{w: w, clients: clients(false), r: rand.New(rand.NewPCG(cfg.Seed, 1000+uint64(i)))}
 		w.wg.Add(1)
 		go func() {
 			defer w.wg.Done()
 			rd.run(ctx)
+		}()
+	}
+	if cfg.DeleteEvery > 0 {
+		d := &deleter{w: w, clients: clients(false), r: rand.New(rand.NewPCG(cfg.Seed, 2000))}
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			d.run(ctx)
+		}()
+	}
+	if cfg.ProbeEvery > 0 {
+		pr := &prober{w: w, clients: clients(false), seed: cfg.Seed}
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			pr.run(ctx)
 		}()
 	}
 	return w
@@ -160,8 +227,34 @@ func (w *Workload) PhaseBytes(p int) int64 {
 
 // Stats summarises the work done so far.
 func (w *Workload) Stats() string {
-	return fmt.Sprintf("%d images started, %.1f MiB of request bodies sent, %d concurrent reads checked",
+	s := fmt.Sprintf("%d images started, %.1f MiB of request bodies sent, %d concurrent reads checked",
 		w.images.Load(), float64(w.sentBytes.Load())/(1<<20), w.reads.Load())
+	if n := w.pulls.Load(); n > 0 {
+		s += fmt.Sprintf(", %d images pulled", n)
+	}
+	if w.cfg.DeleteEvery > 0 {
+		s += fmt.Sprintf(", %d images deleted", w.deletes.Load())
+	}
+	if w.cfg.ProbeEvery > 0 {
+		s += fmt.Sprintf(", %d probes acknowledged", w.probes.Load())
+	}
+	return s
+}
+
+// Counters are the workload's own counts (the History has the rest).
+type Counters struct {
+	Images      int64   `json:"images_started"`
+	SentMiB     float64 `json:"request_mib_sent"`
+	Reads       int64   `json:"concurrent_reads_checked"`
+	Pulls       int64   `json:"images_pulled_checked"`
+	Deletes     int64   `json:"deletes_acknowledged"`
+	ProbesAcked int64   `json:"probes_acknowledged"`
+}
+
+// Counters returns the workload's counts so far.
+func (w *Workload) Counters() Counters {
+	return Counters{Images: w.images.Load(), SentMiB: float64(w.sentBytes.Load()) / (1 << 20), Reads: w.reads.Load(),
+		Pulls: w.pulls.Load(), Deletes: w.deletes.Load(), ProbesAcked: w.probes.Load()}
 }
 
 // reserve takes n bytes of the current phase's budget, waiting for a later
@@ -186,11 +279,19 @@ func (w *Workload) reserve(ctx context.Context, n int64) bool {
 
 // pusher is one push client.
 type pusher struct {
-	w   *Workload
-	id  int
-	c   *Client
-	r   *rand.Rand
-	seq int
+	w       *Workload
+	id      int
+	clients []*Client // one per frontend
+	cur     int
+	c       *Client // clients[cur]
+	r       *rand.Rand
+	seq     int
+}
+
+// rotate moves the pusher to the next frontend (after a transient failure).
+func (p *pusher) rotate() {
+	p.cur = (p.cur + 1) % len(p.clients)
+	p.c = p.clients[p.cur]
 }
 
 // image is one image push, planned up front.
@@ -214,6 +315,18 @@ const (
 // one or two segments, and edge sizes around the small-blob threshold and
 // segment boundaries.
 func (p *pusher) layerSize() int64 {
+	n := p.drawLayerSize()
+	if m := p.w.cfg.MaxLayerSize; m > 0 && n > m {
+		n = m - p.r.Int64N(m/2+1)
+	}
+	if b := p.w.cfg.TotalBudget; b > 0 && p.w.totalBytes.Load() > b {
+		n = min(n, 1+p.r.Int64N(64*kib))
+	}
+	p.w.totalBytes.Add(n)
+	return n
+}
+
+func (p *pusher) drawLayerSize() int64 {
 	r := p.r
 	switch x := r.IntN(100); {
 	case x < 6:
@@ -247,6 +360,9 @@ func (p *pusher) plan() image {
 		}
 		if slices.ContainsFunc(img.layers, func(l Blob) bool { return l.Digest == b.Digest }) {
 			continue // the same layer twice in one image: keep it simple
+		}
+		if b.Size > 64*kib && p.w.cfg.TotalBudget > 0 && p.w.totalBytes.Load() > p.w.cfg.TotalBudget {
+			continue // a shared layer is big; past the budget only tiny ones
 		}
 		img.layers = append(img.layers, b)
 		diffIDs = append(diffIDs, b.Digest)
@@ -339,13 +455,18 @@ func (p *pusher) retry(ctx context.Context, what string, op func() error) error 
 			}
 			return nil
 		}
-		if !IsTransient(err) {
+		if p.w.cfg.RetryServerErrors && IsServerError(err) {
+			p.w.h.ServerError("pusher %d: %s: %v", p.id, what, err)
+		} else if !IsTransient(err) {
 			p.record(what, err)
 			return err
 		}
 		if time.Now().After(deadline) {
 			p.w.h.Unexpected("pusher %d: %s: still failing after %v: %v", p.id, what, maxRetryTime, err)
 			return err
+		}
+		if err != errRetryNow {
+			p.rotate()
 		}
 		sleepCtx(ctx, time.Duration(50+p.r.IntN(150))*time.Millisecond)
 	}
@@ -357,6 +478,10 @@ func (p *pusher) record(what string, err error) {
 	switch {
 	case errors.As(err, &pe):
 		p.w.h.Violation("pusher %d: %s: %v", p.id, what, err)
+	case ErrorCode(err) == "MANIFEST_BLOB_UNKNOWN" && p.w.cfg.Collecting:
+		// Garbage collection at zero grace took a blob that no manifest
+		// referenced yet: the client uploads again.
+		p.w.h.Note("manifest refused after the collector took one of its blobs: blobs pushed again")
 	case ErrorCode(err) == "MANIFEST_BLOB_UNKNOWN":
 		// Every blob of the manifest was acknowledged before the manifest
 		// was sent: the server has lost one.
@@ -368,22 +493,42 @@ func (p *pusher) record(what string, err error) {
 
 func (p *pusher) pushImage(ctx context.Context, img image) error {
 	blobs := append([]Blob{img.config}, img.layers...)
-	for i, b := range blobs {
-		if err := p.pushBlob(ctx, img.repo, b, img.styles[i]); err != nil {
+	body := img.manifest()
+	m := ManifestOp{Repo: img.repo, Tag: img.tag, Digest: LiteralBlob(body).Digest, MediaType: MediaTypeManifest, Body: body,
+		Blobs: digests(blobs)}
+	for round := 1; ; round++ {
+		for i, b := range blobs {
+			if err := p.pushBlob(ctx, img.repo, b, img.styles[i]); err != nil {
+				return err
+			}
+		}
+		p.w.h.AttemptManifest(m)
+		err := p.retry(ctx, "PUT manifest "+img.repo+":"+img.tag, func() error {
+			return p.c.PutManifest(ctx, img.repo, img.tag, MediaTypeManifest, body)
+		})
+		if err == nil {
+			p.w.h.AckManifest(m)
+			return nil
+		}
+		if !p.collected(err, round) {
 			return err
 		}
 	}
-	body := img.manifest()
-	m := ManifestOp{Repo: img.repo, Tag: img.tag, Digest: LiteralBlob(body).Digest, MediaType: MediaTypeManifest, Body: body}
-	p.w.h.AttemptManifest(m)
-	err := p.retry(ctx, "PUT manifest "+img.repo+":"+img.tag, func() error {
-		return p.c.PutManifest(ctx, img.repo, img.tag, MediaTypeManifest, body)
-	})
-	if err != nil {
-		return err
+}
+
+// collected reports whether a push that failed with err should be tried
+// again from its blobs: garbage collection took one of them (round is the
+// attempt that failed).
+func (p *pusher) collected(err error, round int) bool {
+	return p.w.cfg.Collecting && ErrorCode(err) == "MANIFEST_BLOB_UNKNOWN" && round < 5
+}
+
+func digests(blobs []Blob) []string {
+	out := make([]string, len(blobs))
+	for i, b := range blobs {
+		out[i] = b.Digest
 	}
-	p.w.h.AckManifest(m)
-	return nil
+	return out
 }
 
 // pushBlob pushes one blob in the given style, retrying through restarts.
@@ -450,6 +595,7 @@ func (p *pusher) pushChunked(ctx context.Context, repo string, b Blob, lastInPut
 	var finishing bool // the request that failed was the closing PUT
 	return p.retry(ctx, what, func() error {
 		if up != nil {
+			up.Rebase(p.c) // the frontend may have changed since the failure
 			off, err := up.Status(ctx)
 			if err != nil {
 				if ErrorCode(err) == "BLOB_UPLOAD_UNKNOWN" {
@@ -507,46 +653,246 @@ func (p *pusher) pushChunked(ctx context.Context, repo string, b Blob, lastInPut
 var errRetryNow = errors.New("retry now")
 
 // reader keeps reading acknowledged blobs and manifests back while the
-// workload runs, checking every byte. Transfers cut short by a kill are
-// ignored; a 404 for something acknowledged, or a complete answer with
-// wrong bytes, is a violation.
+// workload runs, checking every byte, through a random frontend each time.
+// Every fourth round pulls a whole image as a client does: the manifest by
+// tag, then each blob it references. Transfers cut short by a kill are
+// ignored; a 404 for something acknowledged (and not since deleted or, when
+// collecting, unreferenced), or a complete answer with wrong bytes, is a
+// violation.
 type reader struct {
-	w *Workload
-	c *Client
-	r *rand.Rand
+	w       *Workload
+	clients []*Client
+	r       *rand.Rand
 }
+
+func (rd *reader) client() *Client { return rd.clients[rd.r.IntN(len(rd.clients))] }
 
 func (rd *reader) run(ctx context.Context) {
 	var snap Snapshot
+	var blobIndex map[blobKey]BlobOp
 	for i := 0; ctx.Err() == nil; i++ {
 		if i%10 == 0 {
 			snap = rd.w.h.Snapshot()
+			blobIndex = map[blobKey]BlobOp{}
+			for _, b := range snap.AckedBlobs {
+				blobIndex[blobKey{b.Repo, b.Blob.Digest}] = b
+			}
 		}
 		if len(snap.AckedBlobs) == 0 {
 			sleepCtx(ctx, 100*time.Millisecond)
+			continue
+		}
+		if i%4 == 3 && len(snap.AckedManifests) > 0 {
+			rd.pull(ctx, snap.AckedManifests[rd.r.IntN(len(snap.AckedManifests))], blobIndex)
+			sleepCtx(ctx, 20*time.Millisecond)
 			continue
 		}
 		op := snap.AckedBlobs[rd.r.IntN(len(snap.AckedBlobs))]
 		if op.Blob.Size > 4*mib && rd.r.IntN(4) != 0 {
 			continue // mostly small reads: the pushers own the bandwidth
 		}
-		err := CheckBlob(ctx, rd.c, op.Repo, op.Blob, true)
-		switch {
-		case err == nil:
-			rd.w.reads.Add(1)
-		case ctx.Err() != nil:
-		case isViolation(err):
-			rd.w.h.Violation("concurrent read of acknowledged blob %s in %s (pushed in phase %d, %s): %v",
-				op.Blob, op.Repo, op.Phase, op.Style, err)
-		}
+		rd.readBlob(ctx, op, "concurrent read")
 		if len(snap.AckedManifests) > 0 {
 			m := snap.AckedManifests[rd.r.IntN(len(snap.AckedManifests))]
-			err := CheckManifest(ctx, rd.c, m, true)
-			if err != nil && ctx.Err() == nil && isViolation(err) {
+			start := time.Now()
+			err := CheckManifest(ctx, rd.client(), m, true)
+			switch {
+			case err == nil || ctx.Err() != nil:
+			case isViolation(err) && !rd.excused(err, m.Repo, m.Tag, "", start):
 				rd.w.h.Violation("concurrent read of acknowledged manifest %s:%s: %v", m.Repo, m.Tag, err)
+			case IsServerError(err):
+				rd.w.h.ServerError("concurrent read of manifest %s:%s: %v", m.Repo, m.Tag, err)
 			}
 		}
 		sleepCtx(ctx, 20*time.Millisecond)
+	}
+}
+
+// readBlob reads op back and files a violation if it is wrong or lost.
+func (rd *reader) readBlob(ctx context.Context, op BlobOp, what string) bool {
+	start := time.Now()
+	err := CheckBlob(ctx, rd.client(), op.Repo, op.Blob, true)
+	switch {
+	case err == nil:
+		rd.w.reads.Add(1)
+		return true
+	case ctx.Err() != nil:
+	case isViolation(err) && !rd.excused(err, op.Repo, "", op.Blob.Digest, start):
+		rd.w.h.Violation("%s of acknowledged blob %s in %s (pushed in phase %d, %s): %v",
+			what, op.Blob, op.Repo, op.Phase, op.Style, err)
+	case IsServerError(err):
+		rd.w.h.ServerError("%s of %s in %s: %v", what, op.Blob, op.Repo, err)
+	}
+	return false
+}
+
+// pull reads image m as a client pulls it: the manifest by tag (its bytes
+// must be those pushed, their digest the one announced), then every blob.
+func (rd *reader) pull(ctx context.Context, m ManifestOp, blobs map[blobKey]BlobOp) {
+	c := rd.client()
+	start := time.Now()
+	if err := CheckManifest(ctx, c, m, true); err != nil {
+		switch {
+		case ctx.Err() != nil:
+		case isViolation(err) && !rd.excused(err, m.Repo, m.Tag, "", start):
+			rd.w.h.Violation("pull of %s:%s: %v", m.Repo, m.Tag, err)
+		case IsServerError(err):
+			rd.w.h.ServerError("pull of %s:%s: %v", m.Repo, m.Tag, err)
+		}
+		return
+	}
+	for _, d := range m.Blobs {
+		b, ok := blobs[blobKey{m.Repo, d}]
+		if !ok {
+			continue
+		}
+		if !rd.readBlob(ctx, b, "pull of "+m.Repo+":"+m.Tag+": read") {
+			return
+		}
+	}
+	rd.w.pulls.Add(1)
+}
+
+// excused reports whether a violation seen by a concurrent read is none: a
+// 404 for a manifest whose deletion was sent, or (when collecting) for a
+// blob no live manifest acknowledged before the read referenced.
+func (rd *reader) excused(err error, repo, tag, dgst string, start time.Time) bool {
+	if !IsLost(err) {
+		return false
+	}
+	if tag != "" {
+		return rd.w.h.Deleting(repo, tag)
+	}
+	return (rd.w.cfg.Collecting || rd.w.cfg.DeleteEvery > 0) && !rd.w.h.BlobRequired(repo, dgst, start)
+}
+
+// deleter deletes acknowledged images (by manifest digest) now and then.
+type deleter struct {
+	w       *Workload
+	clients []*Client
+	r       *rand.Rand
+}
+
+func (d *deleter) run(ctx context.Context) {
+	t := time.NewTicker(d.w.cfg.DeleteEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		snap := d.w.h.Snapshot()
+		var cands []ManifestOp
+		for _, m := range snap.AckedManifests {
+			if time.Since(m.At) > time.Second {
+				cands = append(cands, m)
+			}
+		}
+		if len(cands) < 4 {
+			continue // keep a few images around
+		}
+		slices.SortFunc(cands, func(a, b ManifestOp) int { return strings.Compare(a.Repo+":"+a.Tag, b.Repo+":"+b.Tag) })
+		d.delete(ctx, cands[d.r.IntN(len(cands))])
+	}
+}
+
+// delete deletes m by digest, retrying transient failures through other
+// frontends for up to a minute. A 404 is the expected answer only after a
+// failed attempt (which may have landed).
+func (d *deleter) delete(ctx context.Context, m ManifestOp) {
+	d.w.h.AttemptDelete(m)
+	deadline := time.Now().Add(time.Minute)
+	tried := false
+	for i := d.r.IntN(len(d.clients)); ctx.Err() == nil; i++ {
+		c := d.clients[i%len(d.clients)]
+		err := c.DeleteManifest(ctx, m.Repo, m.Digest)
+		switch {
+		case err == nil:
+			d.w.h.AckDelete(m)
+			d.w.deletes.Add(1)
+			return
+		case ctx.Err() != nil:
+			return
+		case HTTPStatus(err) == http.StatusNotFound && tried:
+			d.w.h.Note("delete: manifest already gone after a failed attempt")
+			d.w.h.AckDelete(m)
+			d.w.deletes.Add(1)
+			return
+		case HTTPStatus(err) == http.StatusNotFound:
+			d.w.h.Violation("LOST ACKNOWLEDGED MANIFEST: deleting %s:%s (%s): %v", m.Repo, m.Tag, m.Digest, err)
+			return
+		case IsServerError(err):
+			d.w.h.ServerError("deleting %s:%s (%s): %v", m.Repo, m.Tag, m.Digest, err)
+		case !IsTransient(err):
+			d.w.h.Unexpected("deleting %s:%s (%s): %v", m.Repo, m.Tag, m.Digest, err)
+			return
+		}
+		tried = true
+		if time.Now().After(deadline) {
+			d.w.h.Unexpected("deleting %s:%s: still failing after a minute: %v", m.Repo, m.Tag, err)
+			return
+		}
+		sleepCtx(ctx, time.Duration(50+d.r.IntN(150))*time.Millisecond)
+	}
+}
+
+// prober pushes a tiny new blob in one request every ProbeEvery through
+// the frontends in turn (at most two in flight), so that the history holds
+// an acknowledgement soon after the cluster takes writes again.
+type prober struct {
+	w       *Workload
+	clients []*Client
+	seed    uint64
+}
+
+// ProbeRepo is the repository the prober pushes to.
+const ProbeRepo = "chaos-probe"
+
+func (pr *prober) run(ctx context.Context) {
+	t := time.NewTicker(pr.w.cfg.ProbeEvery)
+	defer t.Stop()
+	sem := make(chan struct{}, 2)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for i := uint64(0); ; i++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		select {
+		case sem <- struct{}{}:
+		default:
+			continue // two still in flight: the cluster is slow or away
+		}
+		b := GeneratedBlob(pr.seed^(0x9e3779b97f4a7c15*(i+1)), 64+int64(i%64))
+		c := pr.clients[int(i)%len(pr.clients)]
+		repo := pr.w.cfg.Prefix + "-" + ProbeRepo
+		pr.w.h.AttemptBlob(repo, b, StyleProbe)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			err := c.PushWhole(pctx, repo, b)
+			switch {
+			case err == nil:
+				pr.w.h.AckBlob(repo, b, StyleProbe)
+				pr.w.probes.Add(1)
+			case ctx.Err() != nil || IsTransient(err) || errors.Is(err, context.DeadlineExceeded):
+			case IsServerError(err):
+				pr.w.h.ServerError("probe push of %s: %v", b, err)
+			default:
+				var pe *ProtocolError
+				if errors.As(err, &pe) {
+					pr.w.h.Violation("probe push of %s: %v", b, err)
+				} else {
+					pr.w.h.Unexpected("probe push of %s: %v", b, err)
+				}
+			}
+		}()
 	}
 }
 

@@ -1,0 +1,236 @@
+package chaos
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// FaultKind names a kind of fault.
+type FaultKind string
+
+// The faults the injector knows, in the shape of the etcd robustness
+// suite's failpoints. Network partitions are made by SIGSTOP of the side
+// cut off (see docs/CHAOS.md): the dev cluster's nodes advertise the
+// addresses they bind, so no proxy can be put between them without server
+// changes.
+const (
+	// SIGKILL of the Raft leader; restarted after a hold.
+	FaultLeaderKill FaultKind = "leader-kill"
+	// SIGKILL of any meta node (possibly the leader); restarted after a hold.
+	FaultMetaKill FaultKind = "meta-kill"
+	// SIGKILL of 1 to m storage nodes at once; restarted after a hold that
+	// may outlast --dead-after (the nodes are then declared dead and repair
+	// starts before they come back).
+	FaultStorageKill FaultKind = "storage-kill"
+	// SIGSTOP of any node for a short hold, then SIGCONT.
+	FaultPause FaultKind = "pause"
+	// The leader cut off from the majority: SIGSTOP for longer than an
+	// election, then SIGCONT (it wakes up believing it still leads).
+	FaultPartitionLeader FaultKind = "partition-leader"
+	// A storage node cut off: SIGSTOP for longer than --dead-after, then
+	// SIGCONT.
+	FaultPartitionStorage FaultKind = "partition-storage"
+	// Bytes flipped in shard files on a storage node's disk.
+	FaultCorrupt FaultKind = "corrupt-shards"
+	// Shard files deleted from a storage node's disk.
+	FaultDeleteShards FaultKind = "delete-shards"
+	// Every node stopped with SIGTERM and started again, one at a time
+	// (storage, frontends, meta followers, the leader last). Each node's
+	// restart is one injection.
+	FaultRollingRestart FaultKind = "rolling-restart"
+)
+
+// AllFaultKinds lists every fault kind.
+var AllFaultKinds = []FaultKind{FaultLeaderKill, FaultMetaKill, FaultStorageKill, FaultPause, FaultPartitionLeader,
+	FaultPartitionStorage, FaultCorrupt, FaultDeleteShards, FaultRollingRestart}
+
+// Scenario is a named mix of faults and workload options.
+type Scenario struct {
+	Name        string
+	Description string
+	// Faults and their weights: each fault of the schedule is drawn from
+	// this mix.
+	Faults map[FaultKind]int
+	// Gap bounds the quiet time between two faults.
+	Gap [2]time.Duration
+	// GC runs a deleter (an acknowledged image deleted every second) and
+	// `strata gc run --grace 0s` every few seconds during the faults, and
+	// once more after them; only images still live must then pull intact.
+	GC bool
+}
+
+// Scenarios are the named scenarios of `strata chaos run`.
+var Scenarios = map[string]Scenario{
+	"leader-kill": {
+		Name:        "leader-kill",
+		Description: "SIGKILL of the Raft leader (and now and then of another meta node), restarted after 0.5-4s",
+		Faults:      map[FaultKind]int{FaultLeaderKill: 4, FaultMetaKill: 1},
+		Gap:         [2]time.Duration{2 * time.Second, 5 * time.Second},
+	},
+	"storage-kill": {
+		Name:        "storage-kill",
+		Description: "SIGKILL of 1 or 2 (m) storage nodes at once, restarted after 1-8s (past --dead-after 3s they are declared dead and repaired)",
+		Faults:      map[FaultKind]int{FaultStorageKill: 1},
+		Gap:         [2]time.Duration{2 * time.Second, 5 * time.Second},
+	},
+	"pause": {
+		Name:        "pause",
+		Description: "SIGSTOP/SIGCONT of any node for 0.3-3s, and partitions: the leader or a storage node stopped past an election or --dead-after",
+		Faults:      map[FaultKind]int{FaultPause: 4, FaultPartitionLeader: 1, FaultPartitionStorage: 1},
+		Gap:         [2]time.Duration{1 * time.Second, 4 * time.Second},
+	},
+	"partition": {
+		Name:        "partition",
+		Description: "the leader cut off from the majority, or a storage node cut off (SIGSTOP of the isolated side, 3-8s)",
+		Faults:      map[FaultKind]int{FaultPartitionLeader: 1, FaultPartitionStorage: 1},
+		Gap:         [2]time.Duration{2 * time.Second, 5 * time.Second},
+	},
+	"corrupt": {
+		Name:        "corrupt",
+		Description: "bytes flipped in, or deletion of, shard files of acknowledged blobs on storage nodes' disks (never two of one segment), with storage restarts that make the scrubber look",
+		Faults:      map[FaultKind]int{FaultCorrupt: 3, FaultDeleteShards: 2, FaultStorageKill: 1},
+		Gap:         [2]time.Duration{1 * time.Second, 4 * time.Second},
+	},
+	"rolling-restart": {
+		Name:        "rolling-restart",
+		Description: "every node stopped (SIGTERM) and started again, one at a time, waiting for each to be back",
+		Faults:      map[FaultKind]int{FaultRollingRestart: 1},
+		Gap:         [2]time.Duration{2 * time.Second, 4 * time.Second},
+	},
+	"gc-under-faults": {
+		Name:        "gc-under-faults",
+		Description: "images deleted and `strata gc run --grace 0s` every few seconds while leaders and storage nodes are killed and nodes paused",
+		Faults:      map[FaultKind]int{FaultLeaderKill: 2, FaultMetaKill: 1, FaultStorageKill: 2, FaultPause: 2},
+		Gap:         [2]time.Duration{2 * time.Second, 5 * time.Second},
+		GC:          true,
+	},
+	"mixed": {
+		Name:        "mixed",
+		Description: "every fault kind, with deletes and garbage collection at zero grace",
+		Faults: map[FaultKind]int{FaultLeaderKill: 3, FaultMetaKill: 2, FaultStorageKill: 3, FaultPause: 3,
+			FaultPartitionLeader: 2, FaultPartitionStorage: 2, FaultCorrupt: 2, FaultDeleteShards: 1, FaultRollingRestart: 1},
+		Gap: [2]time.Duration{1 * time.Second, 4 * time.Second},
+		GC:  true,
+	},
+}
+
+// ScenarioNames lists the scenarios, sorted.
+func ScenarioNames() []string {
+	var out []string
+	for n := range Scenarios {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Fault is one entry of a schedule, drawn from the seed before the run:
+// what to inject and when, and numbers from which the targets are picked at
+// injection time (which node leads then is up to the run's timing).
+type Fault struct {
+	Kind  FaultKind     `json:"kind"`
+	Gap   time.Duration `json:"gap_ns"`          // quiet time before it
+	Pick  uint64        `json:"pick"`            // picks the targets
+	Count int           `json:"count,omitempty"` // storage nodes to kill, shards to damage
+	Hold  time.Duration `json:"hold_ns,omitempty"`
+}
+
+func (f Fault) String() string {
+	s := string(f.Kind)
+	if f.Count > 0 {
+		s += fmt.Sprintf(" ×%d", f.Count)
+	}
+	if f.Hold > 0 {
+		s += fmt.Sprintf(" for %v", f.Hold.Round(time.Millisecond))
+	}
+	return s
+}
+
+// Schedule draws the faults of a run of sc lasting about d from seed:
+// the same seed gives the same schedule. It holds more faults than fit in d
+// (the run stops injecting at d); at most 100000.
+func Schedule(sc Scenario, seed uint64, d time.Duration) []Fault {
+	r := rand.New(rand.NewPCG(seed, 0xfa17))
+	var kinds []FaultKind
+	var weights []int
+	total := 0
+	for _, k := range AllFaultKinds { // a fixed order: maps iterate randomly
+		if w := sc.Faults[k]; w > 0 {
+			kinds = append(kinds, k)
+			weights = append(weights, w)
+			total += w
+		}
+	}
+	if total == 0 {
+		return nil
+	}
+	between := func(a, b time.Duration) time.Duration {
+		if b <= a {
+			return a
+		}
+		return a + time.Duration(r.Int64N(int64(b-a)))
+	}
+	var out []Fault
+	for spent := time.Duration(0); spent <= d && len(out) < 100000; {
+		x := r.IntN(total)
+		k := kinds[0]
+		for i, w := range weights {
+			if x < w {
+				k = kinds[i]
+				break
+			}
+			x -= w
+		}
+		f := Fault{Kind: k, Gap: between(sc.Gap[0], sc.Gap[1]), Pick: r.Uint64()}
+		switch k {
+		case FaultLeaderKill, FaultMetaKill:
+			f.Hold = between(500*time.Millisecond, 4*time.Second)
+		case FaultStorageKill:
+			f.Count = 1 + r.IntN(2)
+			f.Hold = between(time.Second, 8*time.Second)
+		case FaultPause:
+			f.Hold = between(300*time.Millisecond, 3*time.Second)
+		case FaultPartitionLeader:
+			f.Hold = between(3*time.Second, 8*time.Second)
+		case FaultPartitionStorage:
+			f.Hold = between(4*time.Second, 8*time.Second)
+		case FaultCorrupt, FaultDeleteShards:
+			f.Count = 1 + r.IntN(4)
+		}
+		out = append(out, f)
+		// A rough cost of each fault, so that the schedule covers d.
+		spent += f.Gap + f.Hold + time.Second
+		if k == FaultRollingRestart {
+			spent += 20 * time.Second
+		}
+	}
+	return out
+}
+
+// describeMix renders a scenario's fault mix.
+func describeMix(sc Scenario) string {
+	var parts []string
+	for _, k := range AllFaultKinds {
+		if w := sc.Faults[k]; w > 0 {
+			parts = append(parts, fmt.Sprintf("%s:%d", k, w))
+		}
+	}
+	return strings.Join(parts, " ")
+}
+
+// pickN picks n distinct elements of ids from the number pick.
+func pickN(ids []string, n int, pick uint64) []string {
+	r := rand.New(rand.NewPCG(pick, 0x9c4))
+	ids = slices.Clone(ids)
+	r.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+	if n > len(ids) {
+		n = len(ids)
+	}
+	out := ids[:n]
+	sort.Strings(out)
+	return out
+}
