@@ -42,4 +42,6 @@
 //     so it is registered under one key name.
 //   - Mux routes key names to providers, so the rest of Strata sees one
 //     Provider whatever the mix.
+//   - Cache remembers unwrapped data keys for a while, so reading a hot blob
+//     does not cost a KMS round trip each time.
 package keys
