@@ -115,6 +115,15 @@ fuzz: ## Run every Fuzz* target in the repo for FUZZTIME each (default 30s)
 bench: ## Run benchmarks (go test -run XXX -bench . -benchmem ./...; BENCH=regexp narrows)
 	$(TEST_ENV) $(GO) test -run XXX -bench '$(BENCH)' -benchmem ./...
 
+# strata bench against a running registry: BENCH_URL (default: the `make run`
+# server), BENCH_ARGS for more flags (e.g. --scenario pull-herd --duration 30s).
+BENCH_URL  ?= http://127.0.0.1:5000
+BENCH_ARGS ?= --scenario all
+
+.PHONY: bench-load
+bench-load: build ## Load-test a running registry with strata bench (BENCH_URL, BENCH_ARGS)
+	$(STRATA) bench --url $(BENCH_URL) --summary $(BENCH_ARGS)
+
 .PHONY: bench-compare
 bench-compare: build ## Strata (--dev and a 4+2 dev cluster) next to CNCF Distribution v3.1.2: a table of ratios (~15 min)
 	STRATA_BIN=$(STRATA) $(CURDIR)/deploy/scripts/bench-compare.sh

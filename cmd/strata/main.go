@@ -29,6 +29,7 @@ Start a working single-node registry on 127.0.0.1:5000 with:
 	root.AddCommand(newServeCmd(), newVersionCmd(), newClusterCmd(), newDevCmd(), newLifecycleCmd(), newGCCmd(), newRepoCmd())
 	root.AddCommand(newNodeCmd(), newStorageCmd())
 	root.AddCommand(newChaosCmd())
+	root.AddCommand(newBenchCmd())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "strata:", err)
 		os.Exit(1)
