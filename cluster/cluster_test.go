@@ -296,6 +296,19 @@ func TestStaleReadsFromFollowers(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.WaitConverged()
+	// An upload opened through the leader is never reported unknown by a
+	// follower that has not applied it yet: absence is the leader's to say.
+	for i := 0; i < 20; i++ {
+		id := fmt.Sprintf("up-%d", i)
+		if err := c.Leader().Meta.Propose(ctxT(t, 5*time.Second), &pb.Command{Op: &pb.Command_OpenUpload{OpenUpload: &pb.OpenUpload{Id: id, Repo: "s"}}}); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range c.Up() {
+			if _, err := n.Meta.Upload(ctxT(t, 5*time.Second), id); err != nil {
+				t.Fatalf("stale read of a fresh upload on %s: %v", n.ID, err)
+			}
+		}
+	}
 	leader := c.Leader()
 	c.Kill(leader)
 	for _, n := range c.Up() {
