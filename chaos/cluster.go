@@ -107,6 +107,7 @@ type Cluster struct {
 
 	peers *cluster.Peers
 	meta  *cluster.Meta
+	net   *Net // nil until EnableNet
 }
 
 // StartCluster runs `strata dev cluster` in cfg.Dir and returns once its
@@ -512,7 +513,7 @@ func (c *Cluster) startOnce(id string) error {
 	var others []string
 	for _, o := range c.nodes {
 		if o != n && o.info.Has(RoleMeta) {
-			others = append(others, o.info.GRPC)
+			others = append(others, c.dialAddrLocked(o.info.ID, o.info.GRPC))
 		}
 	}
 	_, statErr := os.Stat(filepath.Join(c.DataDir(id), "meta", "raft", "raft.db"))
@@ -541,6 +542,170 @@ func (c *Cluster) startOnce(id string) error {
 		close(done)
 	}()
 	return nil
+}
+
+// dialAddrLocked is the address other nodes dial for a node's gRPC port:
+// its proxy once the Net is on.
+func (c *Cluster) dialAddrLocked(id, bound string) string {
+	if c.net != nil {
+		if a := c.net.Addr(id, "grpc"); a != "" {
+			return a
+		}
+	}
+	return bound
+}
+
+// Net is the proxy layer between the nodes, or nil.
+func (c *Cluster) Net() *Net {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.net
+}
+
+// EnableNet puts a proxy (Net) in front of every node's gRPC and Raft
+// ports and restarts every node so that it advertises the proxies and joins
+// through them: from then on every connection between two nodes passes a
+// proxy, and links can be cut. Storage and api nodes are restarted all at
+// once, then the meta nodes one at a time (the leader last), each waited
+// for. Call it before the workload starts.
+func (c *Cluster) EnableNet(ctx context.Context) error {
+	n := NewNet(func() map[int]string {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		out := map[int]string{}
+		for _, nd := range c.nodes {
+			if nd.state == NodeRunning || nd.state == NodePaused {
+				out[nd.info.PID] = nd.info.ID
+			}
+		}
+		return out
+	})
+	bound := map[string]string{} // node gRPC address -> its proxy
+	for _, info := range c.Nodes() {
+		a, err := n.Proxy(info.ID, "grpc", info.GRPC)
+		if err != nil {
+			n.Close()
+			return err
+		}
+		bound[info.GRPC] = a
+		if info.Raft != "" {
+			if _, err := n.Proxy(info.ID, "raft", info.Raft); err != nil {
+				n.Close()
+				return err
+			}
+		}
+	}
+	c.mu.Lock()
+	c.net = n
+	for _, nd := range c.nodes {
+		nd.argv = proxiedArgs(nd.argv, n.Addr(nd.info.ID, "grpc"), n.Addr(nd.info.ID, "raft"), bound)
+	}
+	c.mu.Unlock()
+
+	restart := func(ids []string) error {
+		for _, id := range ids {
+			if _, err := c.Terminate(id, 20*time.Second); err != nil {
+				return err
+			}
+		}
+		for _, id := range ids {
+			if err := c.Restart(id); err != nil {
+				return err
+			}
+		}
+		wctx, cancel := context.WithTimeout(ctx, c.cfg.ReadyTimeout)
+		defer cancel()
+		for _, id := range ids {
+			if err := c.WaitUp(wctx, id); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	var rest []string
+	rest = append(rest, c.IDs(RoleStorage)...)
+	rest = append(rest, c.IDs(RoleAPI)...)
+	if err := restart(rest); err != nil {
+		return fmt.Errorf("chaos: moving storage and api nodes behind proxies: %w", err)
+	}
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	leader, err := c.WaitLeader(lctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	var metas []string
+	for _, id := range c.IDs(RoleMeta) {
+		if id != leader {
+			metas = append(metas, id)
+		}
+	}
+	for _, id := range append(metas, leader) {
+		if err := restart([]string{id}); err != nil {
+			return fmt.Errorf("chaos: moving %s behind its proxies: %w", id, err)
+		}
+	}
+	// Every node must now be known by its proxies.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := c.checkAdvertised(ctx)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("chaos: nodes behind proxies: %w", err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(1500 * time.Millisecond) // frontends refresh their storage view every second
+	return nil
+}
+
+// checkAdvertised checks that the registry and the Raft configuration
+// know every node by its proxies.
+func (c *Cluster) checkAdvertised(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	leader, err := c.Leader(cctx)
+	if err != nil {
+		return err
+	}
+	st, err := c.status(cctx, leader, false)
+	if err != nil {
+		return err
+	}
+	n := c.Net()
+	for _, m := range st.Members {
+		id := m.Node.GetId()
+		if want := n.Addr(id, "grpc"); want != "" && m.Node.GetGrpcAddr() != want {
+			return fmt.Errorf("%s registered with gRPC %s, not its proxy %s", id, m.Node.GetGrpcAddr(), want)
+		}
+		if want := n.Addr(id, "raft"); want != "" && m.Node.GetRaftAddr() != want {
+			return fmt.Errorf("%s registered with Raft %s, not its proxy %s", id, m.Node.GetRaftAddr(), want)
+		}
+	}
+	return nil
+}
+
+// proxiedArgs rewrites a node's command line to advertise its proxies and
+// to join through the meta nodes' proxies.
+func proxiedArgs(argv []string, grpcProxy, raftProxy string, proxyOf map[string]string) []string {
+	out := slices.Clone(argv)
+	if i := slices.Index(out, "--join"); i >= 0 && i+1 < len(out) {
+		var addrs []string
+		for _, a := range strings.Split(out[i+1], ",") {
+			if p, ok := proxyOf[a]; ok {
+				a = p
+			}
+			addrs = append(addrs, a)
+		}
+		out[i+1] = strings.Join(addrs, ",")
+	}
+	out = append(out, "--advertise-grpc-addr", grpcProxy)
+	if raftProxy != "" {
+		out = append(out, "--advertise-raft-addr", raftProxy)
+	}
+	return out
 }
 
 // CheckAlive looks for nodes that should run but whose process is gone (a
@@ -886,5 +1051,8 @@ func (c *Cluster) Close() {
 	c.mu.Unlock()
 	if c.peers != nil {
 		c.peers.Close()
+	}
+	if c.net != nil {
+		c.net.Close()
 	}
 }

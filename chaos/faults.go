@@ -139,13 +139,37 @@ func (in *injector) inject(ctx context.Context, f Fault) {
 			in.record(FaultEvent{Kind: f.Kind, Start: time.Now(), Error: "no leader to cut off: " + err.Error()})
 			return
 		}
-		in.pause(ctx, f, []string{leader})
+		if in.c.Net() == nil {
+			in.pause(ctx, f, []string{leader})
+			return
+		}
+		// The leader loses the other meta nodes; frontends and storage
+		// nodes still reach it (and it them).
+		var others []string
+		for _, id := range in.c.IDs(RoleMeta) {
+			if id != leader {
+				others = append(others, id)
+			}
+		}
+		in.partition(ctx, f, leader, others)
 	case FaultPartitionStorage:
 		if in.storageBudget(ctx) < 1 {
 			in.record(FaultEvent{Kind: f.Kind, Start: time.Now(), Detail: "skipped: damaged shards not repaired yet"})
 			return
 		}
-		in.pause(ctx, f, in.c.IDs(RoleStorage))
+		if in.c.Net() == nil {
+			in.pause(ctx, f, in.c.IDs(RoleStorage))
+			return
+		}
+		id := pickN(in.c.IDs(RoleStorage), 1, f.Pick)[0]
+		in.partition(ctx, f, id, slices.DeleteFunc(in.c.IDs(""), func(x string) bool { return x == id }))
+	case FaultPartitionFrontend:
+		if in.c.Net() == nil {
+			in.pause(ctx, f, in.c.IDs(RoleAPI))
+			return
+		}
+		id := pickN(in.c.IDs(RoleAPI), 1, f.Pick)[0]
+		in.partition(ctx, f, id, in.c.IDs(RoleMeta))
 	case FaultCorrupt, FaultDeleteShards:
 		in.damage(ctx, f)
 	case FaultRollingRestart:
@@ -269,6 +293,25 @@ func (in *injector) pause(ctx context.Context, f Fault, among []string) {
 		ev.Error = err.Error()
 		in.fail("resuming %s: %v", id, err)
 	} else if err := in.waitUp(ctx, ev.Targets); err != nil {
+		ev.Error = err.Error()
+	}
+	in.record(ev)
+}
+
+// partition cuts the links between node and each of others (both ways)
+// through the proxy layer for f.Hold, then heals them and waits until the
+// node serves again.
+func (in *injector) partition(ctx context.Context, f Fault, node string, others []string) {
+	n := in.c.Net()
+	ev := FaultEvent{Kind: f.Kind, Targets: []string{node}, Start: time.Now()}
+	for _, o := range others {
+		n.Cut(node, o)
+	}
+	in.h.Note("fault: " + string(f.Kind))
+	sleepCtx(ctx, f.Hold)
+	n.Heal()
+	ev.Detail = fmt.Sprintf("links to %s cut for %v", strings.Join(others, ","), f.Hold.Round(time.Millisecond))
+	if err := in.waitUp(ctx, ev.Targets); err != nil {
 		ev.Error = err.Error()
 	}
 	in.record(ev)

@@ -47,6 +47,11 @@ func (r *Report) Summary() string {
 		fmt.Fprintf(&b, "  %-18s %6d %22s %11.0f ms\n", k, r.Faults.ByKind[FaultKind(k)], longest, u.MeanMS)
 	}
 
+	if n := r.Net; n != nil {
+		fmt.Fprintf(&b, "  proxy layer: %d connections (%d from nodes), %d links cut, %d connections severed, %d refused\n",
+			n.Accepted, n.Attributed, n.Cuts, n.Severed, n.Refused)
+	}
+
 	o := r.Operations
 	fmt.Fprintf(&b, "\noperations: %d images started, %d blob pushes (%d acknowledged), %d manifest pushes (%d acknowledged), %.0f MiB sent\n",
 		o.Images, o.BlobsAttempted, o.BlobsAcked, o.ManifestsAttempted, o.ManifestsAcked, o.SentMiB)

@@ -125,6 +125,8 @@ type Report struct {
 		Count   int      `json:"count"`
 		Samples []string `json:"samples,omitempty"`
 	} `json:"server_errors"`
+	// Net is what the proxy layer did, when the scenario had one.
+	Net       *NetStats      `json:"net,omitempty"`
 	Notes     map[string]int `json:"notes,omitempty"`
 	Artifacts string         `json:"artifacts,omitempty"`
 }
@@ -208,6 +210,13 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 			c.Close()
 		}
 	}()
+	if sc.Proxies {
+		began := time.Now()
+		if err := c.EnableNet(ctx); err != nil {
+			return nil, err
+		}
+		logf("chaos: every node behind its proxies (%v)", time.Since(began).Round(time.Millisecond))
+	}
 	frontends := c.Frontends()
 	logf("chaos: cluster of %d nodes up in %v; frontends %v", len(c.Nodes()), time.Since(rep.Started).Round(time.Millisecond), frontends)
 
@@ -224,7 +233,9 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 		TotalBudget: min(budget, 2<<30), ProbeEvery: probe, Collecting: sc.GC, RetryServerErrors: true,
 		Logf: func(format string, args ...any) { logf("chaos: workload: "+format, args...) }}
 	if sc.GC {
-		wcfg.DeleteEvery = time.Second
+		// Small images: a push that takes longer than the pause between
+		// two collections at zero grace would lose the race again and again.
+		wcfg.DeleteEvery, wcfg.MaxLayerSize = time.Second, 2*mib
 	}
 	w := StartWorkload(wcfg)
 	workloadStopped := false
@@ -436,6 +447,13 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 		rep.Faults.ByKind[ev.Kind]++
 	}
 	rep.Faults.Unavail = unavailability(rep.Faults.Events, h.AckTimes())
+	if n := c.Net(); n != nil {
+		st := n.Stats()
+		rep.Net = &st
+		if st.Cuts > 0 && st.Refused+st.Severed == 0 {
+			rep.fail("the proxy layer cut %d links but no connection was refused or severed: partitions did not happen", st.Cuts)
+		}
+	}
 	rep.Operations.Counters = w.Counters()
 	rep.Operations.BlobsAcked, rep.Operations.ManifestsAcked = len(snap.AckedBlobs), len(snap.AckedManifests)
 	rep.Operations.BlobsAttempted = len(snap.AckedBlobs) + len(snap.AttemptedBlobs)
@@ -627,7 +645,7 @@ func (g *gcLoop) counts() (runs, failed, blobs int) {
 func (g *gcLoop) run(ctx context.Context, seed uint64) {
 	r := rand.New(rand.NewPCG(seed, 0x6c))
 	for {
-		if !sleepUntil(ctx, time.Now().Add(3*time.Second+time.Duration(r.Int64N(int64(4*time.Second))))) {
+		if !sleepUntil(ctx, time.Now().Add(4*time.Second+time.Duration(r.Int64N(int64(5*time.Second))))) {
 			return
 		}
 		if _, err := g.once(ctx); err != nil && ctx.Err() == nil {
@@ -664,7 +682,7 @@ func (g *gcLoop) once(ctx context.Context) (int, error) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
-	out, err := g.c.Strata(cctx, "gc", "run", "--grace", "0s", "--json", "--server", fe, "--timeout", "60s")
+	out, err := g.c.Strata(cctx, "gc", "run", "--grace", "0s", "--wait", "--json", "--server", fe, "--timeout", "60s")
 	var st struct {
 		Blobs int64  `json:"blobs_collected"`
 		Error string `json:"error"`

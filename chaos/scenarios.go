@@ -13,10 +13,9 @@ import (
 type FaultKind string
 
 // The faults the injector knows, in the shape of the etcd robustness
-// suite's failpoints. Network partitions are made by SIGSTOP of the side
-// cut off (see docs/CHAOS.md): the dev cluster's nodes advertise the
-// addresses they bind, so no proxy can be put between them without server
-// changes.
+// suite's failpoints. Network partitions cut links in the proxy layer (Net)
+// when the scenario puts one between the nodes, and otherwise stop the side
+// cut off with SIGSTOP (see docs/CHAOS.md).
 const (
 	// SIGKILL of the Raft leader; restarted after a hold.
 	FaultLeaderKill FaultKind = "leader-kill"
@@ -28,12 +27,17 @@ const (
 	FaultStorageKill FaultKind = "storage-kill"
 	// SIGSTOP of any node for a short hold, then SIGCONT.
 	FaultPause FaultKind = "pause"
-	// The leader cut off from the majority: SIGSTOP for longer than an
-	// election, then SIGCONT (it wakes up believing it still leads).
+	// The leader cut off from the other meta nodes for longer than an
+	// election, while frontends and storage nodes still reach it (with the
+	// proxy layer; without it, SIGSTOP of the leader, which then wakes up
+	// believing it still leads).
 	FaultPartitionLeader FaultKind = "partition-leader"
-	// A storage node cut off: SIGSTOP for longer than --dead-after, then
-	// SIGCONT.
+	// A storage node cut off from every other node for longer than
+	// --dead-after (without the proxy layer: SIGSTOP).
 	FaultPartitionStorage FaultKind = "partition-storage"
+	// A frontend cut off from the meta nodes, still serving HTTP (without
+	// the proxy layer: SIGSTOP).
+	FaultPartitionFrontend FaultKind = "partition-frontend"
 	// Bytes flipped in shard files on a storage node's disk.
 	FaultCorrupt FaultKind = "corrupt-shards"
 	// Shard files deleted from a storage node's disk.
@@ -46,7 +50,7 @@ const (
 
 // AllFaultKinds lists every fault kind.
 var AllFaultKinds = []FaultKind{FaultLeaderKill, FaultMetaKill, FaultStorageKill, FaultPause, FaultPartitionLeader,
-	FaultPartitionStorage, FaultCorrupt, FaultDeleteShards, FaultRollingRestart}
+	FaultPartitionStorage, FaultPartitionFrontend, FaultCorrupt, FaultDeleteShards, FaultRollingRestart}
 
 // Scenario is a named mix of faults and workload options.
 type Scenario struct {
@@ -57,6 +61,10 @@ type Scenario struct {
 	Faults map[FaultKind]int
 	// Gap bounds the quiet time between two faults.
 	Gap [2]time.Duration
+	// Proxies puts the proxy layer (Net) between the nodes before the
+	// workload starts, so that partitions cut links rather than stop
+	// processes. It costs a restart of every node at the start.
+	Proxies bool
 	// GC runs a deleter (an acknowledged image deleted every second) and
 	// `strata gc run --grace 0s` every few seconds during the faults, and
 	// once more after them; only images still live must then pull intact.
@@ -79,15 +87,16 @@ var Scenarios = map[string]Scenario{
 	},
 	"pause": {
 		Name:        "pause",
-		Description: "SIGSTOP/SIGCONT of any node for 0.3-3s, and partitions: the leader or a storage node stopped past an election or --dead-after",
-		Faults:      map[FaultKind]int{FaultPause: 4, FaultPartitionLeader: 1, FaultPartitionStorage: 1},
+		Description: "SIGSTOP/SIGCONT of any node for 0.3-3s; and the leader, a storage node or a frontend stopped past an election or --dead-after",
+		Faults:      map[FaultKind]int{FaultPause: 4, FaultPartitionLeader: 1, FaultPartitionStorage: 1, FaultPartitionFrontend: 1},
 		Gap:         [2]time.Duration{1 * time.Second, 4 * time.Second},
 	},
 	"partition": {
 		Name:        "partition",
-		Description: "the leader cut off from the majority, or a storage node cut off (SIGSTOP of the isolated side, 3-8s)",
-		Faults:      map[FaultKind]int{FaultPartitionLeader: 1, FaultPartitionStorage: 1},
+		Description: "links cut through TCP proxies between the nodes: the leader from the other meta nodes, a storage node from everyone, a frontend from the meta nodes (2-8s)",
+		Faults:      map[FaultKind]int{FaultPartitionLeader: 2, FaultPartitionStorage: 2, FaultPartitionFrontend: 1},
 		Gap:         [2]time.Duration{2 * time.Second, 5 * time.Second},
+		Proxies:     true,
 	},
 	"corrupt": {
 		Name:        "corrupt",
@@ -110,11 +119,13 @@ var Scenarios = map[string]Scenario{
 	},
 	"mixed": {
 		Name:        "mixed",
-		Description: "every fault kind, with deletes and garbage collection at zero grace",
+		Description: "every fault kind (partitions through the proxy layer), with deletes and garbage collection at zero grace",
 		Faults: map[FaultKind]int{FaultLeaderKill: 3, FaultMetaKill: 2, FaultStorageKill: 3, FaultPause: 3,
-			FaultPartitionLeader: 2, FaultPartitionStorage: 2, FaultCorrupt: 2, FaultDeleteShards: 1, FaultRollingRestart: 1},
-		Gap: [2]time.Duration{1 * time.Second, 4 * time.Second},
-		GC:  true,
+			FaultPartitionLeader: 2, FaultPartitionStorage: 2, FaultPartitionFrontend: 1, FaultCorrupt: 2, FaultDeleteShards: 1,
+			FaultRollingRestart: 1},
+		Gap:     [2]time.Duration{1 * time.Second, 4 * time.Second},
+		GC:      true,
+		Proxies: true,
 	},
 }
 
@@ -198,6 +209,8 @@ func Schedule(sc Scenario, seed uint64, d time.Duration) []Fault {
 			f.Hold = between(3*time.Second, 8*time.Second)
 		case FaultPartitionStorage:
 			f.Hold = between(4*time.Second, 8*time.Second)
+		case FaultPartitionFrontend:
+			f.Hold = between(2*time.Second, 6*time.Second)
 		case FaultCorrupt, FaultDeleteShards:
 			f.Count = 1 + r.IntN(4)
 		}

@@ -498,6 +498,9 @@ func (p *pusher) pushImage(ctx context.Context, img image) error {
 		Blobs: digests(blobs)}
 	for round := 1; ; round++ {
 		for i, b := range blobs {
+			if round > 1 && blobPresent(ctx, p.c, BlobOp{Repo: img.repo, Blob: b}) {
+				continue // as clients do: upload only what the registry lacks
+			}
 			if err := p.pushBlob(ctx, img.repo, b, img.styles[i]); err != nil {
 				return err
 			}
