@@ -62,9 +62,12 @@ type RebuildResult struct {
 // storage nodes: it fetches shards of the segment (each verified against the
 // BLAKE3 sum of its ShardRef), reconstructs the missing ones with the erasure
 // code (parity included), and writes each to a node chosen by Place among the
-// Store's nodes, leaving out avoided nodes and every node that already holds
-// another shard of the segment, and preferring failure zones the segment does
-// not use yet. A Put that fails is retried on the next candidate node.
+// Store's nodes, leaving out avoided nodes and, while others are left, every
+// node that already holds another shard of the segment, and preferring
+// failure zones the segment does not use yet. When fewer healthy nodes remain
+// than the segment has shards, the nodes holding the fewest of its shards
+// take a second one, so that the segment is back to k+m shards anyway. A Put
+// that fails is retried on the next candidate node.
 //
 // Shards that cannot be placed (too few nodes) or read (fewer than k good
 // shards) or written are left out of the result, and the error says why
@@ -138,7 +141,7 @@ func (s *Store) Rebuild(ctx context.Context, req RebuildRequest) (RebuildResult,
 		if nd, ok := pl.next(); ok {
 			targets[i] = nd
 		} else {
-			errs = append(errs, fmt.Errorf("%w: shard %d of %s: no node left that holds no shard of the segment", ErrNotEnoughNodes, i, seg.GetId()))
+			errs = append(errs, fmt.Errorf("%w: shard %d of %s: no healthy node left to hold it", ErrNotEnoughNodes, i, seg.GetId()))
 		}
 	}
 	if len(targets) == 0 {
@@ -276,6 +279,12 @@ type repairPlacement struct {
 	ranked []NodeInfo
 	taken  []bool
 	zones  map[string]bool
+	// When fewer healthy nodes remain than the segment has shards, a node
+	// may hold two shards of it: k+m shards on fewer nodes still survive
+	// more failures than a segment left short. shared ranks those nodes;
+	// held counts the shards each holds or is handed.
+	shared []NodeInfo
+	held   map[string]int
 }
 
 func newRepairPlacement(seg *metastorepb.Segment, refs []*metastorepb.ShardRef, want []bool, avoid func(string) bool,
@@ -294,14 +303,25 @@ func newRepairPlacement(seg *metastorepb.Segment, refs []*metastorepb.ShardRef, 
 			}
 		}
 	}
-	var cands []NodeInfo
+	var cands, shared []NodeInfo
+	held := map[string]int{}
+	for i, r := range refs {
+		if r != nil && (!want[i] || !avoid(r.GetNode())) {
+			held[r.GetNode()]++
+		}
+	}
 	for _, nd := range all {
-		if !used[nd.ID] && !avoid(nd.ID) {
+		switch {
+		case avoid(nd.ID) || nd.ReadOnly:
+		case used[nd.ID]:
+			shared = append(shared, nd)
+		default:
 			cands = append(cands, nd)
 		}
 	}
 	ranked, _ := Place(seg.GetId(), cands, len(cands))
-	return &repairPlacement{ranked: ranked, taken: make([]bool, len(ranked)), zones: zones}
+	shared, _ = Place(seg.GetId(), shared, len(shared))
+	return &repairPlacement{ranked: ranked, taken: make([]bool, len(ranked)), zones: zones, shared: shared, held: held}
 }
 
 // next returns the best node not handed out yet.
@@ -322,10 +342,23 @@ func (p *repairPlacement) next() (NodeInfo, bool) {
 		}
 	}
 	if pick < 0 {
-		return NodeInfo{}, false
+		// No node without a shard of the segment is left: the one holding
+		// the fewest of its shards takes another.
+		best := -1
+		for i, nd := range p.shared {
+			if best < 0 || p.held[nd.ID] < p.held[p.shared[best].ID] {
+				best = i
+			}
+		}
+		if best < 0 {
+			return NodeInfo{}, false
+		}
+		p.held[p.shared[best].ID]++
+		return p.shared[best], true
 	}
 	p.taken[pick] = true
 	p.zones[p.ranked[pick].Zone] = true
+	p.held[p.ranked[pick].ID]++
 	return p.ranked[pick], true
 }
 

@@ -197,11 +197,43 @@ func TestRebuildCorruptShardInPlace(t *testing.T) {
 	}
 }
 
+// With fewer healthy nodes than shards, a node that holds the fewest shards
+// of the segment takes a second one: the segment is back to k+m shards.
+func TestRebuildColocatesWhenNodesAreShort(t *testing.T) {
+	c := newCluster(t, 6)
+	s := newStore(t, c, 4, 2)
+	seg := write(t, s, randomData(23, testSeg))[0]
+	gone := seg.Shards[0].Node
+	_, fn := avoidSet(gone)
+	res, err := s.Rebuild(bg, blobstore.RebuildRequest{Segment: seg, Indexes: []uint32{0}, Avoid: fn})
+	if err != nil || len(res.Replacements) != 1 {
+		t.Fatalf("rebuild on 5 of 6 nodes = %+v, %v", res, err)
+	}
+	r := res.Replacements[0]
+	if r.NewNode == gone {
+		t.Fatal("rebuilt onto the avoided node")
+	}
+	held := 0
+	for _, ref := range seg.Shards {
+		if ref.Node == r.NewNode {
+			held++
+		}
+	}
+	if held != 1 {
+		t.Fatalf("the new node held %d shards of the segment before, want exactly 1 (every healthy node holds one)", held)
+	}
+}
+
+// With no healthy node at all there is nowhere to go, and nothing is fetched.
 func TestRebuildNeedsRoom(t *testing.T) {
 	c := newCluster(t, 6)
 	s := newStore(t, c, 4, 2)
 	seg := write(t, s, randomData(23, testSeg))[0]
-	_, fn := avoidSet(seg.Shards[0].Node)
+	var ids []string
+	for _, ref := range seg.Shards {
+		ids = append(ids, ref.Node)
+	}
+	_, fn := avoidSet(ids...)
 	gets := func() (n int) {
 		for _, f := range c.faulty {
 			n += f.Calls(blobstore.OpGet)
@@ -211,7 +243,7 @@ func TestRebuildNeedsRoom(t *testing.T) {
 	before := gets()
 	res, err := s.Rebuild(bg, blobstore.RebuildRequest{Segment: seg, Indexes: []uint32{0}, Avoid: fn})
 	if !errors.Is(err, blobstore.ErrNotEnoughNodes) || len(res.Replacements) != 0 {
-		t.Fatalf("rebuild with no free node = %+v, %v; want ErrNotEnoughNodes", res, err)
+		t.Fatalf("rebuild with no healthy node = %+v, %v; want ErrNotEnoughNodes", res, err)
 	}
 	if gets() != before {
 		t.Fatal("shards were fetched for a rebuild that had nowhere to go")

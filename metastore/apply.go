@@ -863,9 +863,6 @@ func (t *txn) replaceShard(c *pb.ReplaceShard) error {
 		if r.Index == c.Index {
 			pos = i
 		}
-		if r.Node == c.NewNode && r.Index != c.Index {
-			return fmt.Errorf("%w: node %s already holds shard %d of segment %s", ErrShardMoved, c.NewNode, r.Index, c.SegmentId)
-		}
 	}
 	switch {
 	case pos < 0 && c.OldNode != "":
