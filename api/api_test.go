@@ -26,6 +26,7 @@ import (
 type testRegistry struct {
 	t   *testing.T
 	st  *metastore.Store
+	srv *Server
 	url string
 }
 
@@ -70,7 +71,7 @@ func newTestRegistry(t *testing.T, k, m int) *testRegistry {
 		node.Close()
 		st.Close()
 	})
-	return &testRegistry{t: t, st: st, url: hs.URL}
+	return &testRegistry{t: t, st: st, srv: srv, url: hs.URL}
 }
 
 func (r *testRegistry) do(method, path string, body []byte, hdr ...string) *http.Response {
@@ -362,5 +363,28 @@ func TestListingsAndOperationalEndpoints(t *testing.T) {
 		if !strings.Contains(m, want) {
 			t.Fatalf("metrics lack %s", want)
 		}
+	}
+}
+
+// Past MaxDataRequests, requests that move blob bytes get 429
+// TOOMANYREQUESTS with Retry-After; metadata requests still pass.
+func TestDataRequestLimit(t *testing.T) {
+	r := newTestRegistry(t, 1, 0)
+	d := r.pushBlob("lim", []byte("some bytes"))
+	// Take every slot, as long transfers would.
+	srv := r.srv
+	for i := 0; i < cap(srv.dataSlots); i++ {
+		srv.dataSlots <- struct{}{}
+	}
+	resp := r.do("GET", "/v2/lim/blobs/"+d.String(), nil)
+	b := readAll(t, resp)
+	if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(string(b), "TOOMANYREQUESTS") || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("saturated: %d %s", resp.StatusCode, b)
+	}
+	expect(t, r.do("HEAD", "/v2/lim/blobs/"+d.String(), nil), http.StatusOK)
+	expect(t, r.do("GET", "/v2/lim/tags/list", nil), http.StatusOK)
+	<-srv.dataSlots
+	if got := expect(t, r.do("GET", "/v2/lim/blobs/"+d.String(), nil), http.StatusOK); string(got) != "some bytes" {
+		t.Fatalf("after a slot freed: %q", got)
 	}
 }

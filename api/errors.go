@@ -22,6 +22,7 @@ var (
 	errNameUnknown      = errors.New("repository name not known to registry")
 	errBadParameter     = errors.New("invalid query parameter")
 	errNotFound         = errors.New("no such endpoint")
+	errTooManyRequests  = errors.New("too many requests moving blob data at once; retry shortly")
 )
 
 // ociCode is an error code of the distribution spec with its HTTP status.
@@ -55,6 +56,7 @@ var errorTable = []struct {
 	{errBadParameter, ociCode{"UNSUPPORTED", http.StatusBadRequest}},
 	{errUnsupported, ociCode{"UNSUPPORTED", http.StatusMethodNotAllowed}},
 	{errNotFound, ociCode{"NOT_FOUND", http.StatusNotFound}},
+	{errTooManyRequests, ociCode{"TOOMANYREQUESTS", http.StatusTooManyRequests}},
 
 	// State.
 	{metastore.ErrUploadUnknown, ociCode{"BLOB_UPLOAD_UNKNOWN", http.StatusNotFound}},
@@ -108,7 +110,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	} else if c.status >= 500 {
 		s.log.Warn("request unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
-	if c.status == http.StatusServiceUnavailable {
+	if c.status == http.StatusServiceUnavailable || c.status == http.StatusTooManyRequests {
 		w.Header().Set("Retry-After", "1")
 	}
 	w.Header().Set("Content-Type", "application/json")

@@ -11,11 +11,12 @@ import (
 )
 
 type metrics struct {
-	requests *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
-	bytesIn  *prometheus.CounterVec
-	bytesOut *prometheus.CounterVec
-	inflight prometheus.Gauge
+	requests  *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+	bytesIn   *prometheus.CounterVec
+	bytesOut  *prometheus.CounterVec
+	inflight  prometheus.Gauge
+	throttled prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -36,8 +37,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "strata_http_requests_in_flight", Help: "HTTP requests being served.",
 		}),
+		throttled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "strata_http_requests_throttled_total", Help: "Requests refused with 429 because too many were moving blob data.",
+		}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.bytesIn, m.bytesOut, m.inflight)
+	reg.MustRegister(m.requests, m.latency, m.bytesIn, m.bytesOut, m.inflight, m.throttled)
 	return m
 }
 

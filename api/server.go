@@ -48,6 +48,11 @@ type Config struct {
 	// stream a body (proposals, with their retries through an election).
 	// Default 10s.
 	RequestTimeout time.Duration
+	// MaxDataRequests bounds the requests that move blob bytes at once (blob
+	// GETs and upload bodies): each holds segment buffers, so this bounds
+	// memory. Beyond it, clients get 429 TOOMANYREQUESTS with Retry-After.
+	// Default 256.
+	MaxDataRequests int
 	// AdminRemote lets clients that are not on loopback use the admin API
 	// (/admin/v1/). Off by default until access control lands.
 	AdminRemote bool
@@ -67,10 +72,15 @@ type Server struct {
 	metrics *metrics
 	reg     *prometheus.Registry
 	pulls   pullRecorder
+
+	dataSlots chan struct{} // one per request moving blob bytes
 }
 
 // New returns a Server over meta and blobs.
 func New(cfg Config, meta Metadata, blobs *blobstore.Store) *Server {
+	if cfg.MaxDataRequests <= 0 {
+		cfg.MaxDataRequests = 256
+	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = defaultRequestTimeout
 	}
@@ -84,7 +94,8 @@ func New(cfg Config, meta Metadata, blobs *blobstore.Store) *Server {
 	if reg == nil {
 		reg = prometheus.NewRegistry()
 	}
-	s := &Server{meta: meta, cfg: cfg, log: cfg.Logger, metrics: newMetrics(reg), reg: reg}
+	s := &Server{meta: meta, cfg: cfg, log: cfg.Logger, metrics: newMetrics(reg), reg: reg,
+		dataSlots: make(chan struct{}, cfg.MaxDataRequests)}
 	s.blobs.Store(blobs)
 	return s
 }
@@ -198,6 +209,15 @@ func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
 	}
 	var err error
 	switch rt.kind + " " + r.Method {
+	case "blob GET", "upload PATCH", "upload PUT", "uploads POST":
+		release, ok := s.acquireData(r)
+		if !ok {
+			s.writeError(w, r, errTooManyRequests)
+			return
+		}
+		defer release()
+	}
+	switch rt.kind + " " + r.Method {
 	case "ping GET", "ping HEAD":
 		w.Header().Set("Content-Type", "application/json")
 		_, err = w.Write([]byte("{}"))
@@ -239,3 +259,22 @@ func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
 // enough to ride out a leader election, short enough that a client behind a
 // minority partition gets its 503 promptly.
 const defaultRequestTimeout = 10 * time.Second
+
+// acquireData takes a data-request slot, waiting briefly for one to free.
+func (s *Server) acquireData(r *http.Request) (release func(), ok bool) {
+	select {
+	case s.dataSlots <- struct{}{}:
+		return func() { <-s.dataSlots }, true
+	default:
+	}
+	t := time.NewTimer(200 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case s.dataSlots <- struct{}{}:
+		return func() { <-s.dataSlots }, true
+	case <-t.C:
+	case <-r.Context().Done():
+	}
+	s.metrics.throttled.Inc()
+	return nil, false
+}

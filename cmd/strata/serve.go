@@ -58,6 +58,7 @@ type serveOptions struct {
 	logLevel        string
 
 	advGRPC, advRaft, advHTTP, metricsAddr string
+	maxData                                int
 
 	gcGrace, gcInterval, uploadIdle, lifecycleInterval time.Duration
 	adminRemote                                        bool
@@ -138,6 +139,7 @@ flags win over the environment, which wins over the file.`,
 	f.StringVar(&o.advGRPC, "advertise-grpc-addr", "", "gRPC address other nodes dial (host:port; default: the --grpc-addr listener's)")
 	f.StringVar(&o.advRaft, "advertise-raft-addr", "", "Raft address other meta nodes dial (host:port, host may be a DNS name; default: the --raft-addr listener's)")
 	f.StringVar(&o.advHTTP, "advertise-http-addr", "", "HTTP address recorded for this frontend (default: the --http-addr listener's)")
+	f.IntVar(&o.maxData, "max-data-requests", 256, "blob GETs and upload bodies served at once; beyond it clients get 429 TOOMANYREQUESTS (bounds memory)")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics and /healthz on this address too (for nodes without the api role)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
@@ -453,7 +455,7 @@ func serveHTTP(ctx context.Context, o *serveOptions, ln net.Listener, meta *clus
 		return err
 	}
 	srv := api.New(api.Config{
-		Registry: reg, Logger: log, StrictManifests: o.strict, AdminRemote: o.adminRemote,
+		Registry: reg, Logger: log, StrictManifests: o.strict, AdminRemote: o.adminRemote, MaxDataRequests: o.maxData,
 		Ready: func(ctx context.Context) error { return meta.Ready(ctx) },
 	}, meta, blobs)
 	if storage != nil {
