@@ -88,6 +88,38 @@ conformance: build ## OCI conformance (PROFILE=all) against a fresh dev server, 
 conformance-cluster: build ## OCI conformance (PROFILE=all) through a frontend of a dev cluster: 3 meta, 3 storage, 2 api
 	$(TEST_ENV) STRATA_BIN=$(STRATA) $(CURDIR)/deploy/scripts/conformance-cluster.sh
 
+# Chaos suite (chaos/, docs/CHAOS.md): `strata chaos run` against an 11-node dev
+# cluster on 127.0.0.1 (3 meta, 6 storage, 2 api), one scenario after another.
+# Reports (JSON and .txt) go to CHAOS_DIR, with the histories and every node's
+# log of a failed scenario; CHAOS_SEED replays a run (0: a new seed each run);
+# CHAOS_FLAGS adds flags (e.g. --tolerate-5xx). Every scenario runs even after
+# one fails; the target fails if any did.
+CHAOS_DIR   ?= $(BIN_DIR)/chaos-results
+CHAOS_SEED  ?= 0
+CHAOS_FLAGS ?=
+CHAOS_QUICK ?= leader-kill:60s mixed:60s
+CHAOS_SOAK  ?= leader-kill:2m storage-kill:2m pause:2m partition:2m corrupt:2m rolling-restart:2m gc-under-faults:2m mixed:12m
+
+# chaos_run(scenario:duration ...)
+define chaos_run
+	@mkdir -p $(CHAOS_DIR); failed=""; start=$$(date +%s); \
+	for sd in $(1); do s=$${sd%%:*}; d=$${sd#*:}; \
+	  echo "== strata chaos run --scenario $$s --duration $$d --seed $(CHAOS_SEED) $(CHAOS_FLAGS)"; \
+	  $(STRATA) chaos run --scenario $$s --duration $$d --seed $(CHAOS_SEED) --report $(CHAOS_DIR)/$$s.json --quiet $(CHAOS_FLAGS) \
+	    || failed="$$failed $$s"; \
+	done; \
+	echo "chaos: $$(( $$(date +%s) - start ))s; reports in $(CHAOS_DIR)"; \
+	if [ -n "$$failed" ]; then echo "chaos: FAILED:$$failed"; exit 1; fi; echo "chaos: every scenario passed"
+endef
+
+.PHONY: chaos-quick
+chaos-quick: build ## Chaos suite, quick (about 3 min): leader-kill and mixed, 60s of faults each
+	$(call chaos_run,$(CHAOS_QUICK))
+
+.PHONY: chaos
+chaos: build ## Chaos soak (about 30 min, hundreds of faults): every scenario for 2 min, then mixed for 12 min
+	$(call chaos_run,$(CHAOS_SOAK))
+
 # Images: static binaries built here (nothing is pulled; both images are FROM scratch).
 IMAGE_BUILD_DIR := $(CURDIR)/deploy/.build
 IMAGE_TAG       := $(subst +,_,$(VERSION))

@@ -88,7 +88,7 @@ func CheckBlob(ctx context.Context, c *Client, repo string, b Blob, mustExist bo
 		default:
 			se := statusError(what, resp)
 			resp.Body.Close()
-			if resp.StatusCode >= 500 {
+			if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
 				return se // the server could not answer; it said nothing wrong
 			}
 			return violationf("%s: %v", what, se)
@@ -190,7 +190,7 @@ func CheckManifest(ctx context.Context, c *Client, m ManifestOp, mustExist bool)
 			default:
 				se := statusError(what, resp)
 				resp.Body.Close()
-				if resp.StatusCode >= 500 {
+				if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
 					return se // the server could not answer; it said nothing wrong
 				}
 				return violationf("%s: %v", what, se)
@@ -451,7 +451,7 @@ func CheckManifestGone(ctx context.Context, c *Client, m ManifestOp) error {
 		default:
 			se := statusError(what, resp)
 			resp.Body.Close()
-			if resp.StatusCode >= 500 {
+			if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
 				return se
 			}
 			return violationf("DELETED MANIFEST SERVED: %s: acknowledged deletion, yet HTTP %d", what, se.Status)

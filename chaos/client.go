@@ -67,15 +67,16 @@ type ProtocolError struct {
 func (e *ProtocolError) Error() string { return "PROTOCOL VIOLATION: " + e.Op + ": " + e.Msg }
 
 // IsTransient reports whether err is what a client sees while the server
-// is down or restarting: a transport error (refused, reset, truncated) or
-// 503. Such operations may be retried; whether they took effect is unknown.
+// is down, restarting or busy: a transport error (refused, reset,
+// truncated), 503 or 429. Such operations may be retried; whether they took
+// effect is unknown.
 func IsTransient(err error) bool {
 	if err == nil {
 		return false
 	}
 	var se *StatusError
 	if errors.As(err, &se) {
-		return se.Status == http.StatusServiceUnavailable
+		return se.Status == http.StatusServiceUnavailable || se.Status == http.StatusTooManyRequests
 	}
 	var pe *ProtocolError
 	if errors.As(err, &pe) {

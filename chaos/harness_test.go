@@ -39,7 +39,7 @@ func TestScheduleIsSeeded(t *testing.T) {
 			t.Errorf("%s: the schedule covers %v of a minute", name, spent)
 		}
 	}
-	if len(Schedule(Scenarios["mixed"], 7, 25*time.Minute)) < 200 {
+	if len(Schedule(Scenarios["mixed"], 7, 25*time.Minute)) < 150 {
 		t.Error("a 25-minute mixed soak should hold hundreds of faults")
 	}
 }

@@ -117,17 +117,21 @@ type RedundancyReport struct {
 	// Verified shards were read in full by their node and checked against
 	// their checksum; the others were looked up (size and checksum).
 	Verified int `json:"shards_verified"`
+	// Doubled counts segments with two shards on one node: repair puts a
+	// second shard on a node when fewer healthy nodes remain than the
+	// segment has shards, and nothing moves it back later.
+	Doubled int `json:"segments_with_two_shards_on_a_node"`
 	// BelowFull describes every segment with fewer than k+m good shards on
-	// distinct alive nodes.
+	// alive nodes.
 	BelowFull []string `json:"below_full,omitempty"`
 	// Errors are blobs whose layout could not be read.
 	Errors []string `json:"errors,omitempty"`
 }
 
 // CheckRedundancy reads the layout of every blob in digests and checks each
-// segment: k+m shards with distinct indices on distinct storage nodes, each
+// segment: k+m shards with distinct indices on storage nodes, each
 // node alive, each shard there with the size and checksum the layout
-// records. verify names segments whose shards are read in full and checked
+// records (two shards may share a node: see Doubled). verify names segments whose shards are read in full and checked
 // (the damaged ones); sample more shards are verified at random.
 func (c *Cluster) CheckRedundancy(ctx context.Context, digests []string, verify map[string]bool, sample int, seed uint64) RedundancyReport {
 	var rep RedundancyReport
@@ -183,6 +187,7 @@ func (c *Cluster) checkBlobRedundancy(ctx context.Context, dgst string, storage,
 		}
 		for i, seg := range layout.Segments {
 			var problems []string
+			doubled := false
 			want := int(seg.K + seg.M)
 			if len(seg.Shards) != want {
 				problems = append(problems, fmt.Sprintf("%d shards recorded, want k+m = %d", len(seg.Shards), want))
@@ -197,7 +202,7 @@ func (c *Cluster) checkBlobRedundancy(ctx context.Context, dgst string, storage,
 				}
 				idx[ref.Index] = true
 				if nodes[ref.Node] {
-					problems = append(problems, fmt.Sprintf("two shards on %s", ref.Node))
+					doubled = true // repaired while fewer nodes were alive: allowed
 				}
 				nodes[ref.Node] = true
 				if !storage[ref.Node] || !alive[ref.Node] {
@@ -228,6 +233,9 @@ func (c *Cluster) checkBlobRedundancy(ctx context.Context, dgst string, storage,
 			}
 			mu.Lock()
 			rep.Segments++
+			if doubled {
+				rep.Doubled++
+			}
 			if len(problems) > 0 {
 				rep.BelowFull = append(rep.BelowFull, fmt.Sprintf("blob %s segment %d/%d (%s, k=%d m=%d): %v",
 					dgst, i+1, len(layout.Segments), seg.Id, seg.K, seg.M, problems))

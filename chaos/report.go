@@ -87,8 +87,12 @@ func (r *Report) Summary() string {
 		fmt.Fprintf(&b, "  damaged shards repaired: %d of %d\n", healed, len(rp.Damage))
 	}
 	rr := rp.Redundancy
-	fmt.Fprintf(&b, "  redundancy: %d blobs, %d segments, %d shards (%d read in full): %d segments below k+m\n",
+	fmt.Fprintf(&b, "  redundancy: %d blobs, %d segments, %d shards (%d read in full): %d segments below k+m",
 		rr.Blobs, rr.Segments, rr.Shards, rr.Verified, len(rr.BelowFull))
+	if rr.Doubled > 0 {
+		fmt.Fprintf(&b, " (%d with two shards on one node, repaired while nodes were dead)", rr.Doubled)
+	}
+	b.WriteString("\n")
 
 	if len(r.Failures) > 0 {
 		fmt.Fprintf(&b, "\nFAILURES (%d):\n", len(r.Failures))
