@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/strata-registry/strata/blobstore"
+	"github.com/strata-registry/strata/metastore"
 	pb "github.com/strata-registry/strata/metastore/metastorepb"
 )
 
@@ -41,7 +42,10 @@ type damage struct {
 	Kind    FaultKind `json:"kind"`
 	At      time.Time `json:"at"`
 	Healed  time.Time `json:"healed,omitzero"`
-	Path    string    `json:"path"`
+	// Collected is set when the blob was garbage-collected (its image
+	// deleted) before the shard was repaired: nothing is left to repair.
+	Collected bool   `json:"collected,omitempty"`
+	Path      string `json:"path"`
 }
 
 // injector carries out a schedule against a Cluster, one fault at a time:
@@ -474,9 +478,10 @@ func (in *injector) outstanding(ctx context.Context) int {
 	in.mu.Unlock()
 	n := 0
 	for _, d := range open {
-		if in.healed(ctx, d) {
+		healed, collected := in.healed(ctx, d)
+		if healed || collected {
 			in.mu.Lock()
-			d.Healed = time.Now()
+			d.Healed, d.Collected = time.Now(), collected
 			in.mu.Unlock()
 			continue
 		}
@@ -485,12 +490,17 @@ func (in *injector) outstanding(ctx context.Context) int {
 	return n
 }
 
-func (in *injector) healed(ctx context.Context, d *damage) bool {
+// healed reports whether d's shard is whole again, or whether its blob is
+// gone (collected).
+func (in *injector) healed(ctx context.Context, d *damage) (healed, collected bool) {
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	layout, err := in.c.Meta().Blob(cctx, d.Digest)
+	if errors.Is(err, metastore.ErrBlobUnknown) {
+		return false, true
+	}
 	if err != nil {
-		return false
+		return false, false
 	}
 	for _, seg := range layout.Segments {
 		if seg.Id != d.Segment {
@@ -501,13 +511,13 @@ func (in *injector) healed(ctx context.Context, d *damage) bool {
 				continue
 			}
 			if ref.Node != d.Node {
-				return true
+				return true, false
 			}
 			ok, _ := in.c.verifyShard(cctx, seg, ref)
-			return ok
+			return ok, false
 		}
 	}
-	return false
+	return false, false
 }
 
 // Damage returns the shards damaged so far and whether each was healed.

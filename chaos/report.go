@@ -77,14 +77,21 @@ func (r *Report) Summary() string {
 		repair = rp.Error
 	}
 	fmt.Fprintf(&b, "  repair (strata storage status --json, %d ms): %s\n", rp.WaitedMS, repair)
-	healed := 0
+	healed, collected := 0, 0
 	for _, d := range rp.Damage {
-		if !d.Healed.IsZero() {
+		switch {
+		case d.Collected:
+			collected++
+		case !d.Healed.IsZero():
 			healed++
 		}
 	}
 	if len(rp.Damage) > 0 {
-		fmt.Fprintf(&b, "  damaged shards repaired: %d of %d\n", healed, len(rp.Damage))
+		fmt.Fprintf(&b, "  damaged shards repaired: %d of %d", healed, len(rp.Damage)-collected)
+		if collected > 0 {
+			fmt.Fprintf(&b, " (%d more garbage-collected with their blob first)", collected)
+		}
+		b.WriteString("\n")
 	}
 	rr := rp.Redundancy
 	fmt.Fprintf(&b, "  redundancy: %d blobs, %d segments, %d shards (%d read in full): %d segments below k+m",
