@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -18,6 +20,7 @@ import (
 
 	"github.com/strata-registry/strata/blobstore"
 	"github.com/strata-registry/strata/cluster"
+	"github.com/strata-registry/strata/keys"
 	"github.com/strata-registry/strata/metastore"
 )
 
@@ -28,9 +31,15 @@ type testRegistry struct {
 	st  *metastore.Store
 	srv *Server
 	url string
+	dir string
 }
 
 func newTestRegistry(t *testing.T, k, m int) *testRegistry {
+	t.Helper()
+	return newTestRegistryWith(t, k, m, Config{})
+}
+
+func newTestRegistryWith(t *testing.T, k, m int, cfg Config) *testRegistry {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := metastore.Open(filepath.Join(dir, "pebble"))
@@ -64,14 +73,14 @@ func newTestRegistry(t *testing.T, k, m int) *testRegistry {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := New(Config{}, meta, blobs)
+	srv := New(cfg, meta, blobs)
 	hs := httptest.NewServer(srv.Handler())
 	t.Cleanup(func() {
 		hs.Close()
 		node.Close()
 		st.Close()
 	})
-	return &testRegistry{t: t, st: st, srv: srv, url: hs.URL}
+	return &testRegistry{t: t, st: st, srv: srv, url: hs.URL, dir: dir}
 }
 
 func (r *testRegistry) do(method, path string, body []byte, hdr ...string) *http.Response {
@@ -386,5 +395,69 @@ func TestDataRequestLimit(t *testing.T) {
 	<-srv.dataSlots
 	if got := expect(t, r.do("GET", "/v2/lim/blobs/"+d.String(), nil), http.StatusOK); string(got) != "some bytes" {
 		t.Fatalf("after a slot freed: %q", got)
+	}
+}
+
+// With a key provider, blob bytes are sealed before erasure coding: no shard
+// file holds a plaintext marker, every upload style reads back exactly, and
+// the layout carries only a wrapped key.
+func TestBlobsEncryptedAtRest(t *testing.T) {
+	ring, err := keys.OpenKeyring(filepath.Join(t.TempDir(), "keyring"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newTestRegistryWith(t, 2, 1, Config{Keys: ring})
+	marker := []byte("STRATA-PLAINTEXT-MARKER-7f3a")
+	blob := bytes.Repeat(append(append([]byte{}, marker...), make([]byte, 997)...), 3000) // ~3 MB, several 1 MiB segments
+	d := r.pushBlob("enc", blob)
+	// Chunked too, with chunks that do not align with segments.
+	resp := r.do("POST", "/v2/enc/blobs/uploads/", nil)
+	expect(t, resp, http.StatusAccepted)
+	loc := resp.Header.Get("Location")
+	other := append([]byte("chunked:"), blob[:1500000]...)
+	for off := 0; off < len(other); {
+		n := min(600001, len(other)-off)
+		resp = r.do("PATCH", loc, other[off:off+n], "Content-Range", fmt.Sprintf("%d-%d", off, off+n-1))
+		expect(t, resp, http.StatusAccepted)
+		loc = resp.Header.Get("Location")
+		off += n
+	}
+	d2 := digest.FromBytes(other)
+	expect(t, r.do("PUT", loc+"?digest="+d2.String(), nil), http.StatusCreated)
+	d512 := digest.SHA512.FromBytes(other[:300000])
+	expect(t, r.do("POST", "/v2/enc/blobs/uploads/?digest="+d512.String(), other[:300000]), http.StatusCreated)
+
+	for dg, want := range map[digest.Digest][]byte{d: blob, d2: other, d512: other[:300000]} {
+		if got := expect(t, r.do("GET", "/v2/enc/blobs/"+dg.String(), nil), 200); !bytes.Equal(got, want) {
+			t.Fatalf("%s reads back wrong", dg)
+		}
+		l, err := r.st.Blob(dg.String())
+		if err != nil || len(l.Keys) != 1 || len(l.Keys[0].Ciphertext) == 0 {
+			t.Fatalf("layout of %s carries no wrapped key: %v %v", dg, l, err)
+		}
+		for _, seg := range l.Segments {
+			if seg.Format != blobstore.FormatAESGCM {
+				t.Fatalf("segment %s stored in format %d", seg.Id, seg.Format)
+			}
+		}
+	}
+	got := expect(t, r.do("GET", "/v2/enc/blobs/"+d.String(), nil, "Range", "bytes=1048570-1048600"), http.StatusPartialContent)
+	if !bytes.Equal(got, blob[1048570:1048601]) {
+		t.Fatal("range across a sealed segment boundary")
+	}
+	files := 0
+	filepath.WalkDir(r.dir, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() || !strings.Contains(p, "shards") {
+			return nil
+		}
+		files++
+		b, _ := os.ReadFile(p)
+		if bytes.Contains(b, marker) {
+			t.Errorf("shard file %s holds plaintext", p)
+		}
+		return nil
+	})
+	if files == 0 {
+		t.Fatal("no shard files found")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"github.com/strata-registry/strata/api/oci"
+	"github.com/strata-registry/strata/blobstore"
 	"github.com/strata-registry/strata/metastore"
 	pb "github.com/strata-registry/strata/metastore/metastorepb"
 )
@@ -44,6 +45,12 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, name, ref strin
 		}
 	}
 	length := end - start + 1
+	var sealer blobstore.Sealer
+	if r.Method != http.MethodHead && length > 0 {
+		if sealer, err = s.layoutSealer(r.Context(), layout); err != nil {
+			return err
+		}
+	}
 	h.Set("Content-Length", strconv.FormatInt(length, 10))
 	if partial {
 		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, size))
@@ -54,7 +61,7 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, name, ref strin
 	if r.Method == http.MethodHead || length == 0 {
 		return nil
 	}
-	if err := s.blobstore().ReadRange(r.Context(), w, layout.Segments, start, length); err != nil {
+	if err := s.blobstore().ReadRangeWith(r.Context(), w, layout.Segments, start, length, blobstore.ReadOptions{Sealer: sealer}); err != nil {
 		// The status line is gone; all that is left is to cut the body
 		// short so the client sees a truncated transfer, never wrong bytes.
 		s.log.Error("blob read failed mid-response", "repo", name, "digest", dgst, "err", err)

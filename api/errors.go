@@ -9,6 +9,7 @@ import (
 	"github.com/strata-registry/strata/api/oci"
 	"github.com/strata-registry/strata/blobstore"
 	"github.com/strata-registry/strata/cluster"
+	"github.com/strata-registry/strata/keys"
 	"github.com/strata-registry/strata/metastore"
 )
 
@@ -77,6 +78,7 @@ var errorTable = []struct {
 	{blobstore.ErrWriteQuorum, ociCode{"UNAVAILABLE", http.StatusServiceUnavailable}},
 	{blobstore.ErrNotEnoughNodes, ociCode{"UNAVAILABLE", http.StatusServiceUnavailable}},
 	{blobstore.ErrSegmentUnreadable, ociCode{"UNAVAILABLE", http.StatusServiceUnavailable}},
+	{keys.ErrUnavailable, ociCode{"UNAVAILABLE", http.StatusServiceUnavailable}},
 }
 
 // codeOf returns the OCI code for err; unknown errors are internal errors.

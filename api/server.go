@@ -13,6 +13,7 @@ import (
 
 	"github.com/strata-registry/strata/api/oci"
 	"github.com/strata-registry/strata/blobstore"
+	"github.com/strata-registry/strata/keys"
 	pb "github.com/strata-registry/strata/metastore/metastorepb"
 )
 
@@ -48,6 +49,10 @@ type Config struct {
 	// stream a body (proposals, with their retries through an election).
 	// Default 10s.
 	RequestTimeout time.Duration
+	// Keys, when set, encrypts every blob at rest under its own data key,
+	// wrapped by the key-encryption key KeyName (default keys.DefaultKeyName).
+	Keys    keys.Provider
+	KeyName string
 	// MaxDataRequests bounds the requests that move blob bytes at once (blob
 	// GETs and upload bodies): each holds segment buffers, so this bounds
 	// memory. Beyond it, clients get 429 TOOMANYREQUESTS with Retry-After.
@@ -78,6 +83,9 @@ type Server struct {
 
 // New returns a Server over meta and blobs.
 func New(cfg Config, meta Metadata, blobs *blobstore.Store) *Server {
+	if cfg.KeyName == "" {
+		cfg.KeyName = keys.DefaultKeyName
+	}
 	if cfg.MaxDataRequests <= 0 {
 		cfg.MaxDataRequests = 256
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/strata-registry/strata/api/oci"
+	"github.com/strata-registry/strata/blobstore"
 	"github.com/strata-registry/strata/metastore"
 	pb "github.com/strata-registry/strata/metastore/metastorepb"
 )
@@ -77,8 +78,12 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, name string
 		return s.pushWhole(w, r, name, dgst)
 	}
 	id := uuid.NewString()
+	_, wk, err := s.newBlobKey(ctx)
+	if err != nil {
+		return err
+	}
 	if err := s.propose(ctx, &pb.Command{Op: &pb.Command_OpenUpload{
-		OpenUpload: &pb.OpenUpload{Id: id, Repo: name},
+		OpenUpload: &pb.OpenUpload{Id: id, Repo: name, Key: wk},
 	}}); err != nil {
 		return err
 	}
@@ -93,7 +98,11 @@ func (s *Server) pushWhole(w http.ResponseWriter, r *http.Request, name string, 
 	if err != nil {
 		return err
 	}
-	segs, n, err := s.blobstore().Write(r.Context(), r.Body, h)
+	sealer, wk, err := s.newBlobKey(r.Context())
+	if err != nil {
+		return err
+	}
+	segs, n, err := s.blobstore().WriteWith(r.Context(), r.Body, h, blobstore.WriteOptions{Sealer: sealer})
 	if err != nil {
 		return err
 	}
@@ -102,7 +111,7 @@ func (s *Server) pushWhole(w http.ResponseWriter, r *http.Request, name string, 
 		return err
 	}
 	err = s.propose(r.Context(), &pb.Command{Op: &pb.Command_CommitBlob{CommitBlob: &pb.CommitBlob{
-		Repo: name, Segments: segs, Digest: dgst.String(), Size: uint64(n),
+		Repo: name, Segments: segs, Digest: dgst.String(), Size: uint64(n), Key: wk,
 	}}})
 	if err != nil {
 		s.discard(segs, err)
@@ -159,9 +168,13 @@ func checkChunkStart(r *http.Request, offset uint64) (int64, error) {
 }
 
 // writeChunk streams the request body into the pipeline after the session's
-// bytes, continuing its SHA-256.
+// bytes, continuing its SHA-256, sealed with the session's data key.
 func (s *Server) writeChunk(r *http.Request, u *pb.Upload) ([]*pb.Segment, int64, hash.Hash, error) {
 	want, err := checkChunkStart(r, u.Offset)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	sealer, err := s.sealerFor(r.Context(), u.Key)
 	if err != nil {
 		return nil, 0, nil, err
 	}
@@ -171,7 +184,7 @@ func (s *Server) writeChunk(r *http.Request, u *pb.Upload) ([]*pb.Segment, int64
 			return nil, 0, nil, fmt.Errorf("%w: upload hash state: %v", metastore.ErrCorrupt, err)
 		}
 	}
-	segs, n, err := s.blobstore().Write(r.Context(), r.Body, h)
+	segs, n, err := s.blobstore().WriteWith(r.Context(), r.Body, h, blobstore.WriteOptions{Sealer: sealer, Offset: int64(u.Offset)})
 	if err != nil {
 		return nil, 0, nil, err
 	}
@@ -230,7 +243,11 @@ func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, name, id s
 			return err
 		}
 		all := append(append([]*pb.Segment(nil), u.Segments...), segs...)
-		if err := s.blobstore().ReadRange(r.Context(), h, all, 0, int64(u.Offset)+n); err != nil {
+		sealer, err := s.sealerFor(r.Context(), u.Key)
+		if err != nil {
+			return err
+		}
+		if err := s.blobstore().ReadRangeWith(r.Context(), h, all, 0, int64(u.Offset)+n, blobstore.ReadOptions{Sealer: sealer}); err != nil {
 			return err
 		}
 	}

@@ -261,7 +261,7 @@ func (t *txn) openUpload(c *pb.OpenUpload) error {
 		return fmt.Errorf("%w: upload %s exists", ErrCommandInvalid, c.Id)
 	}
 	return t.put(uploadKey(c.Id), &pb.Upload{
-		Id: c.Id, Repo: c.Repo, StartedUnixNano: t.now, UpdatedUnixNano: t.now,
+		Id: c.Id, Repo: c.Repo, StartedUnixNano: t.now, UpdatedUnixNano: t.now, Key: c.Key,
 	})
 }
 
@@ -338,6 +338,7 @@ func (t *txn) commitBlob(c *pb.CommitBlob) error {
 		return fmt.Errorf("%w: commit needs a repository and a digest", ErrCommandInvalid)
 	}
 	segs := c.Segments
+	key := c.Key
 	var u *pb.Upload
 	if c.UploadId != "" {
 		var err error
@@ -351,6 +352,7 @@ func (t *txn) commitBlob(c *pb.CommitBlob) error {
 			return fmt.Errorf("%w: upload %s is at %d, request started at %d", ErrUploadOffset, c.UploadId, u.Offset, c.ExpectOffset)
 		}
 		segs = append(slices.Clip(u.Segments), c.Segments...)
+		key = u.Key
 	}
 	if n := segmentsLength(segs); n != c.Size {
 		return fmt.Errorf("%w: %d bytes stored, %d declared", ErrSizeInvalid, n, c.Size)
@@ -392,9 +394,11 @@ func (t *txn) commitBlob(c *pb.CommitBlob) error {
 			return err
 		}
 	} else {
-		if err := t.put(blobKey(c.Digest), &pb.BlobLayout{
-			Digest: c.Digest, Size: c.Size, Segments: segs, CreatedUnixNano: t.now,
-		}); err != nil {
+		layout := &pb.BlobLayout{Digest: c.Digest, Size: c.Size, Segments: segs, CreatedUnixNano: t.now}
+		if key != nil {
+			layout.Keys = []*pb.WrappedKey{key}
+		}
+		if err := t.put(blobKey(c.Digest), layout); err != nil {
 			return err
 		}
 		if err := t.indexSegments(c.Digest, segs); err != nil {

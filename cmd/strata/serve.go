@@ -27,6 +27,7 @@ import (
 	"github.com/strata-registry/strata/blobstore"
 	"github.com/strata-registry/strata/cluster"
 	"github.com/strata-registry/strata/gc"
+	"github.com/strata-registry/strata/keys"
 	"github.com/strata-registry/strata/metastore"
 	pb "github.com/strata-registry/strata/metastore/metastorepb"
 )
@@ -59,6 +60,8 @@ type serveOptions struct {
 
 	advGRPC, advRaft, advHTTP, metricsAddr string
 	maxData                                int
+	keyring                                string
+	keyProvider                            keys.Provider
 
 	gcGrace, gcInterval, uploadIdle, lifecycleInterval time.Duration
 	adminRemote                                        bool
@@ -140,6 +143,7 @@ flags win over the environment, which wins over the file.`,
 	f.StringVar(&o.advRaft, "advertise-raft-addr", "", "Raft address other meta nodes dial (host:port, host may be a DNS name; default: the --raft-addr listener's)")
 	f.StringVar(&o.advHTTP, "advertise-http-addr", "", "HTTP address recorded for this frontend (default: the --http-addr listener's)")
 	f.IntVar(&o.maxData, "max-data-requests", 256, "blob GETs and upload bodies served at once; beyond it clients get 429 TOOMANYREQUESTS (bounds memory)")
+	f.StringVar(&o.keyring, "keyring", "", "keyring file of the key-encryption keys that wrap every blob's data key (api role); default with --dev: <data-dir>/keyring, created on first start; \"off\" stores blobs in the clear. Every frontend of a cluster needs the same file")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics and /healthz on this address too (for nodes without the api role)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
@@ -223,12 +227,19 @@ func serve(ctx context.Context, o *serveOptions) error {
 	if err := os.MkdirAll(o.dataDir, 0o750); err != nil {
 		return err
 	}
+	_, statErr := os.Stat(filepath.Join(o.dataDir, "node-id"))
+	fresh := errors.Is(statErr, os.ErrNotExist)
 	nodeID, err := loadNodeID(o.dataDir, o.nodeID)
 	if err != nil {
 		return err
 	}
 	if o.zone == "" {
 		o.zone = nodeID
+	}
+	if o.has(cluster.RoleAPI) {
+		if o.keyProvider, err = openKeyring(o, fresh); err != nil {
+			return err
+		}
 	}
 	if ctx == nil {
 		ctx = context.Background()
@@ -456,6 +467,7 @@ func serveHTTP(ctx context.Context, o *serveOptions, ln net.Listener, meta *clus
 	}
 	srv := api.New(api.Config{
 		Registry: reg, Logger: log, StrictManifests: o.strict, AdminRemote: o.adminRemote, MaxDataRequests: o.maxData,
+		Keys:  o.keyProvider,
 		Ready: func(ctx context.Context) error { return meta.Ready(ctx) },
 	}, meta, blobs)
 	if storage != nil {
@@ -473,7 +485,8 @@ func serveHTTP(ctx context.Context, o *serveOptions, ln net.Listener, meta *clus
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
-	log.Info("strata is serving", "url", "http://"+ln.Addr().String(), "node", nodeID, "data_dir", o.dataDir)
+	log.Info("strata is serving", "url", "http://"+ln.Addr().String(), "node", nodeID, "data_dir", o.dataDir,
+		"blob_encryption", o.keyProvider != nil)
 	select {
 	case err := <-errc:
 		return err
@@ -501,4 +514,31 @@ func advertised(ln net.Addr, flag, name string) (string, error) {
 		return "", fmt.Errorf("listening on %s: give %s, the address other nodes can dial", ln, name)
 	}
 	return ln.String(), nil
+}
+
+// openKeyring opens the keyring that wraps blob data keys: the --keyring
+// file, or <data-dir>/keyring with --dev. It is created only on a node's
+// first start: a node with data whose keyring is missing or damaged must not
+// start with a new one (its blobs would be unreadable), so it stops with the
+// reason.
+func openKeyring(o *serveOptions, fresh bool) (keys.Provider, error) {
+	path := o.keyring
+	switch {
+	case path == "off":
+		return nil, nil
+	case path == "" && !o.dev:
+		return nil, nil
+	case path == "":
+		path = filepath.Join(o.dataDir, "keyring")
+	}
+	_, err := os.Stat(path)
+	create := fresh && errors.Is(err, os.ErrNotExist)
+	ring, err := keys.OpenKeyring(path, create)
+	if err != nil {
+		if !create && errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("keyring %s is missing: this node has data whose blobs it encrypts; restore the keyring (or start with --keyring off only if it never had one): %w", path, err)
+		}
+		return nil, fmt.Errorf("keyring %s: %w", path, err)
+	}
+	return keys.NewCache(ring, 4096, 10*time.Minute), nil
 }

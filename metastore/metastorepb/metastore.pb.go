@@ -1462,8 +1462,12 @@ type BlobLayout struct {
 	Size            uint64                 `protobuf:"varint,2,opt,name=size,proto3" json:"size,omitempty"`
 	Segments        []*Segment             `protobuf:"bytes,3,rep,name=segments,proto3" json:"segments,omitempty"`
 	CreatedUnixNano int64                  `protobuf:"varint,4,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The blob's data key, wrapped by a key-encryption key; empty for a blob
+	// stored in the clear. (Repeated so that a blob linked under several
+	// repository keys can keep one wrapped copy per key.)
+	Keys          []*WrappedKey `protobuf:"bytes,5,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *BlobLayout) Reset() {
@@ -1524,6 +1528,84 @@ func (x *BlobLayout) GetCreatedUnixNano() int64 {
 	return 0
 }
 
+func (x *BlobLayout) GetKeys() []*WrappedKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+// WrappedKey is a data key encrypted by a key-encryption key of a key
+// provider (the local keyring or a KMS plugin). The plaintext key is never
+// stored.
+type WrappedKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	KeyName       string                 `protobuf:"bytes,1,opt,name=key_name,json=keyName,proto3" json:"key_name,omitempty"`
+	KeyVersion    string                 `protobuf:"bytes,2,opt,name=key_version,json=keyVersion,proto3" json:"key_version,omitempty"`
+	Ciphertext    []byte                 `protobuf:"bytes,3,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
+	Annotations   map[string][]byte      `protobuf:"bytes,4,rep,name=annotations,proto3" json:"annotations,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WrappedKey) Reset() {
+	*x = WrappedKey{}
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WrappedKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WrappedKey) ProtoMessage() {}
+
+func (x *WrappedKey) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WrappedKey.ProtoReflect.Descriptor instead.
+func (*WrappedKey) Descriptor() ([]byte, []int) {
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *WrappedKey) GetKeyName() string {
+	if x != nil {
+		return x.KeyName
+	}
+	return ""
+}
+
+func (x *WrappedKey) GetKeyVersion() string {
+	if x != nil {
+		return x.KeyVersion
+	}
+	return ""
+}
+
+func (x *WrappedKey) GetCiphertext() []byte {
+	if x != nil {
+		return x.Ciphertext
+	}
+	return nil
+}
+
+func (x *WrappedKey) GetAnnotations() map[string][]byte {
+	if x != nil {
+		return x.Annotations
+	}
+	return nil
+}
+
 // Upload is an open upload session. Stored under upload/<id>.
 type Upload struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -1534,13 +1616,14 @@ type Upload struct {
 	Offset          uint64                 `protobuf:"varint,5,opt,name=offset,proto3" json:"offset,omitempty"`                             // bytes received so far
 	Sha256State     []byte                 `protobuf:"bytes,6,opt,name=sha256_state,json=sha256State,proto3" json:"sha256_state,omitempty"` // encoding.BinaryMarshaler state of SHA-256
 	Segments        []*Segment             `protobuf:"bytes,7,rep,name=segments,proto3" json:"segments,omitempty"`                          // segments written so far, in order
+	Key             *WrappedKey            `protobuf:"bytes,8,opt,name=key,proto3" json:"key,omitempty"`                                    // the upload's data key, wrapped; unset: not encrypted
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Upload) Reset() {
 	*x = Upload{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[18]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1552,7 +1635,7 @@ func (x *Upload) String() string {
 func (*Upload) ProtoMessage() {}
 
 func (x *Upload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[18]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1565,7 +1648,7 @@ func (x *Upload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Upload.ProtoReflect.Descriptor instead.
 func (*Upload) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{18}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Upload) GetId() string {
@@ -1617,6 +1700,13 @@ func (x *Upload) GetSegments() []*Segment {
 	return nil
 }
 
+func (x *Upload) GetKey() *WrappedKey {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
 // RefCount counts what keeps a blob or manifest digest alive.
 type RefCount struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -1631,7 +1721,7 @@ type RefCount struct {
 
 func (x *RefCount) Reset() {
 	*x = RefCount{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[19]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1643,7 +1733,7 @@ func (x *RefCount) String() string {
 func (*RefCount) ProtoMessage() {}
 
 func (x *RefCount) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[19]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1656,7 +1746,7 @@ func (x *RefCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefCount.ProtoReflect.Descriptor instead.
 func (*RefCount) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{19}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RefCount) GetLinks() int64 {
@@ -1698,7 +1788,7 @@ type ManifestRecord struct {
 
 func (x *ManifestRecord) Reset() {
 	*x = ManifestRecord{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[20]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1710,7 +1800,7 @@ func (x *ManifestRecord) String() string {
 func (*ManifestRecord) ProtoMessage() {}
 
 func (x *ManifestRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[20]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1723,7 +1813,7 @@ func (x *ManifestRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManifestRecord.ProtoReflect.Descriptor instead.
 func (*ManifestRecord) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{20}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ManifestRecord) GetDigest() string {
@@ -1801,7 +1891,7 @@ type TagRecord struct {
 
 func (x *TagRecord) Reset() {
 	*x = TagRecord{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[21]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1813,7 +1903,7 @@ func (x *TagRecord) String() string {
 func (*TagRecord) ProtoMessage() {}
 
 func (x *TagRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[21]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1826,7 +1916,7 @@ func (x *TagRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagRecord.ProtoReflect.Descriptor instead.
 func (*TagRecord) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{21}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *TagRecord) GetDigest() string {
@@ -1861,7 +1951,7 @@ type TagHistoryEntry struct {
 
 func (x *TagHistoryEntry) Reset() {
 	*x = TagHistoryEntry{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[22]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1873,7 +1963,7 @@ func (x *TagHistoryEntry) String() string {
 func (*TagHistoryEntry) ProtoMessage() {}
 
 func (x *TagHistoryEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[22]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1886,7 +1976,7 @@ func (x *TagHistoryEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TagHistoryEntry.ProtoReflect.Descriptor instead.
 func (*TagHistoryEntry) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{22}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *TagHistoryEntry) GetDigest() string {
@@ -1922,7 +2012,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[23]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1934,7 +2024,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[23]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1947,7 +2037,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{23}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Event) GetSeq() uint64 {
@@ -2024,13 +2114,14 @@ type OpenUpload struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	Repo          string                 `protobuf:"bytes,2,opt,name=repo,proto3" json:"repo,omitempty"`
+	Key           *WrappedKey            `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"` // drawn and wrapped by the frontend
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *OpenUpload) Reset() {
 	*x = OpenUpload{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[24]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2042,7 +2133,7 @@ func (x *OpenUpload) String() string {
 func (*OpenUpload) ProtoMessage() {}
 
 func (x *OpenUpload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[24]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2055,7 +2146,7 @@ func (x *OpenUpload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OpenUpload.ProtoReflect.Descriptor instead.
 func (*OpenUpload) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{24}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *OpenUpload) GetId() string {
@@ -2070,6 +2161,13 @@ func (x *OpenUpload) GetRepo() string {
 		return x.Repo
 	}
 	return ""
+}
+
+func (x *OpenUpload) GetKey() *WrappedKey {
+	if x != nil {
+		return x.Key
+	}
+	return nil
 }
 
 // UpdateUpload records bytes received by one request of an upload.
@@ -2088,7 +2186,7 @@ type UpdateUpload struct {
 
 func (x *UpdateUpload) Reset() {
 	*x = UpdateUpload{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[25]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2100,7 +2198,7 @@ func (x *UpdateUpload) String() string {
 func (*UpdateUpload) ProtoMessage() {}
 
 func (x *UpdateUpload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[25]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2113,7 +2211,7 @@ func (x *UpdateUpload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateUpload.ProtoReflect.Descriptor instead.
 func (*UpdateUpload) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{25}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *UpdateUpload) GetId() string {
@@ -2160,7 +2258,7 @@ type CancelUpload struct {
 
 func (x *CancelUpload) Reset() {
 	*x = CancelUpload{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[26]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2172,7 +2270,7 @@ func (x *CancelUpload) String() string {
 func (*CancelUpload) ProtoMessage() {}
 
 func (x *CancelUpload) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[26]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2185,7 +2283,7 @@ func (x *CancelUpload) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelUpload.ProtoReflect.Descriptor instead.
 func (*CancelUpload) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{26}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CancelUpload) GetId() string {
@@ -2205,13 +2303,14 @@ type CommitBlob struct {
 	Segments      []*Segment             `protobuf:"bytes,4,rep,name=segments,proto3" json:"segments,omitempty"`                              // segments written by the final request
 	Digest        string                 `protobuf:"bytes,5,opt,name=digest,proto3" json:"digest,omitempty"`
 	Size          uint64                 `protobuf:"varint,6,opt,name=size,proto3" json:"size,omitempty"`
+	Key           *WrappedKey            `protobuf:"bytes,7,opt,name=key,proto3" json:"key,omitempty"` // for a single-request push: its data key, wrapped
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CommitBlob) Reset() {
 	*x = CommitBlob{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[27]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2223,7 +2322,7 @@ func (x *CommitBlob) String() string {
 func (*CommitBlob) ProtoMessage() {}
 
 func (x *CommitBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[27]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2236,7 +2335,7 @@ func (x *CommitBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitBlob.ProtoReflect.Descriptor instead.
 func (*CommitBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{27}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CommitBlob) GetRepo() string {
@@ -2281,6 +2380,13 @@ func (x *CommitBlob) GetSize() uint64 {
 	return 0
 }
 
+func (x *CommitBlob) GetKey() *WrappedKey {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
 // MountBlob links an existing blob into a repository.
 type MountBlob struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2293,7 +2399,7 @@ type MountBlob struct {
 
 func (x *MountBlob) Reset() {
 	*x = MountBlob{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[28]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2305,7 +2411,7 @@ func (x *MountBlob) String() string {
 func (*MountBlob) ProtoMessage() {}
 
 func (x *MountBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[28]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2318,7 +2424,7 @@ func (x *MountBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountBlob.ProtoReflect.Descriptor instead.
 func (*MountBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{28}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *MountBlob) GetRepo() string {
@@ -2352,7 +2458,7 @@ type UnlinkBlob struct {
 
 func (x *UnlinkBlob) Reset() {
 	*x = UnlinkBlob{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[29]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2364,7 +2470,7 @@ func (x *UnlinkBlob) String() string {
 func (*UnlinkBlob) ProtoMessage() {}
 
 func (x *UnlinkBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[29]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2377,7 +2483,7 @@ func (x *UnlinkBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnlinkBlob.ProtoReflect.Descriptor instead.
 func (*UnlinkBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{29}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *UnlinkBlob) GetRepo() string {
@@ -2417,7 +2523,7 @@ type PutManifest struct {
 
 func (x *PutManifest) Reset() {
 	*x = PutManifest{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[30]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2429,7 +2535,7 @@ func (x *PutManifest) String() string {
 func (*PutManifest) ProtoMessage() {}
 
 func (x *PutManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[30]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2442,7 +2548,7 @@ func (x *PutManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutManifest.ProtoReflect.Descriptor instead.
 func (*PutManifest) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{30}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PutManifest) GetRepo() string {
@@ -2540,7 +2646,7 @@ type DeleteManifest struct {
 
 func (x *DeleteManifest) Reset() {
 	*x = DeleteManifest{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[31]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2552,7 +2658,7 @@ func (x *DeleteManifest) String() string {
 func (*DeleteManifest) ProtoMessage() {}
 
 func (x *DeleteManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[31]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2565,7 +2671,7 @@ func (x *DeleteManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteManifest.ProtoReflect.Descriptor instead.
 func (*DeleteManifest) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{31}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *DeleteManifest) GetRepo() string {
@@ -2599,7 +2705,7 @@ type DeleteTag struct {
 
 func (x *DeleteTag) Reset() {
 	*x = DeleteTag{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[32]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2611,7 +2717,7 @@ func (x *DeleteTag) String() string {
 func (*DeleteTag) ProtoMessage() {}
 
 func (x *DeleteTag) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[32]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2624,7 +2730,7 @@ func (x *DeleteTag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTag.ProtoReflect.Descriptor instead.
 func (*DeleteTag) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{32}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DeleteTag) GetRepo() string {
@@ -2653,7 +2759,7 @@ type ApplyResult struct {
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[33]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2665,7 +2771,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[33]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2678,7 +2784,7 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{33}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ApplyResult) GetErrorCode() string {
@@ -2717,7 +2823,7 @@ type Repository struct {
 
 func (x *Repository) Reset() {
 	*x = Repository{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[34]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2729,7 +2835,7 @@ func (x *Repository) String() string {
 func (*Repository) ProtoMessage() {}
 
 func (x *Repository) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[34]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2742,7 +2848,7 @@ func (x *Repository) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Repository.ProtoReflect.Descriptor instead.
 func (*Repository) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{34}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Repository) GetName() string {
@@ -2809,7 +2915,7 @@ type Descriptor struct {
 
 func (x *Descriptor) Reset() {
 	*x = Descriptor{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[35]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2821,7 +2927,7 @@ func (x *Descriptor) String() string {
 func (*Descriptor) ProtoMessage() {}
 
 func (x *Descriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[35]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2834,7 +2940,7 @@ func (x *Descriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Descriptor.ProtoReflect.Descriptor instead.
 func (*Descriptor) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{35}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Descriptor) GetMediaType() string {
@@ -2886,7 +2992,7 @@ type CreateRepository struct {
 
 func (x *CreateRepository) Reset() {
 	*x = CreateRepository{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[36]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2898,7 +3004,7 @@ func (x *CreateRepository) String() string {
 func (*CreateRepository) ProtoMessage() {}
 
 func (x *CreateRepository) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[36]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2911,7 +3017,7 @@ func (x *CreateRepository) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRepository.ProtoReflect.Descriptor instead.
 func (*CreateRepository) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{36}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CreateRepository) GetRepo() string {
@@ -3049,13 +3155,26 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"shard_size\x18\x05 \x01(\x04R\tshardSize\x125\n" +
 	"\x06shards\x18\x06 \x03(\v2\x1d.strata.metastore.v1.ShardRefR\x06shards\x12\x16\n" +
 	"\x06format\x18\a \x01(\rR\x06format\x12\x15\n" +
-	"\x06key_id\x18\b \x01(\tR\x05keyId\"\x9e\x01\n" +
+	"\x06key_id\x18\b \x01(\tR\x05keyId\"\xd3\x01\n" +
 	"\n" +
 	"BlobLayout\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04size\x18\x02 \x01(\x04R\x04size\x128\n" +
 	"\bsegments\x18\x03 \x03(\v2\x1c.strata.metastore.v1.SegmentR\bsegments\x12*\n" +
-	"\x11created_unix_nano\x18\x04 \x01(\x03R\x0fcreatedUnixNano\"\xf9\x01\n" +
+	"\x11created_unix_nano\x18\x04 \x01(\x03R\x0fcreatedUnixNano\x123\n" +
+	"\x04keys\x18\x05 \x03(\v2\x1f.strata.metastore.v1.WrappedKeyR\x04keys\"\xfc\x01\n" +
+	"\n" +
+	"WrappedKey\x12\x19\n" +
+	"\bkey_name\x18\x01 \x01(\tR\akeyName\x12\x1f\n" +
+	"\vkey_version\x18\x02 \x01(\tR\n" +
+	"keyVersion\x12\x1e\n" +
+	"\n" +
+	"ciphertext\x18\x03 \x01(\fR\n" +
+	"ciphertext\x12R\n" +
+	"\vannotations\x18\x04 \x03(\v20.strata.metastore.v1.WrappedKey.AnnotationsEntryR\vannotations\x1a>\n" +
+	"\x10AnnotationsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\xac\x02\n" +
 	"\x06Upload\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04repo\x18\x02 \x01(\tR\x04repo\x12*\n" +
@@ -3063,7 +3182,8 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\x11updated_unix_nano\x18\x04 \x01(\x03R\x0fupdatedUnixNano\x12\x16\n" +
 	"\x06offset\x18\x05 \x01(\x04R\x06offset\x12!\n" +
 	"\fsha256_state\x18\x06 \x01(\fR\vsha256State\x128\n" +
-	"\bsegments\x18\a \x03(\v2\x1c.strata.metastore.v1.SegmentR\bsegments\"\x86\x01\n" +
+	"\bsegments\x18\a \x03(\v2\x1c.strata.metastore.v1.SegmentR\bsegments\x121\n" +
+	"\x03key\x18\b \x01(\v2\x1f.strata.metastore.v1.WrappedKeyR\x03key\"\x86\x01\n" +
 	"\bRefCount\x12\x14\n" +
 	"\x05links\x18\x01 \x01(\x03R\x05links\x12#\n" +
 	"\rmanifest_refs\x18\x02 \x01(\x03R\fmanifestRefs\x12?\n" +
@@ -3098,11 +3218,12 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\x0etime_unix_nano\x18\b \x01(\x03R\ftimeUnixNano\x12\x1a\n" +
 	"\bsegments\x18\t \x03(\tR\bsegments\x12\x16\n" +
 	"\x06reason\x18\n" +
-	" \x01(\tR\x06reason\"0\n" +
+	" \x01(\tR\x06reason\"c\n" +
 	"\n" +
 	"OpenUpload\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
-	"\x04repo\x18\x02 \x01(\tR\x04repo\"\xbf\x01\n" +
+	"\x04repo\x18\x02 \x01(\tR\x04repo\x121\n" +
+	"\x03key\x18\x03 \x01(\v2\x1f.strata.metastore.v1.WrappedKeyR\x03key\"\xbf\x01\n" +
 	"\fUpdateUpload\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\rexpect_offset\x18\x02 \x01(\x04R\fexpectOffset\x12\x1d\n" +
@@ -3111,7 +3232,7 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\fsha256_state\x18\x04 \x01(\fR\vsha256State\x128\n" +
 	"\bsegments\x18\x05 \x03(\v2\x1c.strata.metastore.v1.SegmentR\bsegments\"\x1e\n" +
 	"\fCancelUpload\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xc8\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xfb\x01\n" +
 	"\n" +
 	"CommitBlob\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x1b\n" +
@@ -3119,7 +3240,8 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\rexpect_offset\x18\x03 \x01(\x04R\fexpectOffset\x128\n" +
 	"\bsegments\x18\x04 \x03(\v2\x1c.strata.metastore.v1.SegmentR\bsegments\x12\x16\n" +
 	"\x06digest\x18\x05 \x01(\tR\x06digest\x12\x12\n" +
-	"\x04size\x18\x06 \x01(\x04R\x04size\"K\n" +
+	"\x04size\x18\x06 \x01(\x04R\x04size\x121\n" +
+	"\x03key\x18\a \x01(\v2\x1f.strata.metastore.v1.WrappedKeyR\x03key\"K\n" +
 	"\tMountBlob\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
@@ -3188,7 +3310,7 @@ func file_metastore_metastorepb_metastore_proto_rawDescGZIP() []byte {
 	return file_metastore_metastorepb_metastore_proto_rawDescData
 }
 
-var file_metastore_metastorepb_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 37)
+var file_metastore_metastorepb_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_metastore_metastorepb_metastore_proto_goTypes = []any{
 	(*Command)(nil),             // 0: strata.metastore.v1.Command
 	(*CollectBlob)(nil),         // 1: strata.metastore.v1.CollectBlob
@@ -3208,36 +3330,38 @@ var file_metastore_metastorepb_metastore_proto_goTypes = []any{
 	(*ShardRef)(nil),            // 15: strata.metastore.v1.ShardRef
 	(*Segment)(nil),             // 16: strata.metastore.v1.Segment
 	(*BlobLayout)(nil),          // 17: strata.metastore.v1.BlobLayout
-	(*Upload)(nil),              // 18: strata.metastore.v1.Upload
-	(*RefCount)(nil),            // 19: strata.metastore.v1.RefCount
-	(*ManifestRecord)(nil),      // 20: strata.metastore.v1.ManifestRecord
-	(*TagRecord)(nil),           // 21: strata.metastore.v1.TagRecord
-	(*TagHistoryEntry)(nil),     // 22: strata.metastore.v1.TagHistoryEntry
-	(*Event)(nil),               // 23: strata.metastore.v1.Event
-	(*OpenUpload)(nil),          // 24: strata.metastore.v1.OpenUpload
-	(*UpdateUpload)(nil),        // 25: strata.metastore.v1.UpdateUpload
-	(*CancelUpload)(nil),        // 26: strata.metastore.v1.CancelUpload
-	(*CommitBlob)(nil),          // 27: strata.metastore.v1.CommitBlob
-	(*MountBlob)(nil),           // 28: strata.metastore.v1.MountBlob
-	(*UnlinkBlob)(nil),          // 29: strata.metastore.v1.UnlinkBlob
-	(*PutManifest)(nil),         // 30: strata.metastore.v1.PutManifest
-	(*DeleteManifest)(nil),      // 31: strata.metastore.v1.DeleteManifest
-	(*DeleteTag)(nil),           // 32: strata.metastore.v1.DeleteTag
-	(*ApplyResult)(nil),         // 33: strata.metastore.v1.ApplyResult
-	(*Repository)(nil),          // 34: strata.metastore.v1.Repository
-	(*Descriptor)(nil),          // 35: strata.metastore.v1.Descriptor
-	(*CreateRepository)(nil),    // 36: strata.metastore.v1.CreateRepository
+	(*WrappedKey)(nil),          // 18: strata.metastore.v1.WrappedKey
+	(*Upload)(nil),              // 19: strata.metastore.v1.Upload
+	(*RefCount)(nil),            // 20: strata.metastore.v1.RefCount
+	(*ManifestRecord)(nil),      // 21: strata.metastore.v1.ManifestRecord
+	(*TagRecord)(nil),           // 22: strata.metastore.v1.TagRecord
+	(*TagHistoryEntry)(nil),     // 23: strata.metastore.v1.TagHistoryEntry
+	(*Event)(nil),               // 24: strata.metastore.v1.Event
+	(*OpenUpload)(nil),          // 25: strata.metastore.v1.OpenUpload
+	(*UpdateUpload)(nil),        // 26: strata.metastore.v1.UpdateUpload
+	(*CancelUpload)(nil),        // 27: strata.metastore.v1.CancelUpload
+	(*CommitBlob)(nil),          // 28: strata.metastore.v1.CommitBlob
+	(*MountBlob)(nil),           // 29: strata.metastore.v1.MountBlob
+	(*UnlinkBlob)(nil),          // 30: strata.metastore.v1.UnlinkBlob
+	(*PutManifest)(nil),         // 31: strata.metastore.v1.PutManifest
+	(*DeleteManifest)(nil),      // 32: strata.metastore.v1.DeleteManifest
+	(*DeleteTag)(nil),           // 33: strata.metastore.v1.DeleteTag
+	(*ApplyResult)(nil),         // 34: strata.metastore.v1.ApplyResult
+	(*Repository)(nil),          // 35: strata.metastore.v1.Repository
+	(*Descriptor)(nil),          // 36: strata.metastore.v1.Descriptor
+	(*CreateRepository)(nil),    // 37: strata.metastore.v1.CreateRepository
+	nil,                         // 38: strata.metastore.v1.WrappedKey.AnnotationsEntry
 }
 var file_metastore_metastorepb_metastore_proto_depIdxs = []int32{
-	24, // 0: strata.metastore.v1.Command.open_upload:type_name -> strata.metastore.v1.OpenUpload
-	25, // 1: strata.metastore.v1.Command.update_upload:type_name -> strata.metastore.v1.UpdateUpload
-	26, // 2: strata.metastore.v1.Command.cancel_upload:type_name -> strata.metastore.v1.CancelUpload
-	27, // 3: strata.metastore.v1.Command.commit_blob:type_name -> strata.metastore.v1.CommitBlob
-	28, // 4: strata.metastore.v1.Command.mount_blob:type_name -> strata.metastore.v1.MountBlob
-	29, // 5: strata.metastore.v1.Command.unlink_blob:type_name -> strata.metastore.v1.UnlinkBlob
-	30, // 6: strata.metastore.v1.Command.put_manifest:type_name -> strata.metastore.v1.PutManifest
-	31, // 7: strata.metastore.v1.Command.delete_manifest:type_name -> strata.metastore.v1.DeleteManifest
-	32, // 8: strata.metastore.v1.Command.delete_tag:type_name -> strata.metastore.v1.DeleteTag
+	25, // 0: strata.metastore.v1.Command.open_upload:type_name -> strata.metastore.v1.OpenUpload
+	26, // 1: strata.metastore.v1.Command.update_upload:type_name -> strata.metastore.v1.UpdateUpload
+	27, // 2: strata.metastore.v1.Command.cancel_upload:type_name -> strata.metastore.v1.CancelUpload
+	28, // 3: strata.metastore.v1.Command.commit_blob:type_name -> strata.metastore.v1.CommitBlob
+	29, // 4: strata.metastore.v1.Command.mount_blob:type_name -> strata.metastore.v1.MountBlob
+	30, // 5: strata.metastore.v1.Command.unlink_blob:type_name -> strata.metastore.v1.UnlinkBlob
+	31, // 6: strata.metastore.v1.Command.put_manifest:type_name -> strata.metastore.v1.PutManifest
+	32, // 7: strata.metastore.v1.Command.delete_manifest:type_name -> strata.metastore.v1.DeleteManifest
+	33, // 8: strata.metastore.v1.Command.delete_tag:type_name -> strata.metastore.v1.DeleteTag
 	11, // 9: strata.metastore.v1.Command.register_node:type_name -> strata.metastore.v1.RegisterNode
 	12, // 10: strata.metastore.v1.Command.remove_node:type_name -> strata.metastore.v1.RemoveNode
 	13, // 11: strata.metastore.v1.Command.set_node_state:type_name -> strata.metastore.v1.SetNodeState
@@ -3248,20 +3372,25 @@ var file_metastore_metastorepb_metastore_proto_depIdxs = []int32{
 	3,  // 16: strata.metastore.v1.Command.delete_repository:type_name -> strata.metastore.v1.DeleteRepository
 	4,  // 17: strata.metastore.v1.Command.set_repository_policy:type_name -> strata.metastore.v1.SetRepositoryPolicy
 	5,  // 18: strata.metastore.v1.Command.record_pulls:type_name -> strata.metastore.v1.RecordPulls
-	36, // 19: strata.metastore.v1.Command.create_repository:type_name -> strata.metastore.v1.CreateRepository
+	37, // 19: strata.metastore.v1.Command.create_repository:type_name -> strata.metastore.v1.CreateRepository
 	6,  // 20: strata.metastore.v1.RecordPulls.pulls:type_name -> strata.metastore.v1.Pull
 	10, // 21: strata.metastore.v1.RegisterNode.node:type_name -> strata.metastore.v1.NodeRecord
-	33, // 22: strata.metastore.v1.RequestRecord.result:type_name -> strata.metastore.v1.ApplyResult
+	34, // 22: strata.metastore.v1.RequestRecord.result:type_name -> strata.metastore.v1.ApplyResult
 	15, // 23: strata.metastore.v1.Segment.shards:type_name -> strata.metastore.v1.ShardRef
 	16, // 24: strata.metastore.v1.BlobLayout.segments:type_name -> strata.metastore.v1.Segment
-	16, // 25: strata.metastore.v1.Upload.segments:type_name -> strata.metastore.v1.Segment
-	16, // 26: strata.metastore.v1.UpdateUpload.segments:type_name -> strata.metastore.v1.Segment
-	16, // 27: strata.metastore.v1.CommitBlob.segments:type_name -> strata.metastore.v1.Segment
-	28, // [28:28] is the sub-list for method output_type
-	28, // [28:28] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	18, // 25: strata.metastore.v1.BlobLayout.keys:type_name -> strata.metastore.v1.WrappedKey
+	38, // 26: strata.metastore.v1.WrappedKey.annotations:type_name -> strata.metastore.v1.WrappedKey.AnnotationsEntry
+	16, // 27: strata.metastore.v1.Upload.segments:type_name -> strata.metastore.v1.Segment
+	18, // 28: strata.metastore.v1.Upload.key:type_name -> strata.metastore.v1.WrappedKey
+	18, // 29: strata.metastore.v1.OpenUpload.key:type_name -> strata.metastore.v1.WrappedKey
+	16, // 30: strata.metastore.v1.UpdateUpload.segments:type_name -> strata.metastore.v1.Segment
+	16, // 31: strata.metastore.v1.CommitBlob.segments:type_name -> strata.metastore.v1.Segment
+	18, // 32: strata.metastore.v1.CommitBlob.key:type_name -> strata.metastore.v1.WrappedKey
+	33, // [33:33] is the sub-list for method output_type
+	33, // [33:33] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_metastore_metastorepb_metastore_proto_init() }
@@ -3297,7 +3426,7 @@ func file_metastore_metastorepb_metastore_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metastore_metastorepb_metastore_proto_rawDesc), len(file_metastore_metastorepb_metastore_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   37,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
