@@ -24,10 +24,27 @@
 //     by tag with the bytes that were pushed, and anything that was sent but
 //     not acknowledged must be either absent or correct, never wrong.
 //
-// This first piece covers crash safety of a single node: SIGKILL during
-// concurrent pushes, and SIGKILL in the middle of a chunked upload session.
-// Later pieces add more backends (multi-node clusters, storage-node and
-// network faults) over the same workloads and checkers.
+// The tests cover crash safety of a single node: SIGKILL during concurrent
+// pushes, and SIGKILL in the middle of a chunked upload session.
+//
+// The cluster half (docs/CHAOS.md) runs the same workloads and checkers
+// against a multi-process cluster, as `strata chaos run` and Run:
+//
+//   - Cluster is the process backend for clusters: it drives `strata dev
+//     cluster` through its cluster.json, SIGKILLs, SIGSTOPs and restarts
+//     nodes with the dev cluster's own command lines, and can put a proxy
+//     layer (Net) between the nodes to cut links.
+//   - Scenarios name mixes of faults; Schedule draws a run's faults from a
+//     seed, and an injector carries them out one at a time: kills of the
+//     leader, of meta and storage nodes, pauses, partitions, corrupted and
+//     deleted shard files, rolling restarts.
+//   - TagWorkload moves and reads tags through every frontend and
+//     CheckTagHistory decides with porcupine whether the history is
+//     linearizable; Workload also deletes images and probes availability.
+//   - After the faults, Run heals the cluster, checks every acknowledged
+//     write, the tag history, repair (strata storage status and every
+//     segment's shards on the storage nodes) and the nodes' logs, and
+//     writes a Report.
 //
 // The tests are slow (they build the binary and push a few hundred MiB) and
 // are skipped under -short. Set STRATA_CHAOS_BINARY to use a prebuilt strata
