@@ -85,7 +85,7 @@ conformance: build ## OCI conformance (PROFILE=all) against a fresh dev server, 
 	$(TEST_ENV) STRATA_BIN=$(STRATA) $(CURDIR)/deploy/scripts/conformance.sh
 
 .PHONY: conformance-cluster
-conformance-cluster: build ## OCI conformance (PROFILE=all) through a frontend of a dev cluster: 3 meta, 3 storage, 2 api
+conformance-cluster: build ## OCI conformance (PROFILE=all) through a frontend of a dev cluster: 3 meta, 6 storage (4+2), 2 api
 	$(TEST_ENV) STRATA_BIN=$(STRATA) $(CURDIR)/deploy/scripts/conformance-cluster.sh
 
 # Chaos suite (chaos/, docs/CHAOS.md): `strata chaos run` against an 11-node dev

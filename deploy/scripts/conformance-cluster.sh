@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # conformance-cluster.sh - run the OCI conformance suites against a local multi-process cluster.
 #
-# Starts `strata dev cluster --meta 3 --storage 3 --api 2` in a temporary directory, waits
+# Starts `strata dev cluster --meta 3 --storage 6 --api 2` (4+2) in a temporary directory, waits
 # for its cluster.json, runs deploy/scripts/conformance.sh (CONFORMANCE_URL=the first
 # frontend, so the suites' requests go through one api node while metadata goes through
 # Raft on the meta nodes and shards to the storage nodes), then stops the cluster.
 #
 # Environment:
 #   STRATA_BIN          strata binary (default: <repo>/bin/strata)
-#   DEV_CLUSTER_ARGS    arguments for `strata dev cluster` (default: --meta 3 --storage 3 --api 2)
+#   DEV_CLUSTER_ARGS    arguments for `strata dev cluster` (default: --meta 3 --storage 6 --api 2, erasure 4+2)
 #   READY_TIMEOUT       seconds to wait for cluster.json (default 120)
 #   KEEP_CLUSTER_DIR=1  keep the cluster's data and logs (always copied to RESULTS_DIR on failure)
 #   PROFILE, LEGACY_AUTOMATIC_CROSSMOUNT, RESULTS_DIR, CONFORMANCE_SCRIPT, SUITES, OCI_* ...
@@ -21,7 +21,7 @@ set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 STRATA_BIN="${STRATA_BIN:-$REPO_ROOT/bin/strata}"
 READY_TIMEOUT="${READY_TIMEOUT:-120}"
-DEV_CLUSTER_ARGS="${DEV_CLUSTER_ARGS:---meta 3 --storage 3 --api 2}"
+DEV_CLUSTER_ARGS="${DEV_CLUSTER_ARGS:---meta 3 --storage 6 --api 2}"
 export PROFILE="${PROFILE:-all}"
 export LEGACY_AUTOMATIC_CROSSMOUNT="${LEGACY_AUTOMATIC_CROSSMOUNT:-1}"
 export RESULTS_DIR="${RESULTS_DIR:-$REPO_ROOT/conformance-results/cluster-$(date +%Y%m%d-%H%M%S)-$$}"
