@@ -265,7 +265,7 @@ func (s *Server) adminOp(r *http.Request, op string) (any, error) {
 			resp["status"] = "IN_PROGRESS"
 		}
 		return resp, nil
-	case "GetLifecyclePolicy":
+	case "GetLifecyclePolicy", "DeleteLifecyclePolicy":
 		if err := needRepo(); err != nil {
 			return nil, err
 		}
@@ -276,23 +276,15 @@ func (s *Server) adminOp(r *http.Request, op string) (any, error) {
 		if rec.LifecyclePolicy == "" {
 			return nil, fmt.Errorf("%w: %s", gc.ErrNoPolicy, req.RepositoryName)
 		}
-		return map[string]any{"repositoryName": rec.Name, "lifecyclePolicyText": rec.LifecyclePolicy,
-			"lastEvaluatedAt": epoch(rec.LifecyclePolicyUpdatedUnixNano)}, nil
-	case "DeleteLifecyclePolicy":
-		if err := needRepo(); err != nil {
-			return nil, err
-		}
-		rec, err := s.meta.Repository(ctx, req.RepositoryName)
-		if err != nil {
-			return nil, err
-		}
-		if rec.LifecyclePolicy == "" {
-			return nil, fmt.Errorf("%w: %s", gc.ErrNoPolicy, req.RepositoryName)
+		resp := map[string]any{"repositoryName": rec.Name, "lifecyclePolicyText": rec.LifecyclePolicy}
+		if op == "GetLifecyclePolicy" {
+			resp["lastEvaluatedAt"] = epoch(rec.LifecyclePolicyUpdatedUnixNano)
+			return resp, nil
 		}
 		if err := s.setPolicy(ctx, &pb.SetRepositoryPolicy{Repo: req.RepositoryName, Set: []string{"lifecycle_policy"}}); err != nil {
 			return nil, err
 		}
-		return map[string]any{"repositoryName": rec.Name, "lifecyclePolicyText": rec.LifecyclePolicy}, nil
+		return resp, nil
 	case "GetLifecyclePolicyPreview":
 		if err := needRepo(); err != nil {
 			return nil, err
