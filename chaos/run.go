@@ -555,9 +555,12 @@ func firstLine(s string) string {
 	return s
 }
 
-// heal resumes paused nodes, starts stopped ones and waits until every node
-// serves.
+// heal heals cut links, resumes paused nodes, starts stopped ones and
+// waits until every node serves.
 func heal(ctx context.Context, c *Cluster, in *injector, logf func(string, ...any)) {
+	if n := c.Net(); n != nil {
+		n.Heal()
+	}
 	for _, id := range c.IDs("") {
 		switch c.State(id) {
 		case NodePaused:
