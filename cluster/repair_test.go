@@ -673,3 +673,40 @@ func benchEnv(b *testing.B) *benchRepairEnv {
 	}
 	return e
 }
+
+// A parity shard deleted from a live node's disk is never needed by a read
+// and never seen by a scrubber (which walks the files present); the audit
+// finds it and repair puts it back.
+func TestAuditFindsMissingShards(t *testing.T) {
+	if testing.Short() {
+		t.Skip("multi-node repair scenario")
+	}
+	e := newRepairEnv(t, 6, 4, 2)
+	e.push(1, 1, 2<<20)
+	e.stopRepairer()
+	var gone []string
+	for _, seg := range e.segments() {
+		ref := seg.Shards[len(seg.Shards)-1] // a parity shard
+		id := blobstore.ShardID{Segment: seg.Id, Index: ref.Index}
+		if err := os.Remove(e.st.Node(ref.Node).Local().ShardPath(id)); err != nil {
+			t.Fatal(err)
+		}
+		gone = append(gone, id.String())
+	}
+	e.readAll("with parity shards gone")
+	if n := e.queueLen(); n != 0 {
+		t.Fatalf("%d segments queued before the audit: reads were not expected to notice", n)
+	}
+	n, err := e.rep.Audit(e.ctx, 100000)
+	if err != nil || n != len(gone) {
+		t.Fatalf("audit found %d missing shards (%v), %d were deleted", n, err, len(gone))
+	}
+	e.startRepairer()
+	waitFor(t, 20*time.Second, "missing shards repaired", func() string {
+		if q := e.queueLen(); q != 0 {
+			return fmt.Sprintf("%d queued", q)
+		}
+		return e.redundancy(false)
+	})
+	e.verifyAll()
+}

@@ -60,6 +60,7 @@ type serveOptions struct {
 
 	advGRPC, advRaft, advHTTP, metricsAddr string
 	maxData                                int
+	auditInterval                          time.Duration
 	keyring                                string
 	keyProvider                            keys.Provider
 
@@ -142,6 +143,7 @@ flags win over the environment, which wins over the file.`,
 	f.StringVar(&o.advGRPC, "advertise-grpc-addr", "", "gRPC address other nodes dial (host:port; default: the --grpc-addr listener's)")
 	f.StringVar(&o.advRaft, "advertise-raft-addr", "", "Raft address other meta nodes dial (host:port, host may be a DNS name; default: the --raft-addr listener's)")
 	f.StringVar(&o.advHTTP, "advertise-http-addr", "", "HTTP address recorded for this frontend (default: the --http-addr listener's)")
+	f.DurationVar(&o.auditInterval, "audit-interval", 10*time.Minute, "how often the leader checks that every storage node still holds the shards the registry places on it (missing ones are repaired)")
 	f.IntVar(&o.maxData, "max-data-requests", 256, "blob GETs and upload bodies served at once; beyond it clients get 429 TOOMANYREQUESTS (bounds memory)")
 	f.StringVar(&o.keyring, "keyring", "", "keyring file of the key-encryption keys that wrap every blob's data key (api role); default with --dev: <data-dir>/keyring, created on first start; \"off\" stores blobs in the clear. Every frontend of a cluster needs the same file")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics and /healthz on this address too (for nodes without the api role)")
@@ -346,6 +348,7 @@ func serve(ctx context.Context, o *serveOptions) error {
 		}
 		svc.SetRepairer(rep)
 		go rep.Run(ctx)
+		go rep.RunAudit(ctx, o.auditInterval, 2000)
 		// Garbage collection and lifecycle policies: every meta node runs
 		// them; they act while the node leads.
 		collector := gc.NewCollector(gc.CollectorConfig{Grace: o.gcGrace, UploadIdle: o.uploadIdle, Interval: o.gcInterval},
