@@ -148,7 +148,7 @@ func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
 	args = append(args, cfg.ExtraArgs...)
 	cmd := exec.Command(cfg.Binary, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "STRATA_") })
+	cmd.Env = nodeEnv()
 	// If the harness dies, the dev cluster gets SIGTERM and stops its nodes.
 	cmd.SysProcAttr = devClusterProcAttr()
 	if err := cmd.Start(); err != nil {
@@ -526,7 +526,7 @@ func (c *Cluster) startOnce(id string) error {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Dir = c.cfg.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "STRATA_") })
+	cmd.Env = nodeEnv()
 	cmd.SysProcAttr = nodeProcAttr()
 	if err := cmd.Start(); err != nil {
 		logf.Close()
@@ -1055,4 +1055,13 @@ func (c *Cluster) Close() {
 	if c.net != nil {
 		c.net.Close()
 	}
+}
+
+// nodeEnv is the environment of the dev cluster and its nodes: none of the
+// caller's STRATA_* settings, and an audit of the storage nodes every few
+// seconds, so that shards deleted on disk are found within a run (serve
+// reads STRATA_<FLAG> for flags not given).
+func nodeEnv() []string {
+	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "STRATA_") })
+	return append(env, "STRATA_AUDIT_INTERVAL=5s")
 }
