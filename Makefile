@@ -70,9 +70,10 @@ run: build ## Build, then run a single-process dev registry (bin/strata serve --
 	$(STRATA) serve --dev
 
 .PHONY: test
-test: tools ## Tools, go vet, go test (unit + e2e with real clients), then conformance on --dev and on a dev cluster
+test: tools ## Tools, go vet, go test (unit + e2e with real clients), the quick chaos suite, then conformance on a dev cluster and on --dev
 	$(GO) vet ./...
 	$(TEST_ENV) $(GO) test -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) ./...
+	@$(MAKE) chaos-quick
 	@$(MAKE) conformance-cluster
 	@$(MAKE) conformance
 
