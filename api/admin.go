@@ -115,7 +115,15 @@ type adminRequest struct {
 	Sweep                  bool        `json:"sweep"`
 	Wait                   bool        `json:"wait"`
 	MaxResults             int         `json:"maxResults"`
+	DurabilityClass        *durability `json:"durabilityClass"`
 	NextToken              string      `json:"nextToken"`
+}
+
+// durability is Strata's durability class of a repository (an extension of
+// ECR's shapes): the erasure geometry of its new blobs.
+type durability struct {
+	DataShards   uint32 `json:"dataShards"`
+	ParityShards uint32 `json:"parityShards"`
 }
 
 type repositoryJSON struct {
@@ -124,6 +132,7 @@ type repositoryJSON struct {
 	ImageTagMutability                 string      `json:"imageTagMutability"`
 	ImageTagMutabilityExclusionFilters []gc.Filter `json:"imageTagMutabilityExclusionFilters,omitempty"`
 	RepositoryURI                      string      `json:"repositoryUri,omitempty"`
+	DurabilityClass                    *durability `json:"durabilityClass,omitempty"`
 }
 
 func epoch(ns int64) float64 { return float64(ns) / 1e9 }
@@ -135,6 +144,9 @@ func repoJSON(r *pb.Repository) repositoryJSON {
 	}
 	for _, f := range r.MutabilityExclusions {
 		out.ImageTagMutabilityExclusionFilters = append(out.ImageTagMutabilityExclusionFilters, gc.Filter{FilterType: gc.FilterTypeWildcard, Filter: f})
+	}
+	if r.DurabilityK > 0 {
+		out.DurabilityClass = &durability{DataShards: r.DurabilityK, ParityShards: r.DurabilityM}
 	}
 	return out
 }
@@ -168,8 +180,11 @@ func (s *Server) adminOp(r *http.Request, op string) (any, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := s.propose(ctx, &pb.Command{Op: &pb.Command_CreateRepository{CreateRepository: &pb.CreateRepository{
-			Repo: req.RepositoryName, TagMutability: mut.Mode, MutabilityExclusions: mut.Exclusions}}}); err != nil {
+		create := &pb.CreateRepository{Repo: req.RepositoryName, TagMutability: mut.Mode, MutabilityExclusions: mut.Exclusions}
+		if d := req.DurabilityClass; d != nil {
+			create.DurabilityK, create.DurabilityM = d.DataShards, d.ParityShards
+		}
+		if err := s.propose(ctx, &pb.Command{Op: &pb.Command_CreateRepository{CreateRepository: create}}); err != nil {
 			return nil, err
 		}
 		rec, err := s.meta.Repository(ctx, req.RepositoryName)
@@ -219,6 +234,19 @@ func (s *Server) adminOp(r *http.Request, op string) (any, error) {
 			return nil, err
 		}
 		return map[string]any{"repository": repoJSON(rec)}, nil
+	case "PutDurabilityClass":
+		if err := needRepo(); err != nil {
+			return nil, err
+		}
+		d := req.DurabilityClass
+		if d == nil {
+			return nil, adminErr("InvalidParameterException", 400, "durabilityClass is required ({\"dataShards\":k,\"parityShards\":m}; 0,0 for the cluster's)")
+		}
+		if err := s.setPolicy(ctx, &pb.SetRepositoryPolicy{Repo: req.RepositoryName, Set: []string{"durability"},
+			DurabilityK: d.DataShards, DurabilityM: d.ParityShards}); err != nil {
+			return nil, err
+		}
+		return map[string]any{"repositoryName": req.RepositoryName, "durabilityClass": d}, nil
 	case "PutImageTagMutability":
 		if err := needRepo(); err != nil {
 			return nil, err

@@ -461,3 +461,31 @@ func TestBlobsEncryptedAtRest(t *testing.T) {
 		t.Fatal("no shard files found")
 	}
 }
+
+// A repository's durability class sets the geometry of its new blobs; other
+// repositories keep the cluster's.
+func TestDurabilityClass(t *testing.T) {
+	r := newTestRegistry(t, 2, 1) // 3 shard dirs, cluster geometry 2+1
+	expect(t, r.do("POST", "/admin/v1/CreateRepository", []byte(`{"repositoryName":"gold","durabilityClass":{"dataShards":1,"parityShards":2}}`)), 200)
+	blob := bytes.Repeat([]byte("D"), 600<<10)
+	gold := r.pushBlob("gold", blob)
+	plain := r.pushBlob("plain", append(blob, 'x'))
+	for d, want := range map[digest.Digest][2]uint32{gold: {1, 2}, plain: {2, 1}} {
+		l, err := r.st.Blob(d.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, seg := range l.Segments {
+			if seg.K != want[0] || seg.M != want[1] {
+				t.Fatalf("%s: segment at %d+%d, want %d+%d", d, seg.K, seg.M, want[0], want[1])
+			}
+		}
+	}
+	if got := expect(t, r.do("GET", "/v2/gold/blobs/"+gold.String(), nil), 200); !bytes.Equal(got, blob) {
+		t.Fatal("gold blob reads back wrong")
+	}
+	resp := r.do("POST", "/admin/v1/PutDurabilityClass", []byte(`{"repositoryName":"gold","durabilityClass":{"dataShards":0,"parityShards":5}}`))
+	if b := expect(t, resp, 400); !strings.Contains(string(b), "InvalidParameterException") {
+		t.Fatalf("bad class: %s", b)
+	}
+}

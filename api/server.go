@@ -78,7 +78,8 @@ type Server struct {
 	reg     *prometheus.Registry
 	pulls   pullRecorder
 
-	dataSlots chan struct{} // one per request moving blob bytes
+	dataSlots  chan struct{} // one per request moving blob bytes
+	durability durabilityCache
 }
 
 // New returns a Server over meta and blobs.

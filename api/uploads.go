@@ -102,7 +102,11 @@ func (s *Server) pushWhole(w http.ResponseWriter, r *http.Request, name string, 
 	if err != nil {
 		return err
 	}
-	segs, n, err := s.blobstore().WriteWith(r.Context(), r.Body, h, blobstore.WriteOptions{Sealer: sealer})
+	store, err := s.writeStore(r.Context(), name)
+	if err != nil {
+		return err
+	}
+	segs, n, err := store.WriteWith(r.Context(), r.Body, h, blobstore.WriteOptions{Sealer: sealer})
 	if err != nil {
 		return err
 	}
@@ -184,7 +188,11 @@ func (s *Server) writeChunk(r *http.Request, u *pb.Upload) ([]*pb.Segment, int64
 			return nil, 0, nil, fmt.Errorf("%w: upload hash state: %v", metastore.ErrCorrupt, err)
 		}
 	}
-	segs, n, err := s.blobstore().WriteWith(r.Context(), r.Body, h, blobstore.WriteOptions{Sealer: sealer, Offset: int64(u.Offset)})
+	store, err := s.writeStore(r.Context(), u.Repo)
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	segs, n, err := store.WriteWith(r.Context(), r.Body, h, blobstore.WriteOptions{Sealer: sealer, Offset: int64(u.Offset)})
 	if err != nil {
 		return nil, 0, nil, err
 	}

@@ -191,6 +191,15 @@ func New(cfg Config, nodes func() []Node) (*Store, error) {
 // Config returns the configuration in use, defaults applied.
 func (s *Store) Config() Config { return s.cfg }
 
+// WithGeometry returns a Store over the same nodes that writes segments at
+// k+m (a repository's durability class). Reads need no such Store: every
+// layout records its own geometry.
+func (s *Store) WithGeometry(k, m int) (*Store, error) {
+	cfg := s.cfg
+	cfg.K, cfg.M = k, m
+	return New(cfg, s.nodes)
+}
+
 // codec returns the (cached) codec for a geometry.
 func (s *Store) codec(k, m int) (*erasure.Codec, error) {
 	key := [2]int{k, m}

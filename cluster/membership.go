@@ -10,6 +10,7 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -109,6 +110,10 @@ type StorageView struct {
 
 	nodes atomic.Pointer[[]blobstore.Node] // current, replaced whole
 	count atomic.Int64                     // storage nodes in the registry that are not drained
+
+	usageMu sync.Mutex
+	free    map[string]uint64 // last free space each node reported
+	weighed time.Time
 }
 
 // NewStorageView returns a view; call NewStore and then Run.
@@ -152,9 +157,46 @@ func (v *StorageView) refresh(ctx context.Context) error {
 		nodes = append(nodes, blobstore.Node{Info: info, Shards: blobstore.NewRemoteStore(r.Id, conn)})
 	}
 	sort.Slice(nodes, func(i, j int) bool { return nodes[i].Info.ID < nodes[j].Info.ID })
+	v.weigh(ctx, nodes)
 	v.nodes.Store(&nodes)
 	v.count.Store(int64(count))
 	return nil
+}
+
+// usageEvery is how often a frontend asks the storage nodes for their free
+// space, which weights placement (rendezvous hashing by free capacity).
+const usageEvery = 10 * time.Second
+
+// weigh sets each node's free space, asking the nodes at most every
+// usageEvery and remembering the answers in between.
+func (v *StorageView) weigh(ctx context.Context, nodes []blobstore.Node) {
+	v.usageMu.Lock()
+	defer v.usageMu.Unlock()
+	if v.free == nil {
+		v.free = map[string]uint64{}
+	}
+	if time.Since(v.weighed) >= usageEvery {
+		v.weighed = time.Now()
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		for _, n := range nodes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				uctx, cancel := context.WithTimeout(ctx, time.Second)
+				defer cancel()
+				if u, err := n.Shards.Usage(uctx); err == nil {
+					mu.Lock()
+					v.free[n.Info.ID] = u.Free
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	for i := range nodes {
+		nodes[i].Info.Free = v.free[nodes[i].Info.ID]
+	}
 }
 
 // BestFit is the default erasure geometry for n storage nodes: 4+2 from six

@@ -37,6 +37,15 @@ func validMutability(mode string) error {
 	return fmt.Errorf("%w: tag mutability %q", ErrCommandInvalid, mode)
 }
 
+// validDurability checks a durability class: none (0+0), or k >= 1 data
+// shards and m parity shards with k+m at most 32.
+func validDurability(k, m uint32) error {
+	if (k == 0 && m == 0) || (k >= 1 && k+m <= 32) {
+		return nil
+	}
+	return fmt.Errorf("%w: durability class %d+%d (want k >= 1, k+m <= 32)", ErrCommandInvalid, k, m)
+}
+
 func (t *txn) createRepository(c *pb.CreateRepository) error {
 	if c.Repo == "" {
 		return fmt.Errorf("%w: repository needs a name", ErrCommandInvalid)
@@ -49,8 +58,12 @@ func (t *txn) createRepository(c *pb.CreateRepository) error {
 	} else if ok {
 		return fmt.Errorf("%w: %s", ErrRepoExists, c.Repo)
 	}
+	if err := validDurability(c.DurabilityK, c.DurabilityM); err != nil {
+		return err
+	}
 	if err := t.put(repoKey(c.Repo), &pb.Repository{Name: c.Repo, CreatedUnixNano: t.now,
-		TagMutability: c.TagMutability, MutabilityExclusions: c.MutabilityExclusions}); err != nil {
+		TagMutability: c.TagMutability, MutabilityExclusions: c.MutabilityExclusions,
+		DurabilityK: c.DurabilityK, DurabilityM: c.DurabilityM}); err != nil {
 		return err
 	}
 	return t.emit(&pb.Event{Type: "repository.create", Repo: c.Repo})
@@ -246,6 +259,11 @@ func (t *txn) setRepositoryPolicy(c *pb.SetRepositoryPolicy) error {
 			r.LifecyclePolicy, r.LifecyclePolicyUpdatedUnixNano = c.LifecyclePolicy, t.now
 		case "lifecycle_preview_policy":
 			r.LifecyclePreviewPolicy = c.LifecyclePreviewPolicy
+		case "durability":
+			if err := validDurability(c.DurabilityK, c.DurabilityM); err != nil {
+				return err
+			}
+			r.DurabilityK, r.DurabilityM = c.DurabilityK, c.DurabilityM
 		default:
 			return fmt.Errorf("%w: unknown repository setting %q", ErrCommandInvalid, field)
 		}

@@ -167,3 +167,15 @@ func TestCreateRepository(t *testing.T) {
 	h.must(manifestCmd("team/app", dg(100), []string{"v1"}, dg(1)))
 	h.refuse(manifestCmd("team/app", dg(101), []string{"v1"}, dg(1)), ErrTagImmutable)
 }
+
+func TestDurabilityClass(t *testing.T) {
+	h := newHarness(t)
+	h.refuse(&pb.Command{Op: &pb.Command_CreateRepository{CreateRepository: &pb.CreateRepository{Repo: "d", DurabilityK: 0, DurabilityM: 2}}}, ErrCommandInvalid)
+	h.must(&pb.Command{Op: &pb.Command_CreateRepository{CreateRepository: &pb.CreateRepository{Repo: "d", DurabilityK: 1, DurabilityM: 2}}})
+	h.refuse(&pb.Command{Op: &pb.Command_SetRepositoryPolicy{SetRepositoryPolicy: &pb.SetRepositoryPolicy{Repo: "d", Set: []string{"durability"}, DurabilityK: 30, DurabilityM: 3}}}, ErrCommandInvalid)
+	h.must(&pb.Command{Op: &pb.Command_SetRepositoryPolicy{SetRepositoryPolicy: &pb.SetRepositoryPolicy{Repo: "d", Set: []string{"durability"}, DurabilityK: 4, DurabilityM: 2}}})
+	r, _ := h.st.Repository("d")
+	if r.DurabilityK != 4 || r.DurabilityM != 2 {
+		t.Fatalf("durability %d+%d", r.DurabilityK, r.DurabilityM)
+	}
+}

@@ -305,6 +305,7 @@ func newRepoCmd() *cobra.Command {
 	var mutability string
 	var exclusions []string
 	var force bool
+	var dk, dm int
 	filters := func() []map[string]string {
 		var out []map[string]string
 		for _, e := range exclusions {
@@ -316,8 +317,12 @@ func newRepoCmd() *cobra.Command {
 		Use: "create REPO", Short: "Create a repository", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var out any
-			if err := a.call(cmd.Context(), "CreateRepository", map[string]any{"repositoryName": args[0],
-				"imageTagMutability": mutability, "imageTagMutabilityExclusionFilters": filters()}, &out); err != nil {
+			req := map[string]any{"repositoryName": args[0],
+				"imageTagMutability": mutability, "imageTagMutabilityExclusionFilters": filters()}
+			if dk > 0 {
+				req["durabilityClass"] = map[string]int{"dataShards": dk, "parityShards": dm}
+			}
+			if err := a.call(cmd.Context(), "CreateRepository", req, &out); err != nil {
 				return err
 			}
 			return printJSON(out)
@@ -325,6 +330,27 @@ func newRepoCmd() *cobra.Command {
 	}
 	create.Flags().StringVar(&mutability, "tag-mutability", "", "MUTABLE, IMMUTABLE, MUTABLE_WITH_EXCLUSION or IMMUTABLE_WITH_EXCLUSION")
 	create.Flags().StringSliceVar(&exclusions, "exclude", nil, "wildcard filters naming the tags that are the exception")
+	create.Flags().IntVar(&dk, "k", 0, "durability class: data shards of this repository's blobs (default: the cluster's geometry)")
+	create.Flags().IntVar(&dm, "m", 0, "durability class: parity shards (with --k)")
+	durable := &cobra.Command{
+		Use: "durability REPO K M", Short: "Set the durability class (erasure geometry k+m) of a repository's new blobs; 0 0 for the cluster's",
+		Args: cobra.ExactArgs(3),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var k, m int
+			if _, err := fmt.Sscan(args[1], &k); err != nil {
+				return fmt.Errorf("K: %w", err)
+			}
+			if _, err := fmt.Sscan(args[2], &m); err != nil {
+				return fmt.Errorf("M: %w", err)
+			}
+			var out any
+			if err := a.call(cmd.Context(), "PutDurabilityClass", map[string]any{"repositoryName": args[0],
+				"durabilityClass": map[string]int{"dataShards": k, "parityShards": m}}, &out); err != nil {
+				return err
+			}
+			return printJSON(out)
+		},
+	}
 	mut := &cobra.Command{
 		Use: "immutability REPO MODE", Short: "Set tag mutability (MUTABLE, IMMUTABLE, *_WITH_EXCLUSION with --exclude)", Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -358,6 +384,6 @@ func newRepoCmd() *cobra.Command {
 		},
 	}
 	del.Flags().BoolVar(&force, "force", false, "delete the repository's images too")
-	cmd.AddCommand(create, mut, describe, del)
+	cmd.AddCommand(create, mut, durable, describe, del)
 	return cmd
 }

@@ -585,6 +585,8 @@ type SetRepositoryPolicy struct {
 	MutabilityExclusions   []string               `protobuf:"bytes,4,rep,name=mutability_exclusions,json=mutabilityExclusions,proto3" json:"mutability_exclusions,omitempty"`
 	LifecyclePolicy        string                 `protobuf:"bytes,5,opt,name=lifecycle_policy,json=lifecyclePolicy,proto3" json:"lifecycle_policy,omitempty"`
 	LifecyclePreviewPolicy string                 `protobuf:"bytes,6,opt,name=lifecycle_preview_policy,json=lifecyclePreviewPolicy,proto3" json:"lifecycle_preview_policy,omitempty"`
+	DurabilityK            uint32                 `protobuf:"varint,7,opt,name=durability_k,json=durabilityK,proto3" json:"durability_k,omitempty"`
+	DurabilityM            uint32                 `protobuf:"varint,8,opt,name=durability_m,json=durabilityM,proto3" json:"durability_m,omitempty"`
 	unknownFields          protoimpl.UnknownFields
 	sizeCache              protoimpl.SizeCache
 }
@@ -659,6 +661,20 @@ func (x *SetRepositoryPolicy) GetLifecyclePreviewPolicy() string {
 		return x.LifecyclePreviewPolicy
 	}
 	return ""
+}
+
+func (x *SetRepositoryPolicy) GetDurabilityK() uint32 {
+	if x != nil {
+		return x.DurabilityK
+	}
+	return 0
+}
+
+func (x *SetRepositoryPolicy) GetDurabilityM() uint32 {
+	if x != nil {
+		return x.DurabilityM
+	}
+	return 0
 }
 
 // RecordPulls records when manifests were last pulled, batched by the
@@ -2817,8 +2833,13 @@ type Repository struct {
 	LifecyclePolicyUpdatedUnixNano int64  `protobuf:"varint,6,opt,name=lifecycle_policy_updated_unix_nano,json=lifecyclePolicyUpdatedUnixNano,proto3" json:"lifecycle_policy_updated_unix_nano,omitempty"`
 	// The policy text of the last StartLifecyclePolicyPreview.
 	LifecyclePreviewPolicy string `protobuf:"bytes,7,opt,name=lifecycle_preview_policy,json=lifecyclePreviewPolicy,proto3" json:"lifecycle_preview_policy,omitempty"`
-	unknownFields          protoimpl.UnknownFields
-	sizeCache              protoimpl.SizeCache
+	// Durability class: the erasure geometry of this repository's new blobs
+	// (0: the cluster's). Layouts record their own geometry, so a change
+	// applies to blobs pushed from then on.
+	DurabilityK   uint32 `protobuf:"varint,8,opt,name=durability_k,json=durabilityK,proto3" json:"durability_k,omitempty"`
+	DurabilityM   uint32 `protobuf:"varint,9,opt,name=durability_m,json=durabilityM,proto3" json:"durability_m,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Repository) Reset() {
@@ -2898,6 +2919,20 @@ func (x *Repository) GetLifecyclePreviewPolicy() string {
 		return x.LifecyclePreviewPolicy
 	}
 	return ""
+}
+
+func (x *Repository) GetDurabilityK() uint32 {
+	if x != nil {
+		return x.DurabilityK
+	}
+	return 0
+}
+
+func (x *Repository) GetDurabilityM() uint32 {
+	if x != nil {
+		return x.DurabilityM
+	}
+	return 0
 }
 
 // Descriptor describes a manifest for the referrers API. Stored under
@@ -2986,6 +3021,8 @@ type CreateRepository struct {
 	Repo                 string                 `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
 	TagMutability        string                 `protobuf:"bytes,2,opt,name=tag_mutability,json=tagMutability,proto3" json:"tag_mutability,omitempty"`
 	MutabilityExclusions []string               `protobuf:"bytes,3,rep,name=mutability_exclusions,json=mutabilityExclusions,proto3" json:"mutability_exclusions,omitempty"`
+	DurabilityK          uint32                 `protobuf:"varint,4,opt,name=durability_k,json=durabilityK,proto3" json:"durability_k,omitempty"`
+	DurabilityM          uint32                 `protobuf:"varint,5,opt,name=durability_m,json=durabilityM,proto3" json:"durability_m,omitempty"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
 }
@@ -3041,6 +3078,20 @@ func (x *CreateRepository) GetMutabilityExclusions() []string {
 	return nil
 }
 
+func (x *CreateRepository) GetDurabilityK() uint32 {
+	if x != nil {
+		return x.DurabilityK
+	}
+	return 0
+}
+
+func (x *CreateRepository) GetDurabilityM() uint32 {
+	if x != nil {
+		return x.DurabilityM
+	}
+	return 0
+}
+
 var File_metastore_metastorepb_metastore_proto protoreflect.FileDescriptor
 
 const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
@@ -3086,14 +3137,16 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"segmentIds\"<\n" +
 	"\x10DeleteRepository\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x14\n" +
-	"\x05force\x18\x02 \x01(\bR\x05force\"\xfc\x01\n" +
+	"\x05force\x18\x02 \x01(\bR\x05force\"\xc2\x02\n" +
 	"\x13SetRepositoryPolicy\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x10\n" +
 	"\x03set\x18\x02 \x03(\tR\x03set\x12%\n" +
 	"\x0etag_mutability\x18\x03 \x01(\tR\rtagMutability\x123\n" +
 	"\x15mutability_exclusions\x18\x04 \x03(\tR\x14mutabilityExclusions\x12)\n" +
 	"\x10lifecycle_policy\x18\x05 \x01(\tR\x0flifecyclePolicy\x128\n" +
-	"\x18lifecycle_preview_policy\x18\x06 \x01(\tR\x16lifecyclePreviewPolicy\">\n" +
+	"\x18lifecycle_preview_policy\x18\x06 \x01(\tR\x16lifecyclePreviewPolicy\x12!\n" +
+	"\fdurability_k\x18\a \x01(\rR\vdurabilityK\x12!\n" +
+	"\fdurability_m\x18\b \x01(\rR\vdurabilityM\">\n" +
 	"\vRecordPulls\x12/\n" +
 	"\x05pulls\x18\x01 \x03(\v2\x19.strata.metastore.v1.PullR\x05pulls\"X\n" +
 	"\x04Pull\x12\x12\n" +
@@ -3275,7 +3328,7 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\vApplyResult\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x01 \x01(\tR\terrorCode\x12!\n" +
-	"\ferror_detail\x18\x02 \x01(\tR\verrorDetail\"\xd9\x02\n" +
+	"\ferror_detail\x18\x02 \x01(\tR\verrorDetail\"\x9f\x03\n" +
 	"\n" +
 	"Repository\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
@@ -3284,7 +3337,9 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\x15mutability_exclusions\x18\x04 \x03(\tR\x14mutabilityExclusions\x12)\n" +
 	"\x10lifecycle_policy\x18\x05 \x01(\tR\x0flifecyclePolicy\x12J\n" +
 	"\"lifecycle_policy_updated_unix_nano\x18\x06 \x01(\x03R\x1elifecyclePolicyUpdatedUnixNano\x128\n" +
-	"\x18lifecycle_preview_policy\x18\a \x01(\tR\x16lifecyclePreviewPolicy\"\xa7\x01\n" +
+	"\x18lifecycle_preview_policy\x18\a \x01(\tR\x16lifecyclePreviewPolicy\x12!\n" +
+	"\fdurability_k\x18\b \x01(\rR\vdurabilityK\x12!\n" +
+	"\fdurability_m\x18\t \x01(\rR\vdurabilityM\"\xa7\x01\n" +
 	"\n" +
 	"Descriptor\x12\x1d\n" +
 	"\n" +
@@ -3292,11 +3347,13 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04size\x18\x03 \x01(\x04R\x04size\x12#\n" +
 	"\rartifact_type\x18\x04 \x01(\tR\fartifactType\x12)\n" +
-	"\x10annotations_json\x18\x05 \x01(\fR\x0fannotationsJson\"\x82\x01\n" +
+	"\x10annotations_json\x18\x05 \x01(\fR\x0fannotationsJson\"\xc8\x01\n" +
 	"\x10CreateRepository\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12%\n" +
 	"\x0etag_mutability\x18\x02 \x01(\tR\rtagMutability\x123\n" +
-	"\x15mutability_exclusions\x18\x03 \x03(\tR\x14mutabilityExclusionsB9Z7github.com/strata-registry/strata/metastore/metastorepbb\x06proto3"
+	"\x15mutability_exclusions\x18\x03 \x03(\tR\x14mutabilityExclusions\x12!\n" +
+	"\fdurability_k\x18\x04 \x01(\rR\vdurabilityK\x12!\n" +
+	"\fdurability_m\x18\x05 \x01(\rR\vdurabilityMB9Z7github.com/strata-registry/strata/metastore/metastorepbb\x06proto3"
 
 var (
 	file_metastore_metastorepb_metastore_proto_rawDescOnce sync.Once
