@@ -461,6 +461,9 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	rep.Operations.ManifestsAcked += len(snap.DeletedMans) + len(snap.DeletingMans)
 	rep.Operations.TagOps = len(tagOps)
 	rep.Operations.GCRuns, rep.Operations.GCFailed, rep.Operations.GCBlobsCollected = gcs.counts()
+	for _, e := range gcs.errs {
+		rep.Warnings = append(rep.Warnings, "gc run during the faults: "+e)
+	}
 	rep.Acknowledged = rep.Operations.BlobsAcked + rep.Operations.ManifestsAcked + len(snap.DeletedMans) +
 		rep.Linearizability.Puts + rep.Linearizability.Deletes
 	for _, f := range rep.Failures {
@@ -637,6 +640,7 @@ type gcLoop struct {
 
 	mu                  sync.Mutex
 	runs, failed, blobs int
+	errs                []string // the first few failures
 }
 
 func (g *gcLoop) counts() (runs, failed, blobs int) {
@@ -703,6 +707,9 @@ func (g *gcLoop) once(ctx context.Context) (int, error) {
 	g.blobs += int(st.Blobs)
 	if err != nil {
 		g.failed++
+		if len(g.errs) < 5 {
+			g.errs = append(g.errs, time.Now().Format("15:04:05.000")+" "+err.Error())
+		}
 	}
 	return int(st.Blobs), err
 }
