@@ -468,7 +468,7 @@ func (p *pusher) retry(ctx context.Context, what string, op func() error) error 
 		if err != errRetryNow {
 			p.rotate()
 		}
-		sleepCtx(ctx, time.Duration(50+p.r.IntN(150))*time.Millisecond)
+		sleepCtx(ctx, time.Duration(50+rand.IntN(150))*time.Millisecond) // not p.r: timing must not shift the seeded choices
 	}
 }
 
