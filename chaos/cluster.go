@@ -565,40 +565,62 @@ func (c *Cluster) Net() *Net {
 // EnableNet puts a proxy (Net) in front of every node's gRPC and Raft
 // ports and restarts every node so that it advertises the proxies and joins
 // through them: from then on every connection between two nodes passes a
-// proxy, and links can be cut. Storage and api nodes are restarted all at
-// once, then the meta nodes one at a time (the leader last), each waited
-// for. Call it before the workload starts.
+// proxy, and links can be cut. See Replumb.
 func (c *Cluster) EnableNet(ctx context.Context) error {
-	n := NewNet(func() map[int]string {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		out := map[int]string{}
-		for _, nd := range c.nodes {
-			if nd.state == NodeRunning || nd.state == NodePaused {
-				out[nd.info.PID] = nd.info.ID
-			}
-		}
-		return out
-	})
+	return c.Replumb(ctx, true, nil)
+}
+
+// Replumb changes the command lines of the nodes and restarts them with
+// the new ones before the workload starts: with proxies, every node is put
+// behind the proxy layer (Net); metaArgs are added to every meta node's
+// flags (for example a shorter --audit-interval, as the dev cluster's
+// --dead-after 3s shortens a timer so that it fires within a run). Storage
+// and api nodes (when they change) are restarted all at once, then the meta
+// nodes one at a time, the leader last, each waited for.
+func (c *Cluster) Replumb(ctx context.Context, proxies bool, metaArgs []string) error {
+	if !proxies && len(metaArgs) == 0 {
+		return nil
+	}
+	var n *Net
 	bound := map[string]string{} // node gRPC address -> its proxy
-	for _, info := range c.Nodes() {
-		a, err := n.Proxy(info.ID, "grpc", info.GRPC)
-		if err != nil {
-			n.Close()
-			return err
-		}
-		bound[info.GRPC] = a
-		if info.Raft != "" {
-			if _, err := n.Proxy(info.ID, "raft", info.Raft); err != nil {
+	if proxies {
+		n = NewNet(func() map[int]string {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			out := map[int]string{}
+			for _, nd := range c.nodes {
+				if nd.state == NodeRunning || nd.state == NodePaused {
+					out[nd.info.PID] = nd.info.ID
+				}
+			}
+			return out
+		})
+		for _, info := range c.Nodes() {
+			a, err := n.Proxy(info.ID, "grpc", info.GRPC)
+			if err != nil {
 				n.Close()
 				return err
+			}
+			bound[info.GRPC] = a
+			if info.Raft != "" {
+				if _, err := n.Proxy(info.ID, "raft", info.Raft); err != nil {
+					n.Close()
+					return err
+				}
 			}
 		}
 	}
 	c.mu.Lock()
-	c.net = n
+	if n != nil {
+		c.net = n
+	}
 	for _, nd := range c.nodes {
-		nd.argv = proxiedArgs(nd.argv, n.Addr(nd.info.ID, "grpc"), n.Addr(nd.info.ID, "raft"), bound)
+		if n != nil {
+			nd.argv = proxiedArgs(nd.argv, n.Addr(nd.info.ID, "grpc"), n.Addr(nd.info.ID, "raft"), bound)
+		}
+		if nd.info.Has(RoleMeta) {
+			nd.argv = append(nd.argv, metaArgs...)
+		}
 	}
 	c.mu.Unlock()
 
@@ -622,11 +644,13 @@ func (c *Cluster) EnableNet(ctx context.Context) error {
 		}
 		return nil
 	}
-	var rest []string
-	rest = append(rest, c.IDs(RoleStorage)...)
-	rest = append(rest, c.IDs(RoleAPI)...)
-	if err := restart(rest); err != nil {
-		return fmt.Errorf("chaos: moving storage and api nodes behind proxies: %w", err)
+	if proxies {
+		var rest []string
+		rest = append(rest, c.IDs(RoleStorage)...)
+		rest = append(rest, c.IDs(RoleAPI)...)
+		if err := restart(rest); err != nil {
+			return fmt.Errorf("chaos: moving storage and api nodes behind proxies: %w", err)
+		}
 	}
 	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	leader, err := c.WaitLeader(lctx)
@@ -642,8 +666,11 @@ func (c *Cluster) EnableNet(ctx context.Context) error {
 	}
 	for _, id := range append(metas, leader) {
 		if err := restart([]string{id}); err != nil {
-			return fmt.Errorf("chaos: moving %s behind its proxies: %w", id, err)
+			return fmt.Errorf("chaos: restarting %s with its new command line: %w", id, err)
 		}
+	}
+	if !proxies {
+		return nil
 	}
 	// Every node must now be known by its proxies.
 	deadline := time.Now().Add(30 * time.Second)

@@ -210,12 +210,20 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 			c.Close()
 		}
 	}()
-	if sc.Proxies {
+	// Shards deleted from a disk are found by the leader's audit, every
+	// --audit-interval (10m by default): the meta nodes get a shorter one,
+	// as every node gets --dead-after 3s, so that it runs within the run.
+	var metaArgs []string
+	if sc.Faults[FaultDeleteShards] > 0 {
+		metaArgs = []string{"--audit-interval", AuditInterval.String()}
+	}
+	if sc.Proxies || len(metaArgs) > 0 {
 		began := time.Now()
-		if err := c.EnableNet(ctx); err != nil {
+		if err := c.Replumb(ctx, sc.Proxies, metaArgs); err != nil {
 			return nil, err
 		}
-		logf("chaos: every node behind its proxies (%v)", time.Since(began).Round(time.Millisecond))
+		logf("chaos: nodes restarted with their new command lines (proxies %v, meta nodes %v) in %v", sc.Proxies, metaArgs,
+			time.Since(began).Round(time.Millisecond))
 	}
 	frontends := c.Frontends()
 	logf("chaos: cluster of %d nodes up in %v; frontends %v", len(c.Nodes()), time.Since(rep.Started).Round(time.Millisecond), frontends)
@@ -373,8 +381,9 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	for _, d := range dmg {
 		verify[d.Segment] = true
 	}
-	// Damaged shards nobody read may take a moment longer to be healed.
-	for deadline := time.Now().Add(time.Minute); ; {
+	// Damaged shards nobody read may take a moment longer to be healed:
+	// the audit runs every AuditInterval.
+	for deadline := time.Now().Add(time.Minute + 2*AuditInterval); ; {
 		open := 0
 		for _, d := range dmg {
 			if d.Healed.IsZero() {
@@ -516,6 +525,10 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	}
 	return rep, nil
 }
+
+// AuditInterval is the --audit-interval of the meta nodes in scenarios
+// that delete shard files.
+const AuditInterval = 15 * time.Second
 
 // parityFor is the parity shards m of the erasure geometry the cluster
 // picks for n storage nodes (docs/ARCHITECTURE.md): 4+2 from six, 2+1 from
