@@ -141,6 +141,21 @@ func TestTagHistoryCheck(t *testing.T) {
 			}
 		})
 	}
+	// The tags at fault are named, and can be described.
+	ops := []TagOp{
+		tagOp(0, "put", "a", 1, TagOK, 0, 10),
+		tagOp(0, "put", "a", 2, TagOK, 20, 30),
+		tagOp(1, "get", "a", 1, TagOK, 40, 50),
+		tagOp(2, "put", "b", 3, TagOK, 0, 10),
+	}
+	if res := CheckTagHistory(ops, 10*time.Second, ""); len(res.IllegalTags) != 1 || res.IllegalTags[0] != "a" {
+		t.Errorf("illegal tags %v, want [a]", res.IllegalTags)
+	}
+	d := DescribeTag(ops, "a", time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	if !strings.Contains(d, "get    1") || strings.Contains(d, "put    3") || !strings.Contains(d, "[00:00:00.000000, 00:00:00.000000]") {
+		t.Errorf("description of tag a:\n%s", d)
+	}
+
 	// An ambiguous put nobody read is left out of the search.
 	res := CheckTagHistory([]TagOp{
 		tagOp(0, "put", "a", 1, TagOK, 0, 10),

@@ -135,4 +135,9 @@ func okIf(ok bool) string {
 	return "FAILED"
 }
 
-func indent(s string) string { return strings.ReplaceAll(s, "\n", "\n    ") }
+func indent(s string) string {
+	if len(s) > 2000 {
+		s = s[:2000] + " [...]"
+	}
+	return strings.ReplaceAll(s, "\n", "\n    ")
+}

@@ -353,8 +353,15 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	switch rep.Linearizability.Result {
 	case "ok":
 	case "illegal":
-		rep.fail("tag history is NOT linearizable (%d operations on %d tags); see %s", rep.Linearizability.Operations,
-			rep.Linearizability.Tags, rep.Linearizability.Visual)
+		rep.fail("tag history is NOT linearizable (%d operations on %d tags; not linearizable: %s); see %s and tag-*.txt there",
+			rep.Linearizability.Operations, rep.Linearizability.Tags, strings.Join(rep.Linearizability.IllegalTags, ", "),
+			rep.Linearizability.Visual)
+		for i, tag := range rep.Linearizability.IllegalTags {
+			if i == 5 {
+				break
+			}
+			_ = os.WriteFile(filepath.Join(artifacts, "tag-"+tag+".txt"), []byte(DescribeTag(tagOps, tag, tw.Started())), 0o640)
+		}
 	default:
 		rep.Warnings = append(rep.Warnings, fmt.Sprintf("linearizability check inconclusive: %s", rep.Linearizability.Result))
 	}
@@ -495,7 +502,10 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 		}{Seed: cfg.Seed, Schedule: schedule, Workload: snap, Damage: dmg, Faults: rep.Faults.Events}); err != nil {
 			rep.Warnings = append(rep.Warnings, "writing history.json: "+err.Error())
 		}
-		if err := writeJSON(filepath.Join(artifacts, "tag-history.json"), tagOps); err != nil {
+		if err := writeJSON(filepath.Join(artifacts, "tag-history.json"), struct {
+			Started time.Time `json:"started"` // operation times count from here
+			Ops     []TagOp   `json:"ops"`
+		}{tw.Started(), tagOps}); err != nil {
 			rep.Warnings = append(rep.Warnings, "writing tag-history.json: "+err.Error())
 		}
 	}
@@ -721,7 +731,11 @@ func (g *gcLoop) once(ctx context.Context) (int, error) {
 	if err != nil {
 		g.failed++
 		if len(g.errs) < 5 {
-			g.errs = append(g.errs, time.Now().Format("15:04:05.000")+" "+err.Error())
+			msg := firstLine(err.Error())
+			if len(msg) > 300 {
+				msg = msg[:300] + " [...]"
+			}
+			g.errs = append(g.errs, time.Now().Format("15:04:05.000")+" "+msg)
 		}
 	}
 	return int(st.Blobs), err

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -156,6 +157,9 @@ func StartTagWorkload(ctx context.Context, cfg TagConfig) (*TagWorkload, error) 
 	}
 	return tw, nil
 }
+
+// Started is when the workload started: TagOp times count from it.
+func (tw *TagWorkload) Started() time.Time { return tw.start }
 
 // Stop ends the clients and waits for them.
 func (tw *TagWorkload) Stop() {
@@ -404,6 +408,8 @@ type LinearizabilityResult struct {
 	Deletes    int    `json:"deletes_acknowledged"`
 	DurationMS int64  `json:"check_ms"`
 	Visual     string `json:"visualization,omitempty"` // HTML file, when not ok
+	// IllegalTags are the tags whose own history is not linearizable.
+	IllegalTags []string `json:"illegal_tags,omitempty"`
 }
 
 // CheckTagHistory decides whether ops are linearizable under TagModel.
@@ -468,5 +474,41 @@ func CheckTagHistory(ops []TagOp, timeout time.Duration, visual string) Lineariz
 			res.Visual = visual
 		}
 	}
+	if r == porcupine.Illegal {
+		// Which tags: each is a partition of its own.
+		for _, part := range TagModel.Partition(hist) {
+			if porcupine.CheckOperationsTimeout(TagModel, part, 10*time.Second) == porcupine.Illegal {
+				res.IllegalTags = append(res.IllegalTags, part[0].Input.(tagInput).tag)
+			}
+		}
+	}
 	return res
+}
+
+// DescribeTag renders the operations on one tag, in order of call, with
+// wall-clock times (start is the workload's start), for a post-mortem.
+func DescribeTag(ops []TagOp, tag string, start time.Time) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "operations on tag %s (times are wall clock; [call, return]; writes whose outcome is unknown are ambiguous)\n", tag)
+	var list []TagOp
+	for _, op := range ops {
+		if op.Tag == tag {
+			list = append(list, op)
+		}
+	}
+	sort.SliceStable(list, func(i, j int) bool { return list[i].Call < list[j].Call })
+	at := func(ns int64) string { return start.Add(time.Duration(ns)).UTC().Format("15:04:05.000000") }
+	for _, op := range list {
+		v := ""
+		switch {
+		case op.Kind == "put" || (op.Kind == "get" && op.Result == TagOK):
+			v = strconv.Itoa(op.Value)
+		}
+		fmt.Fprintf(&b, "  client %d  %-6s %-7s %-9s [%s, %s]  via %s", op.Client, op.Kind, v, op.Result, at(op.Call), at(op.Return), op.Frontend)
+		if op.Error != "" {
+			fmt.Fprintf(&b, "  (%.120s)", op.Error)
+		}
+		b.WriteString("\n")
+	}
+	return b.String()
 }
