@@ -252,6 +252,17 @@ func (e *repairEnv) state(id string) string {
 // alive (or draining) nodes, with every shard present on its node's disk;
 // "" when all are. A shard found absent is looked up again in the layout,
 // so that a move recorded meanwhile is not mistaken for a loss.
+// movedMeanwhile reports whether the segment's current layout has the
+// shard on another node than ref says.
+func (e *repairEnv) movedMeanwhile(segment string, ref *pb.ShardRef) bool {
+	_, now, err := e.leader.Store.Segment(segment)
+	if err != nil {
+		return false
+	}
+	i := slices.IndexFunc(now.Shards, func(r *pb.ShardRef) bool { return r.Index == ref.Index })
+	return i >= 0 && now.Shards[i].Node != ref.Node
+}
+
 func (e *repairEnv) redundancy(allowDraining bool) string {
 	for _, dgst := range e.order {
 		l, err := e.leader.Store.Blob(dgst)
@@ -285,7 +296,12 @@ func (e *repairEnv) redundancy(allowDraining bool) string {
 				if nodes[ref.Node]++; nodes[ref.Node] > perNode {
 					return fmt.Sprintf("segment %s has %d shards on %s (%d healthy nodes)", seg.Id, nodes[ref.Node], ref.Node, healthy)
 				}
+				// The layout was read before the node's state and its disk:
+				// a shard the drain moved in between is not a loss.
 				if st != metastore.NodeAlive && !(allowDraining && st == metastore.NodeDraining) {
+					if e.movedMeanwhile(seg.Id, ref) {
+						continue
+					}
 					return fmt.Sprintf("segment %s keeps shard %d on %s node %s", seg.Id, ref.Index, st, ref.Node)
 				}
 				local := e.st.Node(ref.Node).Local()
@@ -293,10 +309,8 @@ func (e *repairEnv) redundancy(allowDraining bool) string {
 					return fmt.Sprintf("segment %s keeps shard %d on stopped node %s", seg.Id, ref.Index, ref.Node)
 				}
 				if _, err := local.Stat(e.ctx, blobstore.ShardID{Segment: seg.Id, Index: ref.Index}); err != nil {
-					if _, now, err2 := e.leader.Store.Segment(seg.Id); err2 == nil {
-						if i := slices.IndexFunc(now.Shards, func(r *pb.ShardRef) bool { return r.Index == ref.Index }); i >= 0 && now.Shards[i].Node != ref.Node {
-							continue // moved meanwhile
-						}
+					if e.movedMeanwhile(seg.Id, ref) {
+						continue
 					}
 					return fmt.Sprintf("shard %d of %s on %s: %v", ref.Index, seg.Id, ref.Node, err)
 				}
