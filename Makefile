@@ -65,6 +65,15 @@ build: ## Build bin/strata (static, CGO_ENABLED=0)
 	@mkdir -p $(BIN_DIR)
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(STRATA) ./cmd/strata
 
+# The same binary with the chaos suite's code failpoints compiled in
+# (chaos/failpoint; armed through STRATA_FAILPOINTS or an HTTP endpoint).
+STRATA_FP := $(BIN_DIR)/strata-failpoints
+
+.PHONY: build-failpoints
+build-failpoints: ## Build bin/strata-failpoints: bin/strata with code failpoints (-tags failpoints, docs/CHAOS.md)
+	@mkdir -p $(BIN_DIR)
+	CGO_ENABLED=0 $(GO) build -trimpath -tags failpoints -ldflags '$(LDFLAGS)' -o $(STRATA_FP) ./cmd/strata
+
 .PHONY: run
 run: build ## Build, then run a single-process dev registry (bin/strata serve --dev)
 	$(STRATA) serve --dev
