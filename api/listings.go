@@ -112,8 +112,8 @@ func (s *Server) referrers(w http.ResponseWriter, r *http.Request, name, ref str
 			continue
 		}
 		e := descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size, ArtifactType: d.ArtifactType}
-		if len(d.AnnotationsJson) > 0 {
-			_ = json.Unmarshal(d.AnnotationsJson, &e.Annotations)
+		if e.Annotations, err = s.descriptorAnnotations(r.Context(), d); err != nil {
+			return err
 		}
 		out = append(out, e)
 	}

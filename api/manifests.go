@@ -69,11 +69,15 @@ func (s *Server) putManifest(w http.ResponseWriter, r *http.Request, name, ref s
 	if !s.cfg.StrictManifests && len(m.Blobs) > 1 {
 		required, optional = m.Blobs[:1], m.Blobs[1:]
 	}
-	if err := s.propose(r.Context(), &pb.Command{Op: &pb.Command_PutManifest{PutManifest: &pb.PutManifest{
+	put := &pb.PutManifest{
 		Repo: name, Digest: dgst.String(), MediaType: m.MediaType, Body: body, Tags: tags,
 		Blobs: required, OptionalBlobs: optional, OptionalManifests: m.Manifests, Subject: m.Subject,
 		ArtifactType: m.ArtifactType, AnnotationsJson: annotations,
-	}}}); err != nil {
+	}
+	if err := s.sealManifest(r.Context(), put); err != nil {
+		return err
+	}
+	if err := s.propose(r.Context(), &pb.Command{Op: &pb.Command_PutManifest{PutManifest: put}}); err != nil {
 		return err
 	}
 	h := w.Header()
@@ -117,17 +121,23 @@ func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, name, ref s
 	if err != nil {
 		return err
 	}
+	var body []byte
+	if r.Method != http.MethodHead {
+		if body, err = s.manifestBody(r.Context(), rec); err != nil {
+			return err
+		}
+	}
 	h := w.Header()
 	h.Set("Content-Type", rec.MediaType)
 	h.Set("Docker-Content-Digest", rec.Digest)
 	h.Set("ETag", `"`+rec.Digest+`"`)
-	h.Set("Content-Length", strconv.Itoa(len(rec.Body)))
+	h.Set("Content-Length", strconv.FormatUint(manifestSize(rec), 10))
 	if rec.Subject != "" {
 		h.Set("OCI-Subject", rec.Subject)
 	}
 	w.WriteHeader(http.StatusOK)
 	if r.Method != http.MethodHead {
-		_, _ = w.Write(rec.Body)
+		_, _ = w.Write(body)
 		s.pulls.record(name, rec.Digest)
 	}
 	return nil

@@ -171,37 +171,66 @@ func checkChunkStart(r *http.Request, offset uint64) (int64, error) {
 	return end - start + 1, nil
 }
 
+// chunk is what one request of an upload session wrote.
+type chunk struct {
+	segs []*pb.Segment
+	n    int64
+	h    hash.Hash // the session's SHA-256 after this request
+	// sealer is the session's segment sealer (nil: in the clear); state
+	// its SHA-256 state as it is to be recorded (sealed under the session's
+	// data key when it has one).
+	sealer blobstore.Sealer
+	state  []byte
+}
+
 // writeChunk streams the request body into the pipeline after the session's
 // bytes, continuing its SHA-256, sealed with the session's data key.
-func (s *Server) writeChunk(r *http.Request, u *pb.Upload) ([]*pb.Segment, int64, hash.Hash, error) {
+func (s *Server) writeChunk(r *http.Request, u *pb.Upload) (*chunk, error) {
 	want, err := checkChunkStart(r, u.Offset)
 	if err != nil {
-		return nil, 0, nil, err
+		return nil, err
 	}
-	sealer, err := s.sealerFor(r.Context(), u.Key)
+	dk, err := s.dataKey(r.Context(), u.Key)
 	if err != nil {
-		return nil, 0, nil, err
+		return nil, err
+	}
+	defer clear(dk)
+	sealer, err := sealerOf(dk)
+	if err != nil {
+		return nil, err
+	}
+	state, err := openHashState(dk, u)
+	if err != nil {
+		return nil, err
 	}
 	h := sha256.New()
-	if len(u.Sha256State) > 0 {
-		if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(u.Sha256State); err != nil {
-			return nil, 0, nil, fmt.Errorf("%w: upload hash state: %v", metastore.ErrCorrupt, err)
+	if len(state) > 0 {
+		if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(state); err != nil {
+			return nil, fmt.Errorf("%w: upload hash state: %v", metastore.ErrCorrupt, err)
 		}
 	}
 	store, err := s.writeStore(r.Context(), u.Repo)
 	if err != nil {
-		return nil, 0, nil, err
+		return nil, err
 	}
 	segs, n, err := store.WriteWith(r.Context(), r.Body, h, blobstore.WriteOptions{Sealer: sealer, Offset: int64(u.Offset)})
 	if err != nil {
-		return nil, 0, nil, err
+		return nil, err
 	}
 	if want >= 0 && n != want {
 		err := fmt.Errorf("%w: Content-Range declares %d bytes, body had %d", errSizeMismatch, want, n)
 		s.discard(segs, err)
-		return nil, 0, nil, err
+		return nil, err
 	}
-	return segs, n, h, nil
+	c := &chunk{segs: segs, n: n, h: h, sealer: sealer}
+	if state, err = h.(encoding.BinaryMarshaler).MarshalBinary(); err == nil {
+		c.state, err = sealHashState(dk, u.Id, state)
+	}
+	if err != nil {
+		s.discard(segs, err)
+		return nil, err
+	}
+	return c, nil
 }
 
 func (s *Server) patchUpload(w http.ResponseWriter, r *http.Request, name, id string) error {
@@ -209,20 +238,16 @@ func (s *Server) patchUpload(w http.ResponseWriter, r *http.Request, name, id st
 	if err != nil {
 		return err
 	}
-	segs, n, h, err := s.writeChunk(r, u)
+	c, err := s.writeChunk(r, u)
 	if err != nil {
 		return err
 	}
-	state, err := h.(encoding.BinaryMarshaler).MarshalBinary()
-	if err != nil {
-		return err
-	}
-	newOffset := u.Offset + uint64(n)
+	newOffset := u.Offset + uint64(c.n)
 	err = s.propose(r.Context(), &pb.Command{Op: &pb.Command_UpdateUpload{UpdateUpload: &pb.UpdateUpload{
-		Id: id, ExpectOffset: u.Offset, NewOffset: newOffset, Sha256State: state, Segments: segs,
+		Id: id, ExpectOffset: u.Offset, NewOffset: newOffset, Sha256State: c.state, Segments: c.segs,
 	}}})
 	if err != nil {
-		s.discard(segs, err)
+		s.discard(c.segs, err)
 		return err
 	}
 	setUploadHeaders(w, name, id, newOffset)
@@ -239,10 +264,11 @@ func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, name, id s
 	if err != nil {
 		return err
 	}
-	segs, n, h, err := s.writeChunk(r, u)
+	c, err := s.writeChunk(r, u)
 	if err != nil {
 		return err
 	}
+	segs, n, h := c.segs, c.n, c.h
 	if dgst.Algorithm() != digest.SHA256 {
 		// Only SHA-256 is kept running across requests; any other
 		// algorithm is computed over the stored bytes now.
@@ -251,11 +277,7 @@ func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, name, id s
 			return err
 		}
 		all := append(append([]*pb.Segment(nil), u.Segments...), segs...)
-		sealer, err := s.sealerFor(r.Context(), u.Key)
-		if err != nil {
-			return err
-		}
-		if err := s.blobstore().ReadRangeWith(r.Context(), h, all, 0, int64(u.Offset)+n, blobstore.ReadOptions{Sealer: sealer}); err != nil {
+		if err := s.blobstore().ReadRangeWith(r.Context(), h, all, 0, int64(u.Offset)+n, blobstore.ReadOptions{Sealer: c.sealer}); err != nil {
 			return err
 		}
 	}

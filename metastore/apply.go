@@ -551,8 +551,12 @@ func (t *txn) putManifest(c *pb.PutManifest) error {
 		return err
 	}
 	if !exists {
+		size := c.Size // sealed bodies carry their plaintext size
+		if c.Key == nil {
+			size = uint64(len(c.Body))
+		}
 		rec := &pb.ManifestRecord{
-			Digest: c.Digest, MediaType: c.MediaType, Body: c.Body, PushedUnixNano: t.now,
+			Digest: c.Digest, MediaType: c.MediaType, Body: c.Body, PushedUnixNano: t.now, Size: size, Key: c.Key,
 			Blobs: append(slices.Clip(c.Blobs), c.OptionalBlobs...), Manifests: append(slices.Clip(c.Manifests), c.OptionalManifests...),
 			Subject: c.Subject, ArtifactType: c.ArtifactType, AnnotationsJson: c.AnnotationsJson,
 		}
@@ -571,14 +575,14 @@ func (t *txn) putManifest(c *pb.PutManifest) error {
 		}
 		if c.Subject != "" {
 			if err := t.put(referrerKey(c.Repo, c.Subject, c.Digest), &pb.Descriptor{
-				MediaType: c.MediaType, Digest: c.Digest, Size: uint64(len(c.Body)),
-				ArtifactType: c.ArtifactType, AnnotationsJson: c.AnnotationsJson,
+				MediaType: c.MediaType, Digest: c.Digest, Size: size,
+				ArtifactType: c.ArtifactType, AnnotationsJson: c.AnnotationsJson, Key: c.Key,
 			}); err != nil {
 				return err
 			}
 		}
 		if err := t.emit(&pb.Event{Type: "manifest.push", Repo: c.Repo, Digest: c.Digest,
-			MediaType: c.MediaType, Size: uint64(len(c.Body))}); err != nil {
+			MediaType: c.MediaType, Size: size}); err != nil {
 			return err
 		}
 	}

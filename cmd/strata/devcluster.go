@@ -28,6 +28,7 @@ import (
 
 	"github.com/strata-registry/strata/cluster"
 	cpb "github.com/strata-registry/strata/cluster/clusterpb"
+	"github.com/strata-registry/strata/keys"
 	"github.com/strata-registry/strata/metastore"
 )
 
@@ -71,6 +72,11 @@ type devClusterConfig struct {
 	K, M            int           // --k/--m (K 0: the cluster's best fit)
 	ReadConsistency string        // --read-consistency
 	LogLevel        string        // --log-level
+
+	// Keyring is the key-encryption keyring every frontend shares ("off":
+	// blobs and manifests in the clear). Default <dir>/keyring, created
+	// with the cluster; a cluster first started in the clear stays so.
+	Keyring string
 
 	ReadyTimeout time.Duration // for start-up (default 90s)
 	StopTimeout  time.Duration // SIGTERM to SIGKILL (default 15s)
@@ -167,6 +173,21 @@ func startDevCluster(ctx context.Context, cfg devClusterConfig) (*devCluster, er
 	prev, err := readDevClusterFile(filepath.Join(cfg.Dir, devClusterJSON))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
+	}
+	if cfg.Keyring == "" {
+		path := filepath.Join(cfg.Dir, "keyring")
+		_, statErr := os.Stat(path)
+		switch {
+		case statErr == nil:
+			cfg.Keyring = path
+		case prev != nil: // started before without one: its data is in the clear
+			cfg.Keyring = "off"
+		default:
+			if _, err := keys.OpenKeyring(path, true); err != nil {
+				return nil, err
+			}
+			cfg.Keyring = path
+		}
 	}
 	c := &devCluster{cfg: cfg, conns: map[string]*grpc.ClientConn{}}
 	if err := c.plan(prev); err != nil {
@@ -357,6 +378,9 @@ func (c *devCluster) args(p *devProc) []string {
 	}
 	if cfg.LogLevel != "" {
 		args = append(args, "--log-level", cfg.LogLevel)
+	}
+	if i.has(cluster.RoleAPI) && cfg.Keyring != "" {
+		args = append(args, "--keyring", cfg.Keyring)
 	}
 	return args
 }
@@ -867,6 +891,7 @@ Run again on the same --dir, it reuses the data and the ports in cluster.json.`,
 	f.IntVar(&cfg.M, "m", 0, "passed to every node: erasure parity shards per segment (with --k)")
 	f.StringVar(&cfg.ReadConsistency, "read-consistency", "", "passed to every node: linearizable or stale (default: serve's)")
 	f.StringVar(&cfg.LogLevel, "log-level", "", "passed to every node: debug, info, warn or error (default: serve's)")
+	f.StringVar(&cfg.Keyring, "keyring", "", "keyring every frontend shares to encrypt blobs and manifests (default: <dir>/keyring, created with the cluster; \"off\": in the clear)")
 	f.DurationVar(&cfg.ReadyTimeout, "ready-timeout", 90*time.Second, "how long start-up may take")
 	f.DurationVar(&cfg.StopTimeout, "stop-timeout", 15*time.Second, "how long nodes get to stop after SIGTERM before SIGKILL")
 	return cmd

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"os"
 	"os/exec"
@@ -226,7 +227,8 @@ func startDevRun(t *testing.T, bin, dir string, args ...string) (*devRun, devClu
 	path := filepath.Join(dir, devClusterJSON)
 	deadline := time.After(45 * time.Second)
 	for {
-		if strings.Contains(r.stdout.String(), "strata dev cluster ready") {
+		// The ready banner's last line: the frontends are printed before it.
+		if out := r.stdout.String(); strings.Contains(out, "strata dev cluster ready") && strings.Contains(out, "Ctrl-C stops every node.") {
 			if _, err := os.Stat(path); err == nil {
 				break
 			}
@@ -330,6 +332,24 @@ func TestDevCluster(t *testing.T) {
 		}
 	}
 	readBack(a2, a2)
+	// Encrypted at rest by default: the frontends share <dir>/keyring, and
+	// no shard file holds the layer's text.
+	if _, err := os.Stat(filepath.Join(dir, "keyring")); err != nil {
+		t.Fatalf("dev cluster keyring: %v", err)
+	}
+	shardFiles := 0
+	filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if err == nil && !e.IsDir() && strings.Contains(p, string(filepath.Separator)+"shards"+string(filepath.Separator)) {
+			shardFiles++
+			if b, _ := os.ReadFile(p); bytes.Contains(b, []byte("strata dev cluster layer")) {
+				t.Errorf("shard file %s holds the layer in the clear", p)
+			}
+		}
+		return nil
+	})
+	if shardFiles == 0 {
+		t.Error("no shard files found")
+	}
 
 	// A storage node that dies is reported; the cluster keeps taking pushes.
 	if err := syscall.Kill(info.Nodes[5].PID, syscall.SIGKILL); err != nil { // s3

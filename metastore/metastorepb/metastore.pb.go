@@ -1630,7 +1630,7 @@ type Upload struct {
 	StartedUnixNano int64                  `protobuf:"varint,3,opt,name=started_unix_nano,json=startedUnixNano,proto3" json:"started_unix_nano,omitempty"`
 	UpdatedUnixNano int64                  `protobuf:"varint,4,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
 	Offset          uint64                 `protobuf:"varint,5,opt,name=offset,proto3" json:"offset,omitempty"`                             // bytes received so far
-	Sha256State     []byte                 `protobuf:"bytes,6,opt,name=sha256_state,json=sha256State,proto3" json:"sha256_state,omitempty"` // encoding.BinaryMarshaler state of SHA-256
+	Sha256State     []byte                 `protobuf:"bytes,6,opt,name=sha256_state,json=sha256State,proto3" json:"sha256_state,omitempty"` // encoding.BinaryMarshaler state of SHA-256; a sealed record under key when key is set
 	Segments        []*Segment             `protobuf:"bytes,7,rep,name=segments,proto3" json:"segments,omitempty"`                          // segments written so far, in order
 	Key             *WrappedKey            `protobuf:"bytes,8,opt,name=key,proto3" json:"key,omitempty"`                                    // the upload's data key, wrapped; unset: not encrypted
 	unknownFields   protoimpl.UnknownFields
@@ -1798,8 +1798,13 @@ type ManifestRecord struct {
 	Subject         string                 `protobuf:"bytes,7,opt,name=subject,proto3" json:"subject,omitempty"`     // subject digest, if any
 	ArtifactType    string                 `protobuf:"bytes,8,opt,name=artifact_type,json=artifactType,proto3" json:"artifact_type,omitempty"`
 	AnnotationsJson []byte                 `protobuf:"bytes,9,opt,name=annotations_json,json=annotationsJson,proto3" json:"annotations_json,omitempty"` // the manifest's annotations, as JSON
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// With key set, body and annotations_json are sealed records
+	// (keys.SealRecord) under the data key it wraps, and size is the
+	// plaintext body's size; without, they are in the clear.
+	Size          uint64      `protobuf:"varint,10,opt,name=size,proto3" json:"size,omitempty"`
+	Key           *WrappedKey `protobuf:"bytes,11,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ManifestRecord) Reset() {
@@ -1891,6 +1896,20 @@ func (x *ManifestRecord) GetArtifactType() string {
 func (x *ManifestRecord) GetAnnotationsJson() []byte {
 	if x != nil {
 		return x.AnnotationsJson
+	}
+	return nil
+}
+
+func (x *ManifestRecord) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *ManifestRecord) GetKey() *WrappedKey {
+	if x != nil {
+		return x.Key
 	}
 	return nil
 }
@@ -2533,6 +2552,11 @@ type PutManifest struct {
 	// deleted them: a tombstoned blob is refused, so a push can never commit
 	// against content a deletion or the garbage collector just removed.
 	OptionalBlobs []string `protobuf:"bytes,12,rep,name=optional_blobs,json=optionalBlobs,proto3" json:"optional_blobs,omitempty"`
+	// Encryption: with key set, body and annotations_json are sealed by the
+	// frontend under the data key it wraps, and size is the body's plaintext
+	// size (as in ManifestRecord).
+	Size          uint64      `protobuf:"varint,13,opt,name=size,proto3" json:"size,omitempty"`
+	Key           *WrappedKey `protobuf:"bytes,14,opt,name=key,proto3" json:"key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2647,6 +2671,20 @@ func (x *PutManifest) GetAnnotationsJson() []byte {
 func (x *PutManifest) GetOptionalBlobs() []string {
 	if x != nil {
 		return x.OptionalBlobs
+	}
+	return nil
+}
+
+func (x *PutManifest) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *PutManifest) GetKey() *WrappedKey {
+	if x != nil {
+		return x.Key
 	}
 	return nil
 }
@@ -2944,6 +2982,7 @@ type Descriptor struct {
 	Size            uint64                 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
 	ArtifactType    string                 `protobuf:"bytes,4,opt,name=artifact_type,json=artifactType,proto3" json:"artifact_type,omitempty"`
 	AnnotationsJson []byte                 `protobuf:"bytes,5,opt,name=annotations_json,json=annotationsJson,proto3" json:"annotations_json,omitempty"`
+	Key             *WrappedKey            `protobuf:"bytes,6,opt,name=key,proto3" json:"key,omitempty"` // set: annotations_json is sealed (the manifest's data key)
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -3009,6 +3048,13 @@ func (x *Descriptor) GetArtifactType() string {
 func (x *Descriptor) GetAnnotationsJson() []byte {
 	if x != nil {
 		return x.AnnotationsJson
+	}
+	return nil
+}
+
+func (x *Descriptor) GetKey() *WrappedKey {
+	if x != nil {
+		return x.Key
 	}
 	return nil
 }
@@ -3240,7 +3286,7 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\bRefCount\x12\x14\n" +
 	"\x05links\x18\x01 \x01(\x03R\x05links\x12#\n" +
 	"\rmanifest_refs\x18\x02 \x01(\x03R\fmanifestRefs\x12?\n" +
-	"\x1cunreferenced_since_unix_nano\x18\x03 \x01(\x03R\x19unreferencedSinceUnixNano\"\xa3\x02\n" +
+	"\x1cunreferenced_since_unix_nano\x18\x03 \x01(\x03R\x19unreferencedSinceUnixNano\"\xea\x02\n" +
 	"\x0eManifestRecord\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x1d\n" +
 	"\n" +
@@ -3251,7 +3297,10 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\tmanifests\x18\x06 \x03(\tR\tmanifests\x12\x18\n" +
 	"\asubject\x18\a \x01(\tR\asubject\x12#\n" +
 	"\rartifact_type\x18\b \x01(\tR\fartifactType\x12)\n" +
-	"\x10annotations_json\x18\t \x01(\fR\x0fannotationsJson\"a\n" +
+	"\x10annotations_json\x18\t \x01(\fR\x0fannotationsJson\x12\x12\n" +
+	"\x04size\x18\n" +
+	" \x01(\x04R\x04size\x121\n" +
+	"\x03key\x18\v \x01(\v2\x1f.strata.metastore.v1.WrappedKeyR\x03key\"a\n" +
 	"\tTagRecord\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12*\n" +
 	"\x11updated_unix_nano\x18\x02 \x01(\x03R\x0fupdatedUnixNano\x12\x10\n" +
@@ -3302,7 +3351,7 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\n" +
 	"UnlinkBlob\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x16\n" +
-	"\x06digest\x18\x02 \x01(\tR\x06digest\"\xf4\x02\n" +
+	"\x06digest\x18\x02 \x01(\tR\x06digest\"\xbb\x03\n" +
 	"\vPutManifest\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x1d\n" +
@@ -3317,7 +3366,9 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\rartifact_type\x18\n" +
 	" \x01(\tR\fartifactType\x12)\n" +
 	"\x10annotations_json\x18\v \x01(\fR\x0fannotationsJson\x12%\n" +
-	"\x0eoptional_blobs\x18\f \x03(\tR\roptionalBlobs\"T\n" +
+	"\x0eoptional_blobs\x18\f \x03(\tR\roptionalBlobs\x12\x12\n" +
+	"\x04size\x18\r \x01(\x04R\x04size\x121\n" +
+	"\x03key\x18\x0e \x01(\v2\x1f.strata.metastore.v1.WrappedKeyR\x03key\"T\n" +
 	"\x0eDeleteManifest\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x16\n" +
@@ -3339,7 +3390,7 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\"lifecycle_policy_updated_unix_nano\x18\x06 \x01(\x03R\x1elifecyclePolicyUpdatedUnixNano\x128\n" +
 	"\x18lifecycle_preview_policy\x18\a \x01(\tR\x16lifecyclePreviewPolicy\x12!\n" +
 	"\fdurability_k\x18\b \x01(\rR\vdurabilityK\x12!\n" +
-	"\fdurability_m\x18\t \x01(\rR\vdurabilityM\"\xa7\x01\n" +
+	"\fdurability_m\x18\t \x01(\rR\vdurabilityM\"\xda\x01\n" +
 	"\n" +
 	"Descriptor\x12\x1d\n" +
 	"\n" +
@@ -3347,7 +3398,8 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04size\x18\x03 \x01(\x04R\x04size\x12#\n" +
 	"\rartifact_type\x18\x04 \x01(\tR\fartifactType\x12)\n" +
-	"\x10annotations_json\x18\x05 \x01(\fR\x0fannotationsJson\"\xc8\x01\n" +
+	"\x10annotations_json\x18\x05 \x01(\fR\x0fannotationsJson\x121\n" +
+	"\x03key\x18\x06 \x01(\v2\x1f.strata.metastore.v1.WrappedKeyR\x03key\"\xc8\x01\n" +
 	"\x10CreateRepository\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12%\n" +
 	"\x0etag_mutability\x18\x02 \x01(\tR\rtagMutability\x123\n" +
@@ -3439,15 +3491,18 @@ var file_metastore_metastorepb_metastore_proto_depIdxs = []int32{
 	38, // 26: strata.metastore.v1.WrappedKey.annotations:type_name -> strata.metastore.v1.WrappedKey.AnnotationsEntry
 	16, // 27: strata.metastore.v1.Upload.segments:type_name -> strata.metastore.v1.Segment
 	18, // 28: strata.metastore.v1.Upload.key:type_name -> strata.metastore.v1.WrappedKey
-	18, // 29: strata.metastore.v1.OpenUpload.key:type_name -> strata.metastore.v1.WrappedKey
-	16, // 30: strata.metastore.v1.UpdateUpload.segments:type_name -> strata.metastore.v1.Segment
-	16, // 31: strata.metastore.v1.CommitBlob.segments:type_name -> strata.metastore.v1.Segment
-	18, // 32: strata.metastore.v1.CommitBlob.key:type_name -> strata.metastore.v1.WrappedKey
-	33, // [33:33] is the sub-list for method output_type
-	33, // [33:33] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	18, // 29: strata.metastore.v1.ManifestRecord.key:type_name -> strata.metastore.v1.WrappedKey
+	18, // 30: strata.metastore.v1.OpenUpload.key:type_name -> strata.metastore.v1.WrappedKey
+	16, // 31: strata.metastore.v1.UpdateUpload.segments:type_name -> strata.metastore.v1.Segment
+	16, // 32: strata.metastore.v1.CommitBlob.segments:type_name -> strata.metastore.v1.Segment
+	18, // 33: strata.metastore.v1.CommitBlob.key:type_name -> strata.metastore.v1.WrappedKey
+	18, // 34: strata.metastore.v1.PutManifest.key:type_name -> strata.metastore.v1.WrappedKey
+	18, // 35: strata.metastore.v1.Descriptor.key:type_name -> strata.metastore.v1.WrappedKey
+	36, // [36:36] is the sub-list for method output_type
+	36, // [36:36] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_metastore_metastorepb_metastore_proto_init() }
