@@ -130,6 +130,8 @@ func (t *txn) apply(cmd *pb.Command) error {
 		return t.recordPulls(op.RecordPulls)
 	case *pb.Command_CreateRepository:
 		return t.createRepository(op.CreateRepository)
+	case *pb.Command_SetWrappedKeys:
+		return t.setWrappedKeys(op.SetWrappedKeys)
 	case nil:
 		return fmt.Errorf("%w: empty command", ErrCommandInvalid)
 	default:
@@ -393,6 +395,13 @@ func (t *txn) commitBlob(c *pb.CommitBlob) error {
 		if err := t.orphan(c.Repo, c.Digest, extra); err != nil {
 			return err
 		}
+		// Linked under this repository's key, the stored data key needs a
+		// copy wrapped by it.
+		if key != nil {
+			if err := t.noteKeyNeed(&existing, key.KeyName); err != nil {
+				return err
+			}
+		}
 	} else {
 		layout := &pb.BlobLayout{Digest: c.Digest, Size: c.Size, Segments: segs, CreatedUnixNano: t.now}
 		if key != nil {
@@ -458,6 +467,9 @@ func (t *txn) mountBlob(c *pb.MountBlob) error {
 		return err
 	}
 	if err := t.link(c.Repo, c.Digest); err != nil {
+		return err
+	}
+	if err := t.noteKeyNeed(&layout, c.KeyName); err != nil {
 		return err
 	}
 	return t.emit(&pb.Event{Type: "blob.mount", Repo: c.Repo, Digest: c.Digest, Size: layout.Size})

@@ -61,13 +61,31 @@ func (t *txn) createRepository(c *pb.CreateRepository) error {
 	if err := validDurability(c.DurabilityK, c.DurabilityM); err != nil {
 		return err
 	}
+	switch {
+	case c.EncryptionType == EncryptionKMS && c.KmsKey == "":
+		return fmt.Errorf("%w: encryption type KMS needs a key name", ErrCommandInvalid)
+	case c.EncryptionType == EncryptionKMS:
+	case c.EncryptionType == "" || c.EncryptionType == EncryptionAES256:
+		if c.KmsKey != "" {
+			return fmt.Errorf("%w: a key name goes with encryption type KMS, not %q", ErrCommandInvalid, c.EncryptionType)
+		}
+	default:
+		return fmt.Errorf("%w: encryption type %q (want AES256 or KMS)", ErrCommandInvalid, c.EncryptionType)
+	}
 	if err := t.put(repoKey(c.Repo), &pb.Repository{Name: c.Repo, CreatedUnixNano: t.now,
 		TagMutability: c.TagMutability, MutabilityExclusions: c.MutabilityExclusions,
-		DurabilityK: c.DurabilityK, DurabilityM: c.DurabilityM}); err != nil {
+		DurabilityK: c.DurabilityK, DurabilityM: c.DurabilityM,
+		EncryptionType: c.EncryptionType, KmsKey: c.KmsKey}); err != nil {
 		return err
 	}
 	return t.emit(&pb.Event{Type: "repository.create", Repo: c.Repo})
 }
+
+// Encryption types of a repository (ECR's encryptionConfiguration).
+const (
+	EncryptionAES256 = "AES256" // the server's default key-encryption key
+	EncryptionKMS    = "KMS"    // a key of its own, named by kms_key
+)
 
 // Tag mutability modes (ECR's imageTagMutability).
 const (
@@ -173,6 +191,9 @@ func (t *txn) collectBlob(c *pb.CollectBlob) error {
 		return err
 	}
 	if err := t.del(blobKey(c.Digest)); err != nil {
+		return err
+	}
+	if err := t.delPrefix(keyNeedPrefix(c.Digest)); err != nil {
 		return err
 	}
 	if err := t.emit(&pb.Event{Type: "blob.collect", Digest: c.Digest, Size: l.Size}); err != nil {

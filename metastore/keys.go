@@ -31,6 +31,7 @@ import "encoding/binary"
 //	pull/<repo>\0<digest>                 last pull time (8 bytes BE)
 //	req/<request id>                      RequestRecord (deduplication of retried proposals)
 //	req-by-time/<time BE>\0<request id>   (empty) expiry index of req/
+//	keyneed/<digest>\0<key name>          (empty) an encrypted blob needs a copy of its data key wrapped by that KEK
 const (
 	sep = "\x00"
 
@@ -60,6 +61,7 @@ const (
 	pfxPull     = "pull/"
 	pfxReq      = "req/"
 	pfxReqTime  = "req-by-time/"
+	pfxKeyNeed  = "keyneed/"
 )
 
 func k(parts ...string) []byte {

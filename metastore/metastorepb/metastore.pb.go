@@ -59,6 +59,7 @@ type Command struct {
 	//	*Command_SetRepositoryPolicy
 	//	*Command_RecordPulls
 	//	*Command_CreateRepository
+	//	*Command_SetWrappedKeys
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -295,6 +296,15 @@ func (x *Command) GetCreateRepository() *CreateRepository {
 	return nil
 }
 
+func (x *Command) GetSetWrappedKeys() *SetWrappedKeys {
+	if x != nil {
+		if x, ok := x.Op.(*Command_SetWrappedKeys); ok {
+			return x.SetWrappedKeys
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -379,6 +389,10 @@ type Command_CreateRepository struct {
 	CreateRepository *CreateRepository `protobuf:"bytes,29,opt,name=create_repository,json=createRepository,proto3,oneof"`
 }
 
+type Command_SetWrappedKeys struct {
+	SetWrappedKeys *SetWrappedKeys `protobuf:"bytes,30,opt,name=set_wrapped_keys,json=setWrappedKeys,proto3,oneof"`
+}
+
 func (*Command_OpenUpload) isCommand_Op() {}
 
 func (*Command_UpdateUpload) isCommand_Op() {}
@@ -418,6 +432,8 @@ func (*Command_SetRepositoryPolicy) isCommand_Op() {}
 func (*Command_RecordPulls) isCommand_Op() {}
 
 func (*Command_CreateRepository) isCommand_Op() {}
+
+func (*Command_SetWrappedKeys) isCommand_Op() {}
 
 // CollectBlob garbage-collects a blob that no manifest has referenced since
 // before cutoff: its links go (leaving tombstones, so a racing manifest push
@@ -2424,10 +2440,14 @@ func (x *CommitBlob) GetKey() *WrappedKey {
 
 // MountBlob links an existing blob into a repository.
 type MountBlob struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Repo          string                 `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
-	Digest        string                 `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
-	From          string                 `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"` // source repository; must link the blob
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Repo   string                 `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
+	Digest string                 `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
+	From   string                 `protobuf:"bytes,3,opt,name=from,proto3" json:"from,omitempty"` // source repository; must link the blob
+	// The key-encryption key of repo: an encrypted blob without a wrapped
+	// copy under it is marked as needing one (keyneed/), which the frontends'
+	// key reconciler adds.
+	KeyName       string `protobuf:"bytes,4,opt,name=key_name,json=keyName,proto3" json:"key_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2479,6 +2499,13 @@ func (x *MountBlob) GetDigest() string {
 func (x *MountBlob) GetFrom() string {
 	if x != nil {
 		return x.From
+	}
+	return ""
+}
+
+func (x *MountBlob) GetKeyName() string {
+	if x != nil {
+		return x.KeyName
 	}
 	return ""
 }
@@ -2874,10 +2901,15 @@ type Repository struct {
 	// Durability class: the erasure geometry of this repository's new blobs
 	// (0: the cluster's). Layouts record their own geometry, so a change
 	// applies to blobs pushed from then on.
-	DurabilityK   uint32 `protobuf:"varint,8,opt,name=durability_k,json=durabilityK,proto3" json:"durability_k,omitempty"`
-	DurabilityM   uint32 `protobuf:"varint,9,opt,name=durability_m,json=durabilityM,proto3" json:"durability_m,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	DurabilityK uint32 `protobuf:"varint,8,opt,name=durability_k,json=durabilityK,proto3" json:"durability_k,omitempty"`
+	DurabilityM uint32 `protobuf:"varint,9,opt,name=durability_m,json=durabilityM,proto3" json:"durability_m,omitempty"`
+	// ECR's encryption configuration, fixed at creation: "AES256" (or empty:
+	// the server's default key) or "KMS" with kms_key naming the
+	// key-encryption key that wraps this repository's data keys.
+	EncryptionType string `protobuf:"bytes,10,opt,name=encryption_type,json=encryptionType,proto3" json:"encryption_type,omitempty"`
+	KmsKey         string `protobuf:"bytes,11,opt,name=kms_key,json=kmsKey,proto3" json:"kms_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Repository) Reset() {
@@ -2971,6 +3003,20 @@ func (x *Repository) GetDurabilityM() uint32 {
 		return x.DurabilityM
 	}
 	return 0
+}
+
+func (x *Repository) GetEncryptionType() string {
+	if x != nil {
+		return x.EncryptionType
+	}
+	return ""
+}
+
+func (x *Repository) GetKmsKey() string {
+	if x != nil {
+		return x.KmsKey
+	}
+	return ""
 }
 
 // Descriptor describes a manifest for the referrers API. Stored under
@@ -3069,6 +3115,8 @@ type CreateRepository struct {
 	MutabilityExclusions []string               `protobuf:"bytes,3,rep,name=mutability_exclusions,json=mutabilityExclusions,proto3" json:"mutability_exclusions,omitempty"`
 	DurabilityK          uint32                 `protobuf:"varint,4,opt,name=durability_k,json=durabilityK,proto3" json:"durability_k,omitempty"`
 	DurabilityM          uint32                 `protobuf:"varint,5,opt,name=durability_m,json=durabilityM,proto3" json:"durability_m,omitempty"`
+	EncryptionType       string                 `protobuf:"bytes,6,opt,name=encryption_type,json=encryptionType,proto3" json:"encryption_type,omitempty"`
+	KmsKey               string                 `protobuf:"bytes,7,opt,name=kms_key,json=kmsKey,proto3" json:"kms_key,omitempty"`
 	unknownFields        protoimpl.UnknownFields
 	sizeCache            protoimpl.SizeCache
 }
@@ -3138,11 +3186,153 @@ func (x *CreateRepository) GetDurabilityM() uint32 {
 	return 0
 }
 
+func (x *CreateRepository) GetEncryptionType() string {
+	if x != nil {
+		return x.EncryptionType
+	}
+	return ""
+}
+
+func (x *CreateRepository) GetKmsKey() string {
+	if x != nil {
+		return x.KmsKey
+	}
+	return ""
+}
+
+// SetWrappedKeys replaces or adds wrapped data keys, for key rotation (a
+// copy rewrapped under the current version of its key) and for blobs
+// linked into a repository with another key (one more copy). Each change
+// is a compare-and-set: one whose old copy is no longer there (rewrapped
+// meanwhile, record deleted) is skipped, not an error, so rewrapping is
+// idempotent and safe to run from several frontends at once.
+type SetWrappedKeys struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Changes       []*KeyChange           `protobuf:"bytes,1,rep,name=changes,proto3" json:"changes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetWrappedKeys) Reset() {
+	*x = SetWrappedKeys{}
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetWrappedKeys) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetWrappedKeys) ProtoMessage() {}
+
+func (x *SetWrappedKeys) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetWrappedKeys.ProtoReflect.Descriptor instead.
+func (*SetWrappedKeys) Descriptor() ([]byte, []int) {
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *SetWrappedKeys) GetChanges() []*KeyChange {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
+type KeyChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"` // "blob", "manifest" or "upload"
+	Repo  string                 `protobuf:"bytes,2,opt,name=repo,proto3" json:"repo,omitempty"` // manifests
+	Id    string                 `protobuf:"bytes,3,opt,name=id,proto3" json:"id,omitempty"`     // blob or manifest digest, upload id
+	// The copy to replace; unset: add new as one more copy (blobs only;
+	// skipped when the layout already has a copy under new's key name).
+	Old           *WrappedKey `protobuf:"bytes,4,opt,name=old,proto3" json:"old,omitempty"`
+	New           *WrappedKey `protobuf:"bytes,5,opt,name=new,proto3" json:"new,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyChange) Reset() {
+	*x = KeyChange{}
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyChange) ProtoMessage() {}
+
+func (x *KeyChange) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyChange.ProtoReflect.Descriptor instead.
+func (*KeyChange) Descriptor() ([]byte, []int) {
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *KeyChange) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *KeyChange) GetRepo() string {
+	if x != nil {
+		return x.Repo
+	}
+	return ""
+}
+
+func (x *KeyChange) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *KeyChange) GetOld() *WrappedKey {
+	if x != nil {
+		return x.Old
+	}
+	return nil
+}
+
+func (x *KeyChange) GetNew() *WrappedKey {
+	if x != nil {
+		return x.New
+	}
+	return nil
+}
+
 var File_metastore_metastorepb_metastore_proto protoreflect.FileDescriptor
 
 const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\n" +
-	"%metastore/metastorepb/metastore.proto\x12\x13strata.metastore.v1\"\x98\f\n" +
+	"%metastore/metastorepb/metastore.proto\x12\x13strata.metastore.v1\"\xe9\f\n" +
 	"\aCommand\x12$\n" +
 	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x1d\n" +
 	"\n" +
@@ -3173,7 +3363,8 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\x11delete_repository\x18\x1a \x01(\v2%.strata.metastore.v1.DeleteRepositoryH\x00R\x10deleteRepository\x12^\n" +
 	"\x15set_repository_policy\x18\x1b \x01(\v2(.strata.metastore.v1.SetRepositoryPolicyH\x00R\x13setRepositoryPolicy\x12E\n" +
 	"\frecord_pulls\x18\x1c \x01(\v2 .strata.metastore.v1.RecordPullsH\x00R\vrecordPulls\x12T\n" +
-	"\x11create_repository\x18\x1d \x01(\v2%.strata.metastore.v1.CreateRepositoryH\x00R\x10createRepositoryB\x04\n" +
+	"\x11create_repository\x18\x1d \x01(\v2%.strata.metastore.v1.CreateRepositoryH\x00R\x10createRepository\x12O\n" +
+	"\x10set_wrapped_keys\x18\x1e \x01(\v2#.strata.metastore.v1.SetWrappedKeysH\x00R\x0esetWrappedKeysB\x04\n" +
 	"\x02op\"O\n" +
 	"\vCollectBlob\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12(\n" +
@@ -3343,11 +3534,12 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\bsegments\x18\x04 \x03(\v2\x1c.strata.metastore.v1.SegmentR\bsegments\x12\x16\n" +
 	"\x06digest\x18\x05 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04size\x18\x06 \x01(\x04R\x04size\x121\n" +
-	"\x03key\x18\a \x01(\v2\x1f.strata.metastore.v1.WrappedKeyR\x03key\"K\n" +
+	"\x03key\x18\a \x01(\v2\x1f.strata.metastore.v1.WrappedKeyR\x03key\"f\n" +
 	"\tMountBlob\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
-	"\x04from\x18\x03 \x01(\tR\x04from\"8\n" +
+	"\x04from\x18\x03 \x01(\tR\x04from\x12\x19\n" +
+	"\bkey_name\x18\x04 \x01(\tR\akeyName\"8\n" +
 	"\n" +
 	"UnlinkBlob\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x16\n" +
@@ -3379,7 +3571,7 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\vApplyResult\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x01 \x01(\tR\terrorCode\x12!\n" +
-	"\ferror_detail\x18\x02 \x01(\tR\verrorDetail\"\x9f\x03\n" +
+	"\ferror_detail\x18\x02 \x01(\tR\verrorDetail\"\xe1\x03\n" +
 	"\n" +
 	"Repository\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
@@ -3390,7 +3582,10 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\"lifecycle_policy_updated_unix_nano\x18\x06 \x01(\x03R\x1elifecyclePolicyUpdatedUnixNano\x128\n" +
 	"\x18lifecycle_preview_policy\x18\a \x01(\tR\x16lifecyclePreviewPolicy\x12!\n" +
 	"\fdurability_k\x18\b \x01(\rR\vdurabilityK\x12!\n" +
-	"\fdurability_m\x18\t \x01(\rR\vdurabilityM\"\xda\x01\n" +
+	"\fdurability_m\x18\t \x01(\rR\vdurabilityM\x12'\n" +
+	"\x0fencryption_type\x18\n" +
+	" \x01(\tR\x0eencryptionType\x12\x17\n" +
+	"\akms_key\x18\v \x01(\tR\x06kmsKey\"\xda\x01\n" +
 	"\n" +
 	"Descriptor\x12\x1d\n" +
 	"\n" +
@@ -3399,13 +3594,23 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\x04size\x18\x03 \x01(\x04R\x04size\x12#\n" +
 	"\rartifact_type\x18\x04 \x01(\tR\fartifactType\x12)\n" +
 	"\x10annotations_json\x18\x05 \x01(\fR\x0fannotationsJson\x121\n" +
-	"\x03key\x18\x06 \x01(\v2\x1f.strata.metastore.v1.WrappedKeyR\x03key\"\xc8\x01\n" +
+	"\x03key\x18\x06 \x01(\v2\x1f.strata.metastore.v1.WrappedKeyR\x03key\"\x8a\x02\n" +
 	"\x10CreateRepository\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12%\n" +
 	"\x0etag_mutability\x18\x02 \x01(\tR\rtagMutability\x123\n" +
 	"\x15mutability_exclusions\x18\x03 \x03(\tR\x14mutabilityExclusions\x12!\n" +
 	"\fdurability_k\x18\x04 \x01(\rR\vdurabilityK\x12!\n" +
-	"\fdurability_m\x18\x05 \x01(\rR\vdurabilityMB9Z7github.com/strata-registry/strata/metastore/metastorepbb\x06proto3"
+	"\fdurability_m\x18\x05 \x01(\rR\vdurabilityM\x12'\n" +
+	"\x0fencryption_type\x18\x06 \x01(\tR\x0eencryptionType\x12\x17\n" +
+	"\akms_key\x18\a \x01(\tR\x06kmsKey\"J\n" +
+	"\x0eSetWrappedKeys\x128\n" +
+	"\achanges\x18\x01 \x03(\v2\x1e.strata.metastore.v1.KeyChangeR\achanges\"\xa9\x01\n" +
+	"\tKeyChange\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04repo\x18\x02 \x01(\tR\x04repo\x12\x0e\n" +
+	"\x02id\x18\x03 \x01(\tR\x02id\x121\n" +
+	"\x03old\x18\x04 \x01(\v2\x1f.strata.metastore.v1.WrappedKeyR\x03old\x121\n" +
+	"\x03new\x18\x05 \x01(\v2\x1f.strata.metastore.v1.WrappedKeyR\x03newB9Z7github.com/strata-registry/strata/metastore/metastorepbb\x06proto3"
 
 var (
 	file_metastore_metastorepb_metastore_proto_rawDescOnce sync.Once
@@ -3419,7 +3624,7 @@ func file_metastore_metastorepb_metastore_proto_rawDescGZIP() []byte {
 	return file_metastore_metastorepb_metastore_proto_rawDescData
 }
 
-var file_metastore_metastorepb_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_metastore_metastorepb_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_metastore_metastorepb_metastore_proto_goTypes = []any{
 	(*Command)(nil),             // 0: strata.metastore.v1.Command
 	(*CollectBlob)(nil),         // 1: strata.metastore.v1.CollectBlob
@@ -3459,7 +3664,9 @@ var file_metastore_metastorepb_metastore_proto_goTypes = []any{
 	(*Repository)(nil),          // 35: strata.metastore.v1.Repository
 	(*Descriptor)(nil),          // 36: strata.metastore.v1.Descriptor
 	(*CreateRepository)(nil),    // 37: strata.metastore.v1.CreateRepository
-	nil,                         // 38: strata.metastore.v1.WrappedKey.AnnotationsEntry
+	(*SetWrappedKeys)(nil),      // 38: strata.metastore.v1.SetWrappedKeys
+	(*KeyChange)(nil),           // 39: strata.metastore.v1.KeyChange
+	nil,                         // 40: strata.metastore.v1.WrappedKey.AnnotationsEntry
 }
 var file_metastore_metastorepb_metastore_proto_depIdxs = []int32{
 	25, // 0: strata.metastore.v1.Command.open_upload:type_name -> strata.metastore.v1.OpenUpload
@@ -3482,27 +3689,31 @@ var file_metastore_metastorepb_metastore_proto_depIdxs = []int32{
 	4,  // 17: strata.metastore.v1.Command.set_repository_policy:type_name -> strata.metastore.v1.SetRepositoryPolicy
 	5,  // 18: strata.metastore.v1.Command.record_pulls:type_name -> strata.metastore.v1.RecordPulls
 	37, // 19: strata.metastore.v1.Command.create_repository:type_name -> strata.metastore.v1.CreateRepository
-	6,  // 20: strata.metastore.v1.RecordPulls.pulls:type_name -> strata.metastore.v1.Pull
-	10, // 21: strata.metastore.v1.RegisterNode.node:type_name -> strata.metastore.v1.NodeRecord
-	34, // 22: strata.metastore.v1.RequestRecord.result:type_name -> strata.metastore.v1.ApplyResult
-	15, // 23: strata.metastore.v1.Segment.shards:type_name -> strata.metastore.v1.ShardRef
-	16, // 24: strata.metastore.v1.BlobLayout.segments:type_name -> strata.metastore.v1.Segment
-	18, // 25: strata.metastore.v1.BlobLayout.keys:type_name -> strata.metastore.v1.WrappedKey
-	38, // 26: strata.metastore.v1.WrappedKey.annotations:type_name -> strata.metastore.v1.WrappedKey.AnnotationsEntry
-	16, // 27: strata.metastore.v1.Upload.segments:type_name -> strata.metastore.v1.Segment
-	18, // 28: strata.metastore.v1.Upload.key:type_name -> strata.metastore.v1.WrappedKey
-	18, // 29: strata.metastore.v1.ManifestRecord.key:type_name -> strata.metastore.v1.WrappedKey
-	18, // 30: strata.metastore.v1.OpenUpload.key:type_name -> strata.metastore.v1.WrappedKey
-	16, // 31: strata.metastore.v1.UpdateUpload.segments:type_name -> strata.metastore.v1.Segment
-	16, // 32: strata.metastore.v1.CommitBlob.segments:type_name -> strata.metastore.v1.Segment
-	18, // 33: strata.metastore.v1.CommitBlob.key:type_name -> strata.metastore.v1.WrappedKey
-	18, // 34: strata.metastore.v1.PutManifest.key:type_name -> strata.metastore.v1.WrappedKey
-	18, // 35: strata.metastore.v1.Descriptor.key:type_name -> strata.metastore.v1.WrappedKey
-	36, // [36:36] is the sub-list for method output_type
-	36, // [36:36] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	38, // 20: strata.metastore.v1.Command.set_wrapped_keys:type_name -> strata.metastore.v1.SetWrappedKeys
+	6,  // 21: strata.metastore.v1.RecordPulls.pulls:type_name -> strata.metastore.v1.Pull
+	10, // 22: strata.metastore.v1.RegisterNode.node:type_name -> strata.metastore.v1.NodeRecord
+	34, // 23: strata.metastore.v1.RequestRecord.result:type_name -> strata.metastore.v1.ApplyResult
+	15, // 24: strata.metastore.v1.Segment.shards:type_name -> strata.metastore.v1.ShardRef
+	16, // 25: strata.metastore.v1.BlobLayout.segments:type_name -> strata.metastore.v1.Segment
+	18, // 26: strata.metastore.v1.BlobLayout.keys:type_name -> strata.metastore.v1.WrappedKey
+	40, // 27: strata.metastore.v1.WrappedKey.annotations:type_name -> strata.metastore.v1.WrappedKey.AnnotationsEntry
+	16, // 28: strata.metastore.v1.Upload.segments:type_name -> strata.metastore.v1.Segment
+	18, // 29: strata.metastore.v1.Upload.key:type_name -> strata.metastore.v1.WrappedKey
+	18, // 30: strata.metastore.v1.ManifestRecord.key:type_name -> strata.metastore.v1.WrappedKey
+	18, // 31: strata.metastore.v1.OpenUpload.key:type_name -> strata.metastore.v1.WrappedKey
+	16, // 32: strata.metastore.v1.UpdateUpload.segments:type_name -> strata.metastore.v1.Segment
+	16, // 33: strata.metastore.v1.CommitBlob.segments:type_name -> strata.metastore.v1.Segment
+	18, // 34: strata.metastore.v1.CommitBlob.key:type_name -> strata.metastore.v1.WrappedKey
+	18, // 35: strata.metastore.v1.PutManifest.key:type_name -> strata.metastore.v1.WrappedKey
+	18, // 36: strata.metastore.v1.Descriptor.key:type_name -> strata.metastore.v1.WrappedKey
+	39, // 37: strata.metastore.v1.SetWrappedKeys.changes:type_name -> strata.metastore.v1.KeyChange
+	18, // 38: strata.metastore.v1.KeyChange.old:type_name -> strata.metastore.v1.WrappedKey
+	18, // 39: strata.metastore.v1.KeyChange.new:type_name -> strata.metastore.v1.WrappedKey
+	40, // [40:40] is the sub-list for method output_type
+	40, // [40:40] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_metastore_metastorepb_metastore_proto_init() }
@@ -3531,6 +3742,7 @@ func file_metastore_metastorepb_metastore_proto_init() {
 		(*Command_SetRepositoryPolicy)(nil),
 		(*Command_RecordPulls)(nil),
 		(*Command_CreateRepository)(nil),
+		(*Command_SetWrappedKeys)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3538,7 +3750,7 @@ func file_metastore_metastorepb_metastore_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metastore_metastorepb_metastore_proto_rawDesc), len(file_metastore_metastorepb_metastore_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   39,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
