@@ -15,6 +15,7 @@ import (
 
 	"github.com/strata-registry/strata/api/oci"
 	"github.com/strata-registry/strata/blobstore"
+	"github.com/strata-registry/strata/chaos/failpoint"
 	"github.com/strata-registry/strata/metastore"
 	pb "github.com/strata-registry/strata/metastore/metastorepb"
 )
@@ -113,6 +114,11 @@ func (s *Server) pushWhole(w http.ResponseWriter, r *http.Request, name string, 
 	if err := checkDigest(dgst, h); err != nil {
 		s.discard(segs, err)
 		return err
+	}
+	if failpoint.Enabled {
+		if err := failpoint.Eval(failpoint.UploadBeforeCommit); err != nil {
+			return err
+		}
 	}
 	err = s.propose(r.Context(), &pb.Command{Op: &pb.Command_CommitBlob{CommitBlob: &pb.CommitBlob{
 		Repo: name, Segments: segs, Digest: dgst.String(), Size: uint64(n), Key: wk,
@@ -243,6 +249,11 @@ func (s *Server) patchUpload(w http.ResponseWriter, r *http.Request, name, id st
 		return err
 	}
 	newOffset := u.Offset + uint64(c.n)
+	if failpoint.Enabled {
+		if err := failpoint.Eval(failpoint.UploadBeforeUpdate); err != nil {
+			return err
+		}
+	}
 	err = s.propose(r.Context(), &pb.Command{Op: &pb.Command_UpdateUpload{UpdateUpload: &pb.UpdateUpload{
 		Id: id, ExpectOffset: u.Offset, NewOffset: newOffset, Sha256State: c.state, Segments: c.segs,
 	}}})
@@ -284,6 +295,11 @@ func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, name, id s
 	if err := checkDigest(dgst, h); err != nil {
 		s.discard(segs, err)
 		return err
+	}
+	if failpoint.Enabled {
+		if err := failpoint.Eval(failpoint.UploadBeforeCommit); err != nil {
+			return err
+		}
 	}
 	err = s.propose(r.Context(), &pb.Command{Op: &pb.Command_CommitBlob{CommitBlob: &pb.CommitBlob{
 		Repo: name, UploadId: id, ExpectOffset: u.Offset, Segments: segs,

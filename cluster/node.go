@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -44,6 +45,9 @@ type Config struct {
 	// TrailingLogs is how many entries stay in the log after a snapshot, so
 	// that slightly lagging followers catch up without one.
 	TrailingLogs uint64
+	// SnapshotInterval is how often Raft checks SnapshotThreshold
+	// (default 30s).
+	SnapshotInterval time.Duration
 	// StreamLayer, if set, carries Raft traffic instead of plain TCP on
 	// RaftAddr (a Bridge, to cut links in tests).
 	StreamLayer raft.StreamLayer
@@ -59,6 +63,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.TrailingLogs == 0 {
 		c.TrailingLogs = 10240
+	}
+	if c.SnapshotInterval == 0 {
+		c.SnapshotInterval = 30 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -107,7 +114,7 @@ func Open(cfg Config, st *metastore.Store) (*Node, error) {
 	rc.LocalID = raft.ServerID(cfg.NodeID)
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.TrailingLogs = cfg.TrailingLogs
-	rc.SnapshotInterval = 30 * time.Second
+	rc.SnapshotInterval = cfg.SnapshotInterval
 	// The metastore keeps its own applied index durably, so a restart need
 	// not rebuild it from the snapshot; entries it already has are skipped.
 	rc.NoSnapshotRestoreOnStart = true
@@ -128,6 +135,10 @@ func Open(cfg Config, st *metastore.Store) (*Node, error) {
 	if err != nil {
 		logs.Close()
 		return nil, fmt.Errorf("cluster: snapshot store: %w", err)
+	}
+	if err := restoreIfBehindSnapshot(snaps, logs, st, cfg.Logger); err != nil {
+		logs.Close()
+		return nil, err
 	}
 	stream := cfg.StreamLayer
 	if stream == nil {
@@ -175,6 +186,64 @@ func Open(cfg Config, st *metastore.Store) (*Node, error) {
 		}
 	}
 	return n, nil
+}
+
+// restoreIfBehindSnapshot restores the state machine from the latest Raft
+// snapshot when the state machine is behind it.
+//
+// Raft takes the index of its latest snapshot as applied when it starts,
+// whatever the state machine holds (the snapshot is not restored on start:
+// NoSnapshotRestoreOnStart, since the metastore keeps its own applied index).
+// Normally the state machine is at or past that index. But a snapshot sent by
+// the leader (InstallSnapshot) is stored on disk before the state machine is
+// restored from it, and a crash in between leaves a snapshot ahead of the
+// state machine: Raft would then apply the entries after the snapshot onto
+// the old state, and the node would lack every write in between, silently
+// (found by the chaos suite's snapshot-restore failpoint,
+// TestSnapshotInstallInterrupted).
+//
+// The state machine may also trail the snapshot's index legitimately, by
+// entries it never sees (no-ops, barriers, configuration changes): when every
+// entry in between is in the log and none is a command, nothing is restored.
+// Otherwise the state machine is restored from the snapshot, which at worst
+// (a snapshot installed completely whose last entries were not commands)
+// costs one restore of the state the node already has.
+func restoreIfBehindSnapshot(snaps raft.SnapshotStore, logs raft.LogStore, st *metastore.Store, log *slog.Logger) error {
+	list, err := snaps.List()
+	if err != nil {
+		return fmt.Errorf("cluster: list snapshots: %w", err)
+	}
+	if len(list) == 0 {
+		return nil
+	}
+	snap := list[0] // newest first
+	applied := st.AppliedIndex()
+	if applied >= snap.Index {
+		return nil
+	}
+	behind := false
+	for i := applied + 1; i <= snap.Index; i++ {
+		var e raft.Log
+		if err := logs.GetLog(i, &e); err != nil || e.Type == raft.LogCommand {
+			behind = true
+			break
+		}
+	}
+	if !behind {
+		return nil
+	}
+	log.Warn("the state machine is behind the latest Raft snapshot (an install was interrupted?): restoring it from the snapshot",
+		"applied", applied, "snapshot", snap.ID, "snapshot_index", snap.Index)
+	_, rc, err := snaps.Open(snap.ID)
+	if err != nil {
+		return fmt.Errorf("cluster: open snapshot %s: %w", snap.ID, err)
+	}
+	defer rc.Close()
+	if err := st.Restore(rc); err != nil {
+		return fmt.Errorf("cluster: restore from snapshot %s: %w", snap.ID, err)
+	}
+	log.Info("state machine restored from the latest snapshot", "snapshot", snap.ID, "applied", st.AppliedIndex())
+	return nil
 }
 
 // RaftAddr is the address the Raft transport listens on.
@@ -236,6 +305,14 @@ func (n *Node) Term() uint64 { return n.raft.CurrentTerm() }
 // Indexes returns the last, commit and applied indexes.
 func (n *Node) Indexes() (last, commit, applied uint64) {
 	return n.raft.LastIndex(), n.raft.CommitIndex(), n.raft.AppliedIndex()
+}
+
+// LogBounds returns the first index of the Raft log (entries before it
+// were compacted into a snapshot) and the index of the latest snapshot.
+func (n *Node) LogBounds() (first, snapshot uint64) {
+	first, _ = n.logs.FirstIndex()
+	snapshot, _ = strconv.ParseUint(n.raft.Stats()["last_snapshot_index"], 10, 64)
+	return first, snapshot
 }
 
 // Shutdown reports whether the node has been closed.

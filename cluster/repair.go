@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/strata-registry/strata/blobstore"
+	"github.com/strata-registry/strata/chaos/failpoint"
 	cpb "github.com/strata-registry/strata/cluster/clusterpb"
 	"github.com/strata-registry/strata/metastore"
 	pb "github.com/strata-registry/strata/metastore/metastorepb"
@@ -574,6 +575,12 @@ func (r *Repairer) repairSegment(ctx context.Context, view *repairView, segID st
 		errs = append(errs, rerr)
 	}
 	for _, rep := range rb.Replacements {
+		if failpoint.Enabled {
+			if err := failpoint.Eval(failpoint.RepairBeforeReplace); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
 		err := r.meta.Propose(ctx, &pb.Command{Op: &pb.Command_ReplaceShard{ReplaceShard: &pb.ReplaceShard{
 			SegmentId: seg.Id, Index: rep.Index, OldNode: rep.OldNode, NewNode: rep.NewNode, Blake3: rep.Sum[:],
 		}}})

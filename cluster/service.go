@@ -235,6 +235,7 @@ func (s *Service) localStatus(req *cpb.StatusRequest) (*cpb.StatusResponse, erro
 		NodeId: n.cfg.NodeID, State: n.State(), Leader: n.LeaderID(), Term: n.Term(),
 		LastIndex: last, CommitIndex: commit, AppliedIndex: applied,
 	}
+	resp.FirstIndex, resp.LastSnapshotIndex = n.LogBounds()
 	servers, err := n.Servers()
 	if err != nil {
 		return nil, toStatus(err)

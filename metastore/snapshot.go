@@ -8,6 +8,8 @@ import (
 	"io"
 
 	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/strata-registry/strata/chaos/failpoint"
 )
 
 // Snapshot format: the magic line, then for every key in order a record of
@@ -101,6 +103,11 @@ func (s *Store) Restore(r io.Reader) error {
 			applied = beUint64(val)
 		}
 		if err := b.Set(key, val, nil); err != nil {
+			return err
+		}
+	}
+	if failpoint.Enabled {
+		if err := failpoint.Eval(failpoint.SnapshotRestore); err != nil {
 			return err
 		}
 	}

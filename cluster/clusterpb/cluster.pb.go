@@ -1522,6 +1522,10 @@ type StatusResponse struct {
 	Members           []*Member              `protobuf:"bytes,8,rep,name=members,proto3" json:"members,omitempty"`
 	RepairQueueLength uint64                 `protobuf:"varint,9,opt,name=repair_queue_length,json=repairQueueLength,proto3" json:"repair_queue_length,omitempty"` // segments waiting for repair
 	Repair            *RepairStatus          `protobuf:"bytes,10,opt,name=repair,proto3" json:"repair,omitempty"`                                                  // unset when no repairer runs here
+	// The first entry of this node's Raft log: entries before it exist only
+	// in a snapshot, so a member that lacks them must install one.
+	FirstIndex        uint64 `protobuf:"varint,11,opt,name=first_index,json=firstIndex,proto3" json:"first_index,omitempty"`
+	LastSnapshotIndex uint64 `protobuf:"varint,12,opt,name=last_snapshot_index,json=lastSnapshotIndex,proto3" json:"last_snapshot_index,omitempty"` // this node's latest Raft snapshot
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -1624,6 +1628,20 @@ func (x *StatusResponse) GetRepair() *RepairStatus {
 		return x.Repair
 	}
 	return nil
+}
+
+func (x *StatusResponse) GetFirstIndex() uint64 {
+	if x != nil {
+		return x.FirstIndex
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetLastSnapshotIndex() uint64 {
+	if x != nil {
+		return x.LastSnapshotIndex
+	}
+	return 0
 }
 
 type HeartbeatRequest struct {
@@ -2060,7 +2078,7 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"\x06passes\x18\v \x01(\x04R\x06passes\x12-\n" +
 	"\x13last_pass_unix_nano\x18\f \x01(\x03R\x10lastPassUnixNano\x12\x1d\n" +
 	"\n" +
-	"last_error\x18\r \x01(\tR\tlastError\"\xf0\x02\n" +
+	"last_error\x18\r \x01(\tR\tlastError\"\xc1\x03\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12\x16\n" +
@@ -2073,7 +2091,10 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"\amembers\x18\b \x03(\v2\x19.strata.cluster.v1.MemberR\amembers\x12.\n" +
 	"\x13repair_queue_length\x18\t \x01(\x04R\x11repairQueueLength\x127\n" +
 	"\x06repair\x18\n" +
-	" \x01(\v2\x1f.strata.cluster.v1.RepairStatusR\x06repair\"\x9b\x01\n" +
+	" \x01(\v2\x1f.strata.cluster.v1.RepairStatusR\x06repair\x12\x1f\n" +
+	"\vfirst_index\x18\v \x01(\x04R\n" +
+	"firstIndex\x12.\n" +
+	"\x13last_snapshot_index\x18\f \x01(\x04R\x11lastSnapshotIndex\"\x9b\x01\n" +
 	"\x10HeartbeatRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +

@@ -61,6 +61,8 @@ type serveOptions struct {
 	advGRPC, advRaft, advHTTP, metricsAddr string
 	maxData                                int
 	auditInterval                          time.Duration
+	snapshotThreshold, trailingLogs        uint64
+	snapshotInterval                       time.Duration
 	keyring                                string
 	keyProvider                            keys.Provider
 
@@ -144,6 +146,9 @@ flags win over the environment, which wins over the file.`,
 	f.StringVar(&o.advRaft, "advertise-raft-addr", "", "Raft address other meta nodes dial (host:port, host may be a DNS name; default: the --raft-addr listener's)")
 	f.StringVar(&o.advHTTP, "advertise-http-addr", "", "HTTP address recorded for this frontend (default: the --http-addr listener's)")
 	f.DurationVar(&o.auditInterval, "audit-interval", 10*time.Minute, "how often the leader checks that every storage node still holds the shards the registry places on it (missing ones are repaired)")
+	f.Uint64Var(&o.snapshotThreshold, "snapshot-threshold", 8192, "meta role: Raft log entries since the last snapshot that make a new one (the log is compacted behind it)")
+	f.Uint64Var(&o.trailingLogs, "trailing-logs", 10240, "meta role: Raft log entries kept behind a snapshot, so that a slightly lagging member catches up without installing one")
+	f.DurationVar(&o.snapshotInterval, "snapshot-interval", 30*time.Second, "meta role: how often Raft checks --snapshot-threshold")
 	f.IntVar(&o.maxData, "max-data-requests", 256, "blob GETs and upload bodies served at once; beyond it clients get 429 TOOMANYREQUESTS (bounds memory)")
 	f.StringVar(&o.keyring, "keyring", "", "keyring file of the key-encryption keys that wrap every blob's data key (api role); default with --dev: <data-dir>/keyring, created on first start; \"off\" stores blobs in the clear. Every frontend of a cluster needs the same file")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics and /healthz on this address too (for nodes without the api role)")
@@ -325,6 +330,7 @@ func serve(ctx context.Context, o *serveOptions) error {
 		node, err := cluster.Open(cluster.Config{
 			NodeID: nodeID, Dir: filepath.Join(o.dataDir, "meta", "raft"), RaftAddr: o.raftAddr, AdvertiseRaftAddr: o.advRaft,
 			Bootstrap: len(o.join) == 0, Logger: log,
+			SnapshotThreshold: o.snapshotThreshold, TrailingLogs: o.trailingLogs, SnapshotInterval: o.snapshotInterval,
 		}, st)
 		if err != nil {
 			return err
