@@ -117,6 +117,17 @@ type adminRequest struct {
 	MaxResults             int         `json:"maxResults"`
 	DurabilityClass        *durability `json:"durabilityClass"`
 	NextToken              string      `json:"nextToken"`
+	EncryptionConfig       *encryption `json:"encryptionConfiguration"`
+	KeyName                string      `json:"keyName"`
+	KeyVersion             string      `json:"keyVersion"`
+	Rotate                 *bool       `json:"rotate"`
+	RetainKey              bool        `json:"retainKey"`
+}
+
+// encryption is ECR's encryptionConfiguration of a repository.
+type encryption struct {
+	EncryptionType string `json:"encryptionType"`
+	KmsKey         string `json:"kmsKey,omitempty"`
 }
 
 // durability is Strata's durability class of a repository (an extension of
@@ -133,6 +144,7 @@ type repositoryJSON struct {
 	ImageTagMutabilityExclusionFilters []gc.Filter `json:"imageTagMutabilityExclusionFilters,omitempty"`
 	RepositoryURI                      string      `json:"repositoryUri,omitempty"`
 	DurabilityClass                    *durability `json:"durabilityClass,omitempty"`
+	EncryptionConfiguration            encryption  `json:"encryptionConfiguration"`
 }
 
 func epoch(ns int64) float64 { return float64(ns) / 1e9 }
@@ -147,6 +159,10 @@ func repoJSON(r *pb.Repository) repositoryJSON {
 	}
 	if r.DurabilityK > 0 {
 		out.DurabilityClass = &durability{DataShards: r.DurabilityK, ParityShards: r.DurabilityM}
+	}
+	out.EncryptionConfiguration = encryption{EncryptionType: metastore.EncryptionAES256}
+	if r.EncryptionType == metastore.EncryptionKMS {
+		out.EncryptionConfiguration = encryption{EncryptionType: r.EncryptionType, KmsKey: r.KmsKey}
 	}
 	return out
 }
@@ -184,9 +200,13 @@ func (s *Server) adminOp(r *http.Request, op string) (any, error) {
 		if d := req.DurabilityClass; d != nil {
 			create.DurabilityK, create.DurabilityM = d.DataShards, d.ParityShards
 		}
+		if err := s.repoEncryption(ctx, req.EncryptionConfig, create); err != nil {
+			return nil, err
+		}
 		if err := s.propose(ctx, &pb.Command{Op: &pb.Command_CreateRepository{CreateRepository: create}}); err != nil {
 			return nil, err
 		}
+		s.forgetSettings(req.RepositoryName)
 		rec, err := s.meta.Repository(ctx, req.RepositoryName)
 		if err != nil {
 			return nil, err
@@ -233,7 +253,18 @@ func (s *Server) adminOp(r *http.Request, op string) (any, error) {
 			Repo: req.RepositoryName, Force: req.Force}}}); err != nil {
 			return nil, err
 		}
-		return map[string]any{"repository": repoJSON(rec)}, nil
+		s.forgetSettings(req.RepositoryName)
+		resp := map[string]any{"repository": repoJSON(rec)}
+		if !req.RetainKey {
+			destroyed, err := s.shredRepositoryKey(ctx, rec)
+			if err != nil {
+				return nil, fmt.Errorf("repository %s deleted, but its key was not destroyed: %w", rec.Name, err)
+			}
+			if destroyed != "" {
+				resp["keyDestroyed"] = destroyed
+			}
+		}
+		return resp, nil
 	case "PutDurabilityClass":
 		if err := needRepo(); err != nil {
 			return nil, err
@@ -355,6 +386,8 @@ func (s *Server) adminOp(r *http.Request, op string) (any, error) {
 			grace = time.Duration(*req.GraceSeconds * float64(time.Second))
 		}
 		return admin.CollectGarbage(ctx, grace, req.Sweep, !req.Wait)
+	case "RotateKey", "GetKeyRotationStatus", "RetireKeyVersion", "ListKeys":
+		return s.keyAdminOp(ctx, op, &req)
 	case "GetGarbageCollectionStatus":
 		if admin == nil {
 			return nil, adminErr("ServerException", 500, "this frontend cannot reach the garbage collector")

@@ -47,7 +47,7 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, name, ref strin
 	length := end - start + 1
 	var sealer blobstore.Sealer
 	if r.Method != http.MethodHead && length > 0 {
-		if sealer, err = s.layoutSealer(r.Context(), layout); err != nil {
+		if sealer, err = s.layoutSealer(r.Context(), layout, name); err != nil {
 			return err
 		}
 	}
@@ -115,9 +115,17 @@ func (s *Server) mountFrom(ctx context.Context, name, from, dgst string) (bool, 
 		}
 		from = repos[0]
 	}
-	err := s.propose(ctx, &pb.Command{Op: &pb.Command_MountBlob{
-		MountBlob: &pb.MountBlob{Repo: name, Digest: dgst, From: from},
-	}})
+	mount := &pb.MountBlob{Repo: name, Digest: dgst, From: from}
+	if s.cfg.Keys != nil {
+		var err error
+		if mount.KeyName, err = s.keyName(ctx, name); err != nil {
+			return false, err
+		}
+	}
+	err := s.propose(ctx, &pb.Command{Op: &pb.Command_MountBlob{MountBlob: mount}})
+	if err == nil && s.cfg.Keys != nil {
+		s.keyJobs.kick() // a copy of the blob's data key under name's key may be needed
+	}
 	if errors.Is(err, metastore.ErrBlobUnknown) {
 		return false, nil
 	}

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/strata-registry/strata/blobstore"
@@ -25,14 +26,19 @@ import (
 // Without a provider everything is stored in the clear and records carry no
 // key. Records written before encryption was turned on stay readable.
 
-// newDataKey draws a data key and wraps it: the key itself (nil without a
-// provider; the caller clears it) and its wrapped form to record.
-func (s *Server) newDataKey(ctx context.Context) ([]byte, *pb.WrappedKey, error) {
+// newDataKey draws a data key for content of repo and wraps it under the
+// repository's key-encryption key: the key itself (nil without a provider;
+// the caller clears it) and its wrapped form to record.
+func (s *Server) newDataKey(ctx context.Context, repo string) ([]byte, *pb.WrappedKey, error) {
 	if s.cfg.Keys == nil {
 		return nil, nil, nil
 	}
+	name, err := s.keyName(ctx, repo)
+	if err != nil {
+		return nil, nil, err
+	}
 	dk := keys.NewDataKey()
-	wk, err := keys.Wrap(ctx, s.cfg.Keys, s.cfg.KeyName, dk)
+	wk, err := keys.Wrap(ctx, s.cfg.Keys, name, dk)
 	if err != nil {
 		clear(dk)
 		return nil, nil, err
@@ -42,8 +48,8 @@ func (s *Server) newDataKey(ctx context.Context) ([]byte, *pb.WrappedKey, error)
 
 // newBlobKey draws a data key for a new blob or upload: the sealer to write
 // with and the wrapped key to record. Both are nil without a provider.
-func (s *Server) newBlobKey(ctx context.Context) (blobstore.Sealer, *pb.WrappedKey, error) {
-	dk, wk, err := s.newDataKey(ctx)
+func (s *Server) newBlobKey(ctx context.Context, repo string) (blobstore.Sealer, *pb.WrappedKey, error) {
+	dk, wk, err := s.newDataKey(ctx, repo)
 	if err != nil || dk == nil {
 		return nil, nil, err
 	}
@@ -84,12 +90,42 @@ func (s *Server) sealerFor(ctx context.Context, wk *pb.WrappedKey) (blobstore.Se
 	return sealerOf(dk)
 }
 
-// layoutSealer is the sealer of a stored blob.
-func (s *Server) layoutSealer(ctx context.Context, l *pb.BlobLayout) (blobstore.Sealer, error) {
+// layoutSealer is the sealer of a stored blob read through repo: its data
+// key as wrapped by repo's key-encryption key, or else by any other (a copy
+// under repo's key may still be on its way, see the key reconciler).
+func (s *Server) layoutSealer(ctx context.Context, l *pb.BlobLayout, repo string) (blobstore.Sealer, error) {
 	if len(l.Keys) == 0 {
 		return nil, nil
 	}
-	return s.sealerFor(ctx, l.Keys[0])
+	name, err := s.keyName(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	var errs []error
+	for _, wk := range orderKeys(l.Keys, name) {
+		sealer, err := s.sealerFor(ctx, wk)
+		if err == nil {
+			return sealer, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
+}
+
+// orderKeys puts the copies wrapped under name first.
+func orderKeys(wks []*pb.WrappedKey, name string) []*pb.WrappedKey {
+	out := make([]*pb.WrappedKey, 0, len(wks))
+	for _, wk := range wks {
+		if wk.KeyName == name {
+			out = append(out, wk)
+		}
+	}
+	for _, wk := range wks {
+		if wk.KeyName != name {
+			out = append(out, wk)
+		}
+	}
+	return out
 }
 
 // Associated data of sealed records: what the record is and whose.
@@ -102,7 +138,7 @@ func uploadHashAD(id string) []byte { return []byte("strata/upload-sha256-state\
 // sealManifest seals a manifest's body and annotations in the command that
 // puts it, under a data key of its own.
 func (s *Server) sealManifest(ctx context.Context, c *pb.PutManifest) error {
-	dk, wk, err := s.newDataKey(ctx)
+	dk, wk, err := s.newDataKey(ctx, c.Repo)
 	if err != nil || dk == nil {
 		return err
 	}

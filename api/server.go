@@ -53,6 +53,9 @@ type Config struct {
 	// wrapped by the key-encryption key KeyName (default keys.DefaultKeyName).
 	Keys    keys.Provider
 	KeyName string
+	// KeyManager, when the keys are Strata's own (a keyring), lets the
+	// admin API create, rotate, retire and destroy them.
+	KeyManager keys.Manager
 	// MaxDataRequests bounds the requests that move blob bytes at once (blob
 	// GETs and upload bodies): each holds segment buffers, so this bounds
 	// memory. Beyond it, clients get 429 TOOMANYREQUESTS with Retry-After.
@@ -80,6 +83,7 @@ type Server struct {
 
 	dataSlots  chan struct{} // one per request moving blob bytes
 	durability durabilityCache
+	keyJobs    *keyJobs
 }
 
 // New returns a Server over meta and blobs.
@@ -104,7 +108,7 @@ func New(cfg Config, meta Metadata, blobs *blobstore.Store) *Server {
 		reg = prometheus.NewRegistry()
 	}
 	s := &Server{meta: meta, cfg: cfg, log: cfg.Logger, metrics: newMetrics(reg), reg: reg,
-		dataSlots: make(chan struct{}, cfg.MaxDataRequests)}
+		dataSlots: make(chan struct{}, cfg.MaxDataRequests), keyJobs: newKeyJobs(reg)}
 	s.blobs.Store(blobs)
 	return s
 }

@@ -79,7 +79,7 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, name string
 		return s.pushWhole(w, r, name, dgst)
 	}
 	id := uuid.NewString()
-	_, wk, err := s.newBlobKey(ctx)
+	_, wk, err := s.newBlobKey(ctx, name)
 	if err != nil {
 		return err
 	}
@@ -99,7 +99,7 @@ func (s *Server) pushWhole(w http.ResponseWriter, r *http.Request, name string, 
 	if err != nil {
 		return err
 	}
-	sealer, wk, err := s.newBlobKey(r.Context())
+	sealer, wk, err := s.newBlobKey(r.Context(), name)
 	if err != nil {
 		return err
 	}

@@ -400,6 +400,12 @@ func (m *Meta) answer(req *cpb.ReadRequest) *cpb.ReadResponse {
 			resp.Images = append(resp.Images, &cpb.Image{Digest: im.Digest, Tags: im.Tags,
 				PushedUnixNano: im.PushedNs, LastPulledUnixNano: im.LastPulledNs, Subject: im.Subject})
 		}
+	case cpb.ReadKind_WRAPPED_KEYS:
+		var items []metastore.KeyItem
+		items, resp.Next, err = st.WrappedKeys(req.Last, int(req.N), req.NeedsOnly)
+		for _, it := range items {
+			resp.KeyItems = append(resp.KeyItems, &cpb.KeyItem{Kind: it.Kind, Repo: it.Repo, Id: it.ID, Keys: it.Keys, Need: it.Need})
+		}
 	default:
 		err = fmt.Errorf("%w: read kind %v", metastore.ErrCommandInvalid, req.Kind)
 	}
@@ -497,6 +503,20 @@ func (m *Meta) Referrers(ctx context.Context, repo, subject string) ([]*pb.Descr
 		return nil, err
 	}
 	return resp.Descriptors, nil
+}
+
+// WrappedKeys lists a page of the records holding wrapped data keys (see
+// metastore.Store.WrappedKeys).
+func (m *Meta) WrappedKeys(ctx context.Context, after string, n int, needsOnly bool) ([]metastore.KeyItem, string, error) {
+	resp, err := m.readList(ctx, &cpb.ReadRequest{Kind: cpb.ReadKind_WRAPPED_KEYS, Last: after, N: int32(n), NeedsOnly: needsOnly})
+	if err != nil {
+		return nil, "", err
+	}
+	items := make([]metastore.KeyItem, len(resp.KeyItems))
+	for i, it := range resp.KeyItems {
+		items[i] = metastore.KeyItem{Kind: it.Kind, Repo: it.Repo, ID: it.Id, Keys: it.Keys, Need: it.Need}
+	}
+	return items, resp.Next, nil
 }
 
 // Nodes lists the node registry (linearizable).

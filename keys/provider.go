@@ -275,3 +275,16 @@ func ValidKeyName(name string) error {
 	}
 	return nil
 }
+
+// Manager is a provider whose keys Strata manages itself (the Keyring):
+// created, rotated, retired and destroyed by Strata's own commands. A KMS
+// manages its keys itself and is not a Manager.
+type Manager interface {
+	Create(name string) error
+	Rotate(name string) (string, error)
+	Retire(name, version string) error
+	Destroy(name string) error
+	Keys() ([]KeyInfo, error)
+}
+
+var _ Manager = (*Keyring)(nil)

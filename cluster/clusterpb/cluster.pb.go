@@ -90,6 +90,7 @@ const (
 	ReadKind_REFERRERS         ReadKind = 10
 	ReadKind_NODES             ReadKind = 11
 	ReadKind_IMAGES            ReadKind = 12
+	ReadKind_WRAPPED_KEYS      ReadKind = 13 // records holding wrapped data keys, paged by last/n
 )
 
 // Enum value maps for ReadKind.
@@ -108,6 +109,7 @@ var (
 		10: "REFERRERS",
 		11: "NODES",
 		12: "IMAGES",
+		13: "WRAPPED_KEYS",
 	}
 	ReadKind_value = map[string]int32{
 		"READ_UNSPECIFIED":  0,
@@ -123,6 +125,7 @@ var (
 		"REFERRERS":         10,
 		"NODES":             11,
 		"IMAGES":            12,
+		"WRAPPED_KEYS":      13,
 	}
 )
 
@@ -261,6 +264,7 @@ type ReadRequest struct {
 	Last           string                 `protobuf:"bytes,8,opt,name=last,proto3" json:"last,omitempty"`
 	N              int32                  `protobuf:"varint,9,opt,name=n,proto3" json:"n,omitempty"`
 	Hops           uint32                 `protobuf:"varint,10,opt,name=hops,proto3" json:"hops,omitempty"`
+	NeedsOnly      bool                   `protobuf:"varint,11,opt,name=needs_only,json=needsOnly,proto3" json:"needs_only,omitempty"` // WRAPPED_KEYS: only blobs missing a copy
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -365,6 +369,13 @@ func (x *ReadRequest) GetHops() uint32 {
 	return 0
 }
 
+func (x *ReadRequest) GetNeedsOnly() bool {
+	if x != nil {
+		return x.NeedsOnly
+	}
+	return false
+}
+
 type ReadResponse struct {
 	state         protoimpl.MessageState    `protogen:"open.v1"`
 	Error         *metastorepb.ApplyResult  `protobuf:"bytes,1,opt,name=error,proto3" json:"error,omitempty"`
@@ -374,6 +385,8 @@ type ReadResponse struct {
 	Descriptors   []*metastorepb.Descriptor `protobuf:"bytes,5,rep,name=descriptors,proto3" json:"descriptors,omitempty"`
 	Nodes         []*metastorepb.NodeRecord `protobuf:"bytes,6,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	Images        []*Image                  `protobuf:"bytes,7,rep,name=images,proto3" json:"images,omitempty"`
+	KeyItems      []*KeyItem                `protobuf:"bytes,8,rep,name=key_items,json=keyItems,proto3" json:"key_items,omitempty"` // WRAPPED_KEYS
+	Next          string                    `protobuf:"bytes,9,opt,name=next,proto3" json:"next,omitempty"`                         // WRAPPED_KEYS: cursor for the next page; empty at the end
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -457,6 +470,97 @@ func (x *ReadResponse) GetImages() []*Image {
 	return nil
 }
 
+func (x *ReadResponse) GetKeyItems() []*KeyItem {
+	if x != nil {
+		return x.KeyItems
+	}
+	return nil
+}
+
+func (x *ReadResponse) GetNext() string {
+	if x != nil {
+		return x.Next
+	}
+	return ""
+}
+
+// KeyItem is a record holding wrapped data keys (metastore.KeyItem).
+type KeyItem struct {
+	state         protoimpl.MessageState    `protogen:"open.v1"`
+	Kind          string                    `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Repo          string                    `protobuf:"bytes,2,opt,name=repo,proto3" json:"repo,omitempty"`
+	Id            string                    `protobuf:"bytes,3,opt,name=id,proto3" json:"id,omitempty"`
+	Keys          []*metastorepb.WrappedKey `protobuf:"bytes,4,rep,name=keys,proto3" json:"keys,omitempty"`
+	Need          string                    `protobuf:"bytes,5,opt,name=need,proto3" json:"need,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyItem) Reset() {
+	*x = KeyItem{}
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyItem) ProtoMessage() {}
+
+func (x *KeyItem) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyItem.ProtoReflect.Descriptor instead.
+func (*KeyItem) Descriptor() ([]byte, []int) {
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *KeyItem) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *KeyItem) GetRepo() string {
+	if x != nil {
+		return x.Repo
+	}
+	return ""
+}
+
+func (x *KeyItem) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *KeyItem) GetKeys() []*metastorepb.WrappedKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *KeyItem) GetNeed() string {
+	if x != nil {
+		return x.Need
+	}
+	return ""
+}
+
 // Image is a manifest of a repository with its tags and push and pull times.
 type Image struct {
 	state              protoimpl.MessageState `protogen:"open.v1"`
@@ -471,7 +575,7 @@ type Image struct {
 
 func (x *Image) Reset() {
 	*x = Image{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[4]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -483,7 +587,7 @@ func (x *Image) String() string {
 func (*Image) ProtoMessage() {}
 
 func (x *Image) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[4]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -496,7 +600,7 @@ func (x *Image) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Image.ProtoReflect.Descriptor instead.
 func (*Image) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{4}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Image) GetDigest() string {
@@ -546,7 +650,7 @@ type CollectGarbageRequest struct {
 
 func (x *CollectGarbageRequest) Reset() {
 	*x = CollectGarbageRequest{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[5]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -558,7 +662,7 @@ func (x *CollectGarbageRequest) String() string {
 func (*CollectGarbageRequest) ProtoMessage() {}
 
 func (x *CollectGarbageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[5]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -571,7 +675,7 @@ func (x *CollectGarbageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CollectGarbageRequest.ProtoReflect.Descriptor instead.
 func (*CollectGarbageRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{5}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CollectGarbageRequest) GetGraceMs() int64 {
@@ -620,7 +724,7 @@ type GCStats struct {
 
 func (x *GCStats) Reset() {
 	*x = GCStats{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[6]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -632,7 +736,7 @@ func (x *GCStats) String() string {
 func (*GCStats) ProtoMessage() {}
 
 func (x *GCStats) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[6]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -645,7 +749,7 @@ func (x *GCStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GCStats.ProtoReflect.Descriptor instead.
 func (*GCStats) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{6}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GCStats) GetStartedUnixNano() int64 {
@@ -727,7 +831,7 @@ type GCStatusRequest struct {
 
 func (x *GCStatusRequest) Reset() {
 	*x = GCStatusRequest{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[7]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +843,7 @@ func (x *GCStatusRequest) String() string {
 func (*GCStatusRequest) ProtoMessage() {}
 
 func (x *GCStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[7]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +856,7 @@ func (x *GCStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GCStatusRequest.ProtoReflect.Descriptor instead.
 func (*GCStatusRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{7}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GCStatusRequest) GetHops() uint32 {
@@ -774,7 +878,7 @@ type GCStatusResponse struct {
 
 func (x *GCStatusResponse) Reset() {
 	*x = GCStatusResponse{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[8]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -786,7 +890,7 @@ func (x *GCStatusResponse) String() string {
 func (*GCStatusResponse) ProtoMessage() {}
 
 func (x *GCStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[8]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -799,7 +903,7 @@ func (x *GCStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GCStatusResponse.ProtoReflect.Descriptor instead.
 func (*GCStatusResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{8}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GCStatusResponse) GetCurrent() *GCStats {
@@ -842,7 +946,7 @@ type LifecycleRequest struct {
 
 func (x *LifecycleRequest) Reset() {
 	*x = LifecycleRequest{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[9]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -854,7 +958,7 @@ func (x *LifecycleRequest) String() string {
 func (*LifecycleRequest) ProtoMessage() {}
 
 func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[9]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -867,7 +971,7 @@ func (x *LifecycleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LifecycleRequest.ProtoReflect.Descriptor instead.
 func (*LifecycleRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{9}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LifecycleRequest) GetRepo() string {
@@ -911,7 +1015,7 @@ type LifecycleResponse struct {
 
 func (x *LifecycleResponse) Reset() {
 	*x = LifecycleResponse{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[10]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -923,7 +1027,7 @@ func (x *LifecycleResponse) String() string {
 func (*LifecycleResponse) ProtoMessage() {}
 
 func (x *LifecycleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[10]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -936,7 +1040,7 @@ func (x *LifecycleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LifecycleResponse.ProtoReflect.Descriptor instead.
 func (*LifecycleResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{10}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LifecycleResponse) GetExpirations() []*Expiration {
@@ -973,7 +1077,7 @@ type Expiration struct {
 
 func (x *Expiration) Reset() {
 	*x = Expiration{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[11]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -985,7 +1089,7 @@ func (x *Expiration) String() string {
 func (*Expiration) ProtoMessage() {}
 
 func (x *Expiration) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[11]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -998,7 +1102,7 @@ func (x *Expiration) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Expiration.ProtoReflect.Descriptor instead.
 func (*Expiration) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{11}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Expiration) GetDigest() string {
@@ -1046,7 +1150,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[12]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1058,7 +1162,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[12]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1071,7 +1175,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{12}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *JoinRequest) GetNode() *metastorepb.NodeRecord {
@@ -1097,7 +1201,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[13]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1213,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[13]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1226,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{13}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *JoinResponse) GetLeaderId() string {
@@ -1142,7 +1246,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[14]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1154,7 +1258,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[14]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1167,7 +1271,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{14}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RemoveRequest) GetId() string {
@@ -1192,7 +1296,7 @@ type RemoveResponse struct {
 
 func (x *RemoveResponse) Reset() {
 	*x = RemoveResponse{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[15]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1204,7 +1308,7 @@ func (x *RemoveResponse) String() string {
 func (*RemoveResponse) ProtoMessage() {}
 
 func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[15]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1217,7 +1321,7 @@ func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
 func (*RemoveResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{15}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 type StatusRequest struct {
@@ -1231,7 +1335,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[16]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1243,7 +1347,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[16]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1256,7 +1360,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{16}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StatusRequest) GetShardCounts() bool {
@@ -1284,7 +1388,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[17]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1296,7 +1400,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[17]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1309,7 +1413,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{17}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Member) GetNode() *metastorepb.NodeRecord {
@@ -1391,7 +1495,7 @@ type RepairStatus struct {
 
 func (x *RepairStatus) Reset() {
 	*x = RepairStatus{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[18]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1507,7 @@ func (x *RepairStatus) String() string {
 func (*RepairStatus) ProtoMessage() {}
 
 func (x *RepairStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[18]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1520,7 @@ func (x *RepairStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairStatus.ProtoReflect.Descriptor instead.
 func (*RepairStatus) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{18}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RepairStatus) GetRunning() bool {
@@ -1532,7 +1636,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[19]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1544,7 +1648,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[19]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1557,7 +1661,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{19}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -1657,7 +1761,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[20]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1669,7 +1773,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[20]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1682,7 +1786,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{20}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *HeartbeatRequest) GetId() string {
@@ -1728,7 +1832,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[21]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1740,7 +1844,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[21]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1753,7 +1857,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{21}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{22}
 }
 
 type SnapshotSaveRequest struct {
@@ -1764,7 +1868,7 @@ type SnapshotSaveRequest struct {
 
 func (x *SnapshotSaveRequest) Reset() {
 	*x = SnapshotSaveRequest{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[22]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1776,7 +1880,7 @@ func (x *SnapshotSaveRequest) String() string {
 func (*SnapshotSaveRequest) ProtoMessage() {}
 
 func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[22]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1789,7 +1893,7 @@ func (x *SnapshotSaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotSaveRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotSaveRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{22}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{23}
 }
 
 type SnapshotChunk struct {
@@ -1801,7 +1905,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[23]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1813,7 +1917,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[23]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1826,7 +1930,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{23}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SnapshotChunk) GetData() []byte {
@@ -1851,7 +1955,7 @@ type DrainRequest struct {
 
 func (x *DrainRequest) Reset() {
 	*x = DrainRequest{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[24]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1863,7 +1967,7 @@ func (x *DrainRequest) String() string {
 func (*DrainRequest) ProtoMessage() {}
 
 func (x *DrainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[24]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1876,7 +1980,7 @@ func (x *DrainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainRequest.ProtoReflect.Descriptor instead.
 func (*DrainRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{24}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DrainRequest) GetId() string {
@@ -1917,7 +2021,7 @@ type DrainResponse struct {
 
 func (x *DrainResponse) Reset() {
 	*x = DrainResponse{}
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[25]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1929,7 +2033,7 @@ func (x *DrainResponse) String() string {
 func (*DrainResponse) ProtoMessage() {}
 
 func (x *DrainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[25]
+	mi := &file_cluster_clusterpb_cluster_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1942,7 +2046,7 @@ func (x *DrainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DrainResponse.ProtoReflect.Descriptor instead.
 func (*DrainResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{25}
+	return file_cluster_clusterpb_cluster_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DrainResponse) GetState() string {
@@ -1968,7 +2072,7 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"\acommand\x18\x01 \x01(\fR\acommand\x12\x12\n" +
 	"\x04hops\x18\x02 \x01(\rR\x04hops\"K\n" +
 	"\x0fProposeResponse\x128\n" +
-	"\x06result\x18\x01 \x01(\v2 .strata.metastore.v1.ApplyResultR\x06result\"\xae\x02\n" +
+	"\x06result\x18\x01 \x01(\v2 .strata.metastore.v1.ApplyResultR\x06result\"\xcd\x02\n" +
 	"\vReadRequest\x12/\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x1b.strata.cluster.v1.ReadKindR\x04kind\x12@\n" +
 	"\vconsistency\x18\x02 \x01(\x0e2\x1e.strata.cluster.v1.ConsistencyR\vconsistency\x12(\n" +
@@ -1980,7 +2084,9 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"\x04last\x18\b \x01(\tR\x04last\x12\f\n" +
 	"\x01n\x18\t \x01(\x05R\x01n\x12\x12\n" +
 	"\x04hops\x18\n" +
-	" \x01(\rR\x04hops\"\xb4\x02\n" +
+	" \x01(\rR\x04hops\x12\x1d\n" +
+	"\n" +
+	"needs_only\x18\v \x01(\bR\tneedsOnly\"\x81\x03\n" +
 	"\fReadResponse\x126\n" +
 	"\x05error\x18\x01 \x01(\v2 .strata.metastore.v1.ApplyResultR\x05error\x12\x16\n" +
 	"\x06record\x18\x02 \x01(\fR\x06record\x12\x14\n" +
@@ -1988,7 +2094,15 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"\x04more\x18\x04 \x01(\bR\x04more\x12A\n" +
 	"\vdescriptors\x18\x05 \x03(\v2\x1f.strata.metastore.v1.DescriptorR\vdescriptors\x125\n" +
 	"\x05nodes\x18\x06 \x03(\v2\x1f.strata.metastore.v1.NodeRecordR\x05nodes\x120\n" +
-	"\x06images\x18\a \x03(\v2\x18.strata.cluster.v1.ImageR\x06images\"\xaa\x01\n" +
+	"\x06images\x18\a \x03(\v2\x18.strata.cluster.v1.ImageR\x06images\x127\n" +
+	"\tkey_items\x18\b \x03(\v2\x1a.strata.cluster.v1.KeyItemR\bkeyItems\x12\x12\n" +
+	"\x04next\x18\t \x01(\tR\x04next\"\x8a\x01\n" +
+	"\aKeyItem\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04repo\x18\x02 \x01(\tR\x04repo\x12\x0e\n" +
+	"\x02id\x18\x03 \x01(\tR\x02id\x123\n" +
+	"\x04keys\x18\x04 \x03(\v2\x1f.strata.metastore.v1.WrappedKeyR\x04keys\x12\x12\n" +
+	"\x04need\x18\x05 \x01(\tR\x04need\"\xaa\x01\n" +
 	"\x05Image\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04tags\x18\x02 \x03(\tR\x04tags\x12(\n" +
@@ -2118,7 +2232,7 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"shardCount**\n" +
 	"\vConsistency\x12\x10\n" +
 	"\fLINEARIZABLE\x10\x00\x12\t\n" +
-	"\x05STALE\x10\x01*\xc5\x01\n" +
+	"\x05STALE\x10\x01*\xd7\x01\n" +
 	"\bReadKind\x12\x14\n" +
 	"\x10READ_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04BLOB\x10\x01\x12\r\n" +
@@ -2136,7 +2250,8 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"\x12\t\n" +
 	"\x05NODES\x10\v\x12\n" +
 	"\n" +
-	"\x06IMAGES\x10\f2\x90\a\n" +
+	"\x06IMAGES\x10\f\x12\x10\n" +
+	"\fWRAPPED_KEYS\x10\r2\x90\a\n" +
 	"\aCluster\x12P\n" +
 	"\aPropose\x12!.strata.cluster.v1.ProposeRequest\x1a\".strata.cluster.v1.ProposeResponse\x12G\n" +
 	"\x04Read\x12\x1e.strata.cluster.v1.ReadRequest\x1a\x1f.strata.cluster.v1.ReadResponse\x12G\n" +
@@ -2163,7 +2278,7 @@ func file_cluster_clusterpb_cluster_proto_rawDescGZIP() []byte {
 }
 
 var file_cluster_clusterpb_cluster_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_cluster_clusterpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_cluster_clusterpb_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_cluster_clusterpb_cluster_proto_goTypes = []any{
 	(Consistency)(0),                // 0: strata.cluster.v1.Consistency
 	(ReadKind)(0),                   // 1: strata.cluster.v1.ReadKind
@@ -2171,74 +2286,78 @@ var file_cluster_clusterpb_cluster_proto_goTypes = []any{
 	(*ProposeResponse)(nil),         // 3: strata.cluster.v1.ProposeResponse
 	(*ReadRequest)(nil),             // 4: strata.cluster.v1.ReadRequest
 	(*ReadResponse)(nil),            // 5: strata.cluster.v1.ReadResponse
-	(*Image)(nil),                   // 6: strata.cluster.v1.Image
-	(*CollectGarbageRequest)(nil),   // 7: strata.cluster.v1.CollectGarbageRequest
-	(*GCStats)(nil),                 // 8: strata.cluster.v1.GCStats
-	(*GCStatusRequest)(nil),         // 9: strata.cluster.v1.GCStatusRequest
-	(*GCStatusResponse)(nil),        // 10: strata.cluster.v1.GCStatusResponse
-	(*LifecycleRequest)(nil),        // 11: strata.cluster.v1.LifecycleRequest
-	(*LifecycleResponse)(nil),       // 12: strata.cluster.v1.LifecycleResponse
-	(*Expiration)(nil),              // 13: strata.cluster.v1.Expiration
-	(*JoinRequest)(nil),             // 14: strata.cluster.v1.JoinRequest
-	(*JoinResponse)(nil),            // 15: strata.cluster.v1.JoinResponse
-	(*RemoveRequest)(nil),           // 16: strata.cluster.v1.RemoveRequest
-	(*RemoveResponse)(nil),          // 17: strata.cluster.v1.RemoveResponse
-	(*StatusRequest)(nil),           // 18: strata.cluster.v1.StatusRequest
-	(*Member)(nil),                  // 19: strata.cluster.v1.Member
-	(*RepairStatus)(nil),            // 20: strata.cluster.v1.RepairStatus
-	(*StatusResponse)(nil),          // 21: strata.cluster.v1.StatusResponse
-	(*HeartbeatRequest)(nil),        // 22: strata.cluster.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),       // 23: strata.cluster.v1.HeartbeatResponse
-	(*SnapshotSaveRequest)(nil),     // 24: strata.cluster.v1.SnapshotSaveRequest
-	(*SnapshotChunk)(nil),           // 25: strata.cluster.v1.SnapshotChunk
-	(*DrainRequest)(nil),            // 26: strata.cluster.v1.DrainRequest
-	(*DrainResponse)(nil),           // 27: strata.cluster.v1.DrainResponse
-	(*metastorepb.ApplyResult)(nil), // 28: strata.metastore.v1.ApplyResult
-	(*metastorepb.Descriptor)(nil),  // 29: strata.metastore.v1.Descriptor
-	(*metastorepb.NodeRecord)(nil),  // 30: strata.metastore.v1.NodeRecord
+	(*KeyItem)(nil),                 // 6: strata.cluster.v1.KeyItem
+	(*Image)(nil),                   // 7: strata.cluster.v1.Image
+	(*CollectGarbageRequest)(nil),   // 8: strata.cluster.v1.CollectGarbageRequest
+	(*GCStats)(nil),                 // 9: strata.cluster.v1.GCStats
+	(*GCStatusRequest)(nil),         // 10: strata.cluster.v1.GCStatusRequest
+	(*GCStatusResponse)(nil),        // 11: strata.cluster.v1.GCStatusResponse
+	(*LifecycleRequest)(nil),        // 12: strata.cluster.v1.LifecycleRequest
+	(*LifecycleResponse)(nil),       // 13: strata.cluster.v1.LifecycleResponse
+	(*Expiration)(nil),              // 14: strata.cluster.v1.Expiration
+	(*JoinRequest)(nil),             // 15: strata.cluster.v1.JoinRequest
+	(*JoinResponse)(nil),            // 16: strata.cluster.v1.JoinResponse
+	(*RemoveRequest)(nil),           // 17: strata.cluster.v1.RemoveRequest
+	(*RemoveResponse)(nil),          // 18: strata.cluster.v1.RemoveResponse
+	(*StatusRequest)(nil),           // 19: strata.cluster.v1.StatusRequest
+	(*Member)(nil),                  // 20: strata.cluster.v1.Member
+	(*RepairStatus)(nil),            // 21: strata.cluster.v1.RepairStatus
+	(*StatusResponse)(nil),          // 22: strata.cluster.v1.StatusResponse
+	(*HeartbeatRequest)(nil),        // 23: strata.cluster.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),       // 24: strata.cluster.v1.HeartbeatResponse
+	(*SnapshotSaveRequest)(nil),     // 25: strata.cluster.v1.SnapshotSaveRequest
+	(*SnapshotChunk)(nil),           // 26: strata.cluster.v1.SnapshotChunk
+	(*DrainRequest)(nil),            // 27: strata.cluster.v1.DrainRequest
+	(*DrainResponse)(nil),           // 28: strata.cluster.v1.DrainResponse
+	(*metastorepb.ApplyResult)(nil), // 29: strata.metastore.v1.ApplyResult
+	(*metastorepb.Descriptor)(nil),  // 30: strata.metastore.v1.Descriptor
+	(*metastorepb.NodeRecord)(nil),  // 31: strata.metastore.v1.NodeRecord
+	(*metastorepb.WrappedKey)(nil),  // 32: strata.metastore.v1.WrappedKey
 }
 var file_cluster_clusterpb_cluster_proto_depIdxs = []int32{
-	28, // 0: strata.cluster.v1.ProposeResponse.result:type_name -> strata.metastore.v1.ApplyResult
+	29, // 0: strata.cluster.v1.ProposeResponse.result:type_name -> strata.metastore.v1.ApplyResult
 	1,  // 1: strata.cluster.v1.ReadRequest.kind:type_name -> strata.cluster.v1.ReadKind
 	0,  // 2: strata.cluster.v1.ReadRequest.consistency:type_name -> strata.cluster.v1.Consistency
-	28, // 3: strata.cluster.v1.ReadResponse.error:type_name -> strata.metastore.v1.ApplyResult
-	29, // 4: strata.cluster.v1.ReadResponse.descriptors:type_name -> strata.metastore.v1.Descriptor
-	30, // 5: strata.cluster.v1.ReadResponse.nodes:type_name -> strata.metastore.v1.NodeRecord
-	6,  // 6: strata.cluster.v1.ReadResponse.images:type_name -> strata.cluster.v1.Image
-	8,  // 7: strata.cluster.v1.GCStatusResponse.current:type_name -> strata.cluster.v1.GCStats
-	8,  // 8: strata.cluster.v1.GCStatusResponse.last:type_name -> strata.cluster.v1.GCStats
-	13, // 9: strata.cluster.v1.LifecycleResponse.expirations:type_name -> strata.cluster.v1.Expiration
-	30, // 10: strata.cluster.v1.JoinRequest.node:type_name -> strata.metastore.v1.NodeRecord
-	30, // 11: strata.cluster.v1.Member.node:type_name -> strata.metastore.v1.NodeRecord
-	19, // 12: strata.cluster.v1.StatusResponse.members:type_name -> strata.cluster.v1.Member
-	20, // 13: strata.cluster.v1.StatusResponse.repair:type_name -> strata.cluster.v1.RepairStatus
-	2,  // 14: strata.cluster.v1.Cluster.Propose:input_type -> strata.cluster.v1.ProposeRequest
-	4,  // 15: strata.cluster.v1.Cluster.Read:input_type -> strata.cluster.v1.ReadRequest
-	14, // 16: strata.cluster.v1.Cluster.Join:input_type -> strata.cluster.v1.JoinRequest
-	16, // 17: strata.cluster.v1.Cluster.Remove:input_type -> strata.cluster.v1.RemoveRequest
-	18, // 18: strata.cluster.v1.Cluster.Status:input_type -> strata.cluster.v1.StatusRequest
-	22, // 19: strata.cluster.v1.Cluster.Heartbeat:input_type -> strata.cluster.v1.HeartbeatRequest
-	24, // 20: strata.cluster.v1.Cluster.SnapshotSave:input_type -> strata.cluster.v1.SnapshotSaveRequest
-	26, // 21: strata.cluster.v1.Cluster.Drain:input_type -> strata.cluster.v1.DrainRequest
-	7,  // 22: strata.cluster.v1.Cluster.CollectGarbage:input_type -> strata.cluster.v1.CollectGarbageRequest
-	9,  // 23: strata.cluster.v1.Cluster.GCStatus:input_type -> strata.cluster.v1.GCStatusRequest
-	11, // 24: strata.cluster.v1.Cluster.Lifecycle:input_type -> strata.cluster.v1.LifecycleRequest
-	3,  // 25: strata.cluster.v1.Cluster.Propose:output_type -> strata.cluster.v1.ProposeResponse
-	5,  // 26: strata.cluster.v1.Cluster.Read:output_type -> strata.cluster.v1.ReadResponse
-	15, // 27: strata.cluster.v1.Cluster.Join:output_type -> strata.cluster.v1.JoinResponse
-	17, // 28: strata.cluster.v1.Cluster.Remove:output_type -> strata.cluster.v1.RemoveResponse
-	21, // 29: strata.cluster.v1.Cluster.Status:output_type -> strata.cluster.v1.StatusResponse
-	23, // 30: strata.cluster.v1.Cluster.Heartbeat:output_type -> strata.cluster.v1.HeartbeatResponse
-	25, // 31: strata.cluster.v1.Cluster.SnapshotSave:output_type -> strata.cluster.v1.SnapshotChunk
-	27, // 32: strata.cluster.v1.Cluster.Drain:output_type -> strata.cluster.v1.DrainResponse
-	8,  // 33: strata.cluster.v1.Cluster.CollectGarbage:output_type -> strata.cluster.v1.GCStats
-	10, // 34: strata.cluster.v1.Cluster.GCStatus:output_type -> strata.cluster.v1.GCStatusResponse
-	12, // 35: strata.cluster.v1.Cluster.Lifecycle:output_type -> strata.cluster.v1.LifecycleResponse
-	25, // [25:36] is the sub-list for method output_type
-	14, // [14:25] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	29, // 3: strata.cluster.v1.ReadResponse.error:type_name -> strata.metastore.v1.ApplyResult
+	30, // 4: strata.cluster.v1.ReadResponse.descriptors:type_name -> strata.metastore.v1.Descriptor
+	31, // 5: strata.cluster.v1.ReadResponse.nodes:type_name -> strata.metastore.v1.NodeRecord
+	7,  // 6: strata.cluster.v1.ReadResponse.images:type_name -> strata.cluster.v1.Image
+	6,  // 7: strata.cluster.v1.ReadResponse.key_items:type_name -> strata.cluster.v1.KeyItem
+	32, // 8: strata.cluster.v1.KeyItem.keys:type_name -> strata.metastore.v1.WrappedKey
+	9,  // 9: strata.cluster.v1.GCStatusResponse.current:type_name -> strata.cluster.v1.GCStats
+	9,  // 10: strata.cluster.v1.GCStatusResponse.last:type_name -> strata.cluster.v1.GCStats
+	14, // 11: strata.cluster.v1.LifecycleResponse.expirations:type_name -> strata.cluster.v1.Expiration
+	31, // 12: strata.cluster.v1.JoinRequest.node:type_name -> strata.metastore.v1.NodeRecord
+	31, // 13: strata.cluster.v1.Member.node:type_name -> strata.metastore.v1.NodeRecord
+	20, // 14: strata.cluster.v1.StatusResponse.members:type_name -> strata.cluster.v1.Member
+	21, // 15: strata.cluster.v1.StatusResponse.repair:type_name -> strata.cluster.v1.RepairStatus
+	2,  // 16: strata.cluster.v1.Cluster.Propose:input_type -> strata.cluster.v1.ProposeRequest
+	4,  // 17: strata.cluster.v1.Cluster.Read:input_type -> strata.cluster.v1.ReadRequest
+	15, // 18: strata.cluster.v1.Cluster.Join:input_type -> strata.cluster.v1.JoinRequest
+	17, // 19: strata.cluster.v1.Cluster.Remove:input_type -> strata.cluster.v1.RemoveRequest
+	19, // 20: strata.cluster.v1.Cluster.Status:input_type -> strata.cluster.v1.StatusRequest
+	23, // 21: strata.cluster.v1.Cluster.Heartbeat:input_type -> strata.cluster.v1.HeartbeatRequest
+	25, // 22: strata.cluster.v1.Cluster.SnapshotSave:input_type -> strata.cluster.v1.SnapshotSaveRequest
+	27, // 23: strata.cluster.v1.Cluster.Drain:input_type -> strata.cluster.v1.DrainRequest
+	8,  // 24: strata.cluster.v1.Cluster.CollectGarbage:input_type -> strata.cluster.v1.CollectGarbageRequest
+	10, // 25: strata.cluster.v1.Cluster.GCStatus:input_type -> strata.cluster.v1.GCStatusRequest
+	12, // 26: strata.cluster.v1.Cluster.Lifecycle:input_type -> strata.cluster.v1.LifecycleRequest
+	3,  // 27: strata.cluster.v1.Cluster.Propose:output_type -> strata.cluster.v1.ProposeResponse
+	5,  // 28: strata.cluster.v1.Cluster.Read:output_type -> strata.cluster.v1.ReadResponse
+	16, // 29: strata.cluster.v1.Cluster.Join:output_type -> strata.cluster.v1.JoinResponse
+	18, // 30: strata.cluster.v1.Cluster.Remove:output_type -> strata.cluster.v1.RemoveResponse
+	22, // 31: strata.cluster.v1.Cluster.Status:output_type -> strata.cluster.v1.StatusResponse
+	24, // 32: strata.cluster.v1.Cluster.Heartbeat:output_type -> strata.cluster.v1.HeartbeatResponse
+	26, // 33: strata.cluster.v1.Cluster.SnapshotSave:output_type -> strata.cluster.v1.SnapshotChunk
+	28, // 34: strata.cluster.v1.Cluster.Drain:output_type -> strata.cluster.v1.DrainResponse
+	9,  // 35: strata.cluster.v1.Cluster.CollectGarbage:output_type -> strata.cluster.v1.GCStats
+	11, // 36: strata.cluster.v1.Cluster.GCStatus:output_type -> strata.cluster.v1.GCStatusResponse
+	13, // 37: strata.cluster.v1.Cluster.Lifecycle:output_type -> strata.cluster.v1.LifecycleResponse
+	27, // [27:38] is the sub-list for method output_type
+	16, // [16:27] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_cluster_clusterpb_cluster_proto_init() }
@@ -2252,7 +2371,7 @@ func file_cluster_clusterpb_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cluster_clusterpb_cluster_proto_rawDesc), len(file_cluster_clusterpb_cluster_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   26,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -304,8 +304,9 @@ func newRepoCmd() *cobra.Command {
 	a.bind(cmd)
 	var mutability string
 	var exclusions []string
-	var force bool
+	var force, retainKey bool
 	var dk, dm int
+	var kmsKey string
 	filters := func() []map[string]string {
 		var out []map[string]string
 		for _, e := range exclusions {
@@ -322,6 +323,9 @@ func newRepoCmd() *cobra.Command {
 			if dk > 0 {
 				req["durabilityClass"] = map[string]int{"dataShards": dk, "parityShards": dm}
 			}
+			if kmsKey != "" {
+				req["encryptionConfiguration"] = map[string]string{"encryptionType": "KMS", "kmsKey": kmsKey}
+			}
 			if err := a.call(cmd.Context(), "CreateRepository", req, &out); err != nil {
 				return err
 			}
@@ -332,6 +336,7 @@ func newRepoCmd() *cobra.Command {
 	create.Flags().StringSliceVar(&exclusions, "exclude", nil, "wildcard filters naming the tags that are the exception")
 	create.Flags().IntVar(&dk, "k", 0, "durability class: data shards of this repository's blobs (default: the cluster's geometry)")
 	create.Flags().IntVar(&dm, "m", 0, "durability class: parity shards (with --k)")
+	create.Flags().StringVar(&kmsKey, "kms-key", "", "encrypt this repository under a key of its own (ECR's encryption type KMS): a keyring key, created if missing, or a --kms-plugin NAME; fixed at creation")
 	durable := &cobra.Command{
 		Use: "durability REPO K M", Short: "Set the durability class (erasure geometry k+m) of a repository's new blobs; 0 0 for the cluster's",
 		Args: cobra.ExactArgs(3),
@@ -376,14 +381,21 @@ func newRepoCmd() *cobra.Command {
 	del := &cobra.Command{
 		Use: "delete REPO", Short: "Delete a repository (--force when it holds images)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := a.call(cmd.Context(), "DeleteRepository", map[string]any{"repositoryName": args[0], "force": force}, nil); err != nil {
+			var out struct {
+				KeyDestroyed string `json:"keyDestroyed"`
+			}
+			if err := a.call(cmd.Context(), "DeleteRepository", map[string]any{"repositoryName": args[0], "force": force, "retainKey": retainKey}, &out); err != nil {
 				return err
 			}
 			fmt.Printf("deleted %s\n", args[0])
+			if out.KeyDestroyed != "" {
+				fmt.Printf("destroyed its key %q: its blobs can no longer be decrypted anywhere, shards on disk included\n", out.KeyDestroyed)
+			}
 			return nil
 		},
 	}
 	del.Flags().BoolVar(&force, "force", false, "delete the repository's images too")
+	del.Flags().BoolVar(&retainKey, "retain-key", false, "keep the repository's own key (by default a keyring key used by no other repository is destroyed: crypto-shredding)")
 	cmd.AddCommand(create, mut, durable, describe, del)
 	return cmd
 }

@@ -27,7 +27,7 @@ Start a working single-node registry on 127.0.0.1:5000 with:
 		SilenceErrors: true,
 	}
 	root.AddCommand(newServeCmd(), newVersionCmd(), newClusterCmd(), newDevCmd(), newLifecycleCmd(), newGCCmd(), newRepoCmd())
-	root.AddCommand(newNodeCmd(), newStorageCmd())
+	root.AddCommand(newNodeCmd(), newStorageCmd(), newKeysCmd())
 	root.AddCommand(newChaosCmd())
 	root.AddCommand(newBenchCmd())
 	if err := root.Execute(); err != nil {

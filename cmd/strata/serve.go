@@ -28,6 +28,7 @@ import (
 	"github.com/strata-registry/strata/cluster"
 	"github.com/strata-registry/strata/gc"
 	"github.com/strata-registry/strata/keys"
+	"github.com/strata-registry/strata/keys/kmsplugin"
 	"github.com/strata-registry/strata/metastore"
 	pb "github.com/strata-registry/strata/metastore/metastorepb"
 )
@@ -65,6 +66,10 @@ type serveOptions struct {
 	snapshotInterval                       time.Duration
 	keyring                                string
 	keyProvider                            keys.Provider
+	keyManager                             keys.Manager
+	kmsPlugins                             []string
+	keyName                                string
+	keyReconcile                           time.Duration
 
 	gcGrace, gcInterval, uploadIdle, lifecycleInterval time.Duration
 	adminRemote                                        bool
@@ -151,6 +156,9 @@ flags win over the environment, which wins over the file.`,
 	f.DurationVar(&o.snapshotInterval, "snapshot-interval", 30*time.Second, "meta role: how often Raft checks --snapshot-threshold")
 	f.IntVar(&o.maxData, "max-data-requests", 256, "blob GETs and upload bodies served at once; beyond it clients get 429 TOOMANYREQUESTS (bounds memory)")
 	f.StringVar(&o.keyring, "keyring", "", "keyring file of the key-encryption keys that wrap every blob's data key (api role); default with --dev: <data-dir>/keyring, created on first start; \"off\" stores blobs in the clear. Every frontend of a cluster needs the same file")
+	f.StringArrayVar(&o.kmsPlugins, "kms-plugin", nil, "api role: a Kubernetes KMS v2 plugin that wraps data keys for the key named NAME, as NAME=SOCKET (a unix socket path); repeat for several. Repositories created with encryption type KMS and that key name use it; --key-name NAME makes it the default")
+	f.StringVar(&o.keyName, "key-name", keys.DefaultKeyName, "api role: the key-encryption key of repositories without a key of their own (a keyring key, or a --kms-plugin NAME)")
+	f.DurationVar(&o.keyReconcile, "key-reconcile-interval", 6*time.Hour, "api role: how often a frontend walks every wrapped data key and rewraps stale ones (rotation finishing, missing repository copies); 0 disables the periodic pass")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics and /healthz on this address too (for nodes without the api role)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
@@ -244,7 +252,7 @@ func serve(ctx context.Context, o *serveOptions) error {
 		o.zone = nodeID
 	}
 	if o.has(cluster.RoleAPI) {
-		if o.keyProvider, err = openKeyring(o, fresh); err != nil {
+		if o.keyProvider, o.keyManager, err = openKeys(o, fresh); err != nil {
 			return err
 		}
 	}
@@ -476,14 +484,27 @@ func serveHTTP(ctx context.Context, o *serveOptions, ln net.Listener, meta *clus
 	}
 	srv := api.New(api.Config{
 		Registry: reg, Logger: log, StrictManifests: o.strict, AdminRemote: o.adminRemote, MaxDataRequests: o.maxData,
-		Keys:  o.keyProvider,
+		Keys: o.keyProvider, KeyManager: o.keyManager, KeyName: o.keyName,
 		Ready: func(ctx context.Context) error { return meta.Ready(ctx) },
 	}, meta, blobs)
 	if storage != nil {
 		go storage.Run(ctx, blobCfg, srv.SetBlobs)
 	}
+	if o.keyProvider != nil {
+		// A frontend with the wrong keyring stops here, not at every pull.
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := srv.CheckKeys(cctx, 32)
+		cancel()
+		switch {
+		case errors.Is(err, api.ErrWrongKeys):
+			return err
+		case err != nil:
+			log.Warn("could not check the keyring against the registry's data yet", "err", err)
+		}
+	}
 	bg := make(chan struct{})
 	go func() { srv.Run(ctx); close(bg) }()
+	go srv.RunKeyReconciler(ctx, o.keyReconcile)
 	defer func() { <-bg }()
 	hs := &http.Server{
 		Handler:           srv.Handler(),
@@ -525,12 +546,52 @@ func advertised(ln net.Addr, flag, name string) (string, error) {
 	return ln.String(), nil
 }
 
+// openKeys opens the key providers of a frontend: the keyring (the
+// default provider, and the keys Strata manages itself) and the KMS plugins
+// named by --kms-plugin, behind one cache of unwrapped data keys.
+func openKeys(o *serveOptions, fresh bool) (keys.Provider, keys.Manager, error) {
+	ring, err := openKeyring(o, fresh)
+	if err != nil {
+		return nil, nil, err
+	}
+	if ring == nil && len(o.kmsPlugins) == 0 {
+		return nil, nil, nil
+	}
+	var fallback keys.Provider
+	var mgr keys.Manager
+	if ring != nil {
+		fallback, mgr = ring, ring
+	}
+	mux := keys.NewMux(fallback)
+	for _, spec := range o.kmsPlugins {
+		name, sock, ok := strings.Cut(spec, "=")
+		if !ok || name == "" || sock == "" {
+			return nil, nil, fmt.Errorf("--kms-plugin %q: want NAME=SOCKET", spec)
+		}
+		p, err := kmsplugin.New(kmsplugin.Config{Name: name, Socket: sock})
+		if err != nil {
+			return nil, nil, err
+		}
+		mux.Handle(name, p)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := mux.CurrentVersion(ctx, o.keyName); err != nil {
+		if errors.Is(err, keys.ErrUnavailable) {
+			slog.Warn("the default key-encryption key's provider does not answer yet; pushes wait for it", "key", o.keyName, "err", err)
+		} else {
+			return nil, nil, fmt.Errorf("--key-name %q: %w (a keyring key or a --kms-plugin NAME)", o.keyName, err)
+		}
+	}
+	return keys.NewCache(mux, 4096, 10*time.Minute), mgr, nil
+}
+
 // openKeyring opens the keyring that wraps blob data keys: the --keyring
 // file, or <data-dir>/keyring with --dev. It is created only on a node's
 // first start: a node with data whose keyring is missing or damaged must not
 // start with a new one (its blobs would be unreadable), so it stops with the
 // reason.
-func openKeyring(o *serveOptions, fresh bool) (keys.Provider, error) {
+func openKeyring(o *serveOptions, fresh bool) (*keys.Keyring, error) {
 	path := o.keyring
 	switch {
 	case path == "off":
@@ -549,5 +610,5 @@ func openKeyring(o *serveOptions, fresh bool) (keys.Provider, error) {
 		}
 		return nil, fmt.Errorf("keyring %s: %w", path, err)
 	}
-	return keys.NewCache(ring, 4096, 10*time.Minute), nil
+	return ring, nil
 }
