@@ -398,7 +398,7 @@ func (f *fetcher) gather(cands []*metastorepb.ShardRef, need int, own bool) {
 					return
 				}
 			}
-			results <- f.s.fetchShard(f.ctx, f.stores, f.seg, ref)
+			results <- f.s.fetchShard(f.ctx, f.stores, f.seg, ref, true)
 		}()
 		return true
 	}

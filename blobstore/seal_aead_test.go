@@ -296,6 +296,32 @@ func TestSealedFlippedByte(t *testing.T) {
 				t.Fatal(err)
 			}
 
+			// A shard rewritten with a valid file header but not the
+			// layout's checksum: the storage node serves it, the sealed
+			// read (which leaves per-shard checks to GCM) fails to
+			// authenticate, and the segment is read again with every shard
+			// verified: with parity the bad shard is reported and the
+			// segment rebuilt; without, refused as corrupt.
+			bad = nil
+			orig := getShard(t, c, segs[0], segs[0].Shards[0])
+			rot := bytes.Clone(orig)
+			rot[3] ^= 0x40
+			stale := cloneSegs(segs)[0] // the layout keeps the old sum
+			forgeShard(t, c, stale, stale.Shards[0], rot)
+			got, err = readSealed(s, sl, segs, 0, int64(len(data)))
+			rid := blobstore.ShardID{Segment: segs[0].Id, Index: segs[0].Shards[0].Index}
+			if g.m > 0 {
+				if err != nil || !bytes.Equal(got, data) {
+					t.Fatalf("unverified shard that does not match the layout: %v", err)
+				}
+				if len(bad) != 1 || bad[0] != rid.String() {
+					t.Fatalf("reported %v, want [%s]", bad, rid)
+				}
+			} else if !errors.Is(err, blobstore.ErrShardCorrupt) || len(got) != 0 {
+				t.Fatalf("without parity: %v, %d bytes served", err, len(got))
+			}
+			forgeShard(t, c, stale, stale.Shards[0], orig)
+
 			// The attacker also recomputed the checksums (the shard file's
 			// and the layout's): GCM still refuses, and no byte of the
 			// segment is served.

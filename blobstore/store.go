@@ -640,7 +640,27 @@ type shardResult struct {
 // readSegment fetches enough good shards of seg, reconstructs missing data
 // shards, and returns the segment's plaintext, opened with seal (at offset at
 // in the blob), as pieces.
+//
+// Every shard is checked against its BLAKE3 in the layout, except those of
+// a sealed segment: AES-GCM authenticates the whole decoded segment end to
+// end, so hashing each shard again here would only repeat that check (the
+// storage node has already checked the shard against its file header). If
+// such a segment does not authenticate, it is read again with every shard
+// verified, so that a damaged shard is found, reported and replaced by
+// parity, and only a segment that still fails is refused.
 func (s *Store) readSegment(ctx context.Context, nodes map[string]ShardStore, seg *metastorepb.Segment, seal Sealer, at uint64) ([][]byte, error) {
+	if seg.GetFormat() == FormatAESGCM && seal != nil && seal != Plain {
+		pieces, err := s.readSegmentOnce(ctx, nodes, seg, seal, at, false)
+		if !errors.Is(err, ErrSegmentAuth) {
+			return pieces, err
+		}
+	}
+	return s.readSegmentOnce(ctx, nodes, seg, seal, at, true)
+}
+
+// readSegmentOnce is readSegment with (verify) or without each shard's
+// checksum checked.
+func (s *Store) readSegmentOnce(ctx context.Context, nodes map[string]ShardStore, seg *metastorepb.Segment, seal Sealer, at uint64, verify bool) ([][]byte, error) {
 	if err := checkSegment(seg); err != nil {
 		return nil, err
 	}
@@ -672,7 +692,7 @@ func (s *Store) readSegment(ctx context.Context, nodes map[string]ShardStore, se
 				continue
 			}
 			inflight++
-			go func() { results <- s.fetchShard(ctx, nodes, seg, ref) }()
+			go func() { results <- s.fetchShard(ctx, nodes, seg, ref, verify) }()
 			return true
 		}
 		return false
@@ -727,8 +747,9 @@ func (s *Store) readSegment(ctx context.Context, nodes map[string]ShardStore, se
 	return seal.Open(seg, at, shards[:k])
 }
 
-// fetchShard gets one shard and checks its size and checksum.
-func (s *Store) fetchShard(ctx context.Context, nodes map[string]ShardStore, seg *metastorepb.Segment, ref *metastorepb.ShardRef) shardResult {
+// fetchShard gets one shard and checks its size and (with verify) its
+// checksum.
+func (s *Store) fetchShard(ctx context.Context, nodes map[string]ShardStore, seg *metastorepb.Segment, ref *metastorepb.ShardRef, verify bool) shardResult {
 	res := shardResult{ref: ref}
 	id := ShardID{Segment: seg.GetId(), Index: ref.GetIndex()}
 	store, ok := nodes[ref.GetNode()]
@@ -742,6 +763,8 @@ func (s *Store) fetchShard(ctx context.Context, nodes map[string]ShardStore, seg
 		res.err = fmt.Errorf("shard %s on %s: %w", id, ref.GetNode(), err)
 	case uint64(len(data)) != seg.GetShardSize():
 		res.err = fmt.Errorf("%w: shard %s on %s is %d bytes, want %d", ErrShardCorrupt, id, ref.GetNode(), len(data), seg.GetShardSize())
+	case !verify:
+		res.data = data
 	default:
 		sum := blake3.Sum256(data)
 		if string(sum[:]) != string(ref.GetBlake3()) {
