@@ -299,7 +299,7 @@ func describeKeyJob(j api.KeyJobStatus) string {
 		}
 		sort.Strings(versions)
 		for _, v := range versions {
-			parts = append(parts, fmt.Sprintf("v%s: %d", v, vs[v]))
+			parts = append(parts, fmt.Sprintf("version %s: %d", v, vs[v]))
 		}
 		fmt.Fprintf(&b, "\nkey %s, copies seen before the pass: %s", n, strings.Join(parts, ", "))
 	}

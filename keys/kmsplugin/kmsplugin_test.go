@@ -3,183 +3,33 @@ package kmsplugin_test
 import (
 	"bytes"
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"k8s.io/kms/pkg/service"
-
 	"github.com/strata-registry/strata/keys"
 	"github.com/strata-registry/strata/keys/kmsplugin"
+	"github.com/strata-registry/strata/keys/kmsplugin/kmstest"
 )
 
 var bg = context.Background()
 
-// The tests run a real KMS v2 plugin: this test binary, started again as a
-// separate process, serving k8s.io/kms's pkg/service GRPCService on a unix
-// socket with the toy key service below. Its state is read from files in a
-// directory on every call, so a test can rotate the key ("current"), destroy
-// versions ("destroyed") and make it unhealthy ("healthz").
-const (
-	envSocket = "STRATA_TEST_KMS_PLUGIN_SOCKET"
-	envDir    = "STRATA_TEST_KMS_PLUGIN_DIR"
-	envSeed   = "STRATA_TEST_KMS_PLUGIN_SEED"
-	nonceAnno = "nonce.kms.strata.test"
-)
-
+// The tests run a real KMS v2 plugin process (kmstest).
 func TestMain(m *testing.M) {
-	if sock := os.Getenv(envSocket); sock != "" {
-		os.Exit(servePlugin(sock))
-	}
+	kmstest.MaybeServe()
 	os.Exit(m.Run())
 }
 
-func servePlugin(sock string) int {
-	seed, err := hex.DecodeString(os.Getenv(envSeed))
-	if err != nil || len(seed) == 0 {
-		fmt.Fprintln(os.Stderr, "plugin: bad seed")
-		return 2
-	}
-	os.Remove(sock) // a stale socket from a previous run
-	svc := service.NewGRPCService(sock, 5*time.Second, &toyKMS{dir: os.Getenv(envDir), seed: seed})
-	if err := svc.ListenAndServe(); err != nil {
-		fmt.Fprintln(os.Stderr, "plugin:", err)
-		return 1
-	}
-	return 0
-}
+type plugin = kmstest.Plugin
 
-// toyKMS implements service.Service: AES-256-GCM under keys derived from a
-// seed and the key id, the nonce returned as an annotation.
-type toyKMS struct {
-	dir  string
-	seed []byte
-}
-
-func (k *toyKMS) file(name, def string) string {
-	b, err := os.ReadFile(filepath.Join(k.dir, name))
-	if err != nil {
-		return def
-	}
-	return strings.TrimSpace(string(b))
-}
-
-func (k *toyKMS) aead(keyID string) (cipher.AEAD, error) {
-	for _, d := range strings.Fields(k.file("destroyed", "")) {
-		if d == keyID {
-			return nil, fmt.Errorf("key %s destroyed", keyID)
-		}
-	}
-	mac := hmac.New(sha256.New, k.seed)
-	mac.Write([]byte(keyID))
-	block, err := aes.NewCipher(mac.Sum(nil))
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCM(block)
-}
-
-func (k *toyKMS) Status(context.Context) (*service.StatusResponse, error) {
-	return &service.StatusResponse{Version: "v2", Healthz: k.file("healthz", "ok"), KeyID: k.file("current", "key-1")}, nil
-}
-
-func (k *toyKMS) Encrypt(_ context.Context, _ string, data []byte) (*service.EncryptResponse, error) {
-	id := k.file("current", "key-1")
-	a, err := k.aead(id)
-	if err != nil {
-		return nil, err
-	}
-	nonce := make([]byte, a.NonceSize())
-	rand.Read(nonce)
-	return &service.EncryptResponse{
-		Ciphertext:  a.Seal(nil, nonce, data, []byte(id)),
-		KeyID:       id,
-		Annotations: map[string][]byte{nonceAnno: nonce},
-	}, nil
-}
-
-func (k *toyKMS) Decrypt(_ context.Context, _ string, req *service.DecryptRequest) ([]byte, error) {
-	a, err := k.aead(req.KeyID)
-	if err != nil {
-		return nil, err
-	}
-	nonce := req.Annotations[nonceAnno]
-	if len(nonce) != a.NonceSize() {
-		return nil, errors.New("missing nonce annotation")
-	}
-	return a.Open(nil, nonce, req.Ciphertext, []byte(req.KeyID))
-}
-
-// plugin is a running plugin process.
-type plugin struct {
-	t    *testing.T
-	sock string
-	dir  string
-	seed string
-	cmd  *exec.Cmd
-}
-
-func startPlugin(t *testing.T) *plugin {
-	t.Helper()
-	dir := t.TempDir()
-	seed := make([]byte, 32)
-	rand.Read(seed)
-	p := &plugin{t: t, sock: filepath.Join(dir, "kms.sock"), dir: dir, seed: hex.EncodeToString(seed)}
-	p.start()
-	t.Cleanup(p.stop)
-	return p
-}
-
-func (p *plugin) start() {
-	p.t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envSocket+"="+p.sock, envDir+"="+p.dir, envSeed+"="+p.seed)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		p.t.Fatal(err)
-	}
-	p.cmd = cmd
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(p.sock); err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			p.t.Fatal("plugin did not start listening")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func (p *plugin) stop() {
-	if p.cmd != nil {
-		p.cmd.Process.Kill()
-		p.cmd.Wait()
-		p.cmd = nil
-	}
-}
-
-func (p *plugin) set(name, value string) {
-	p.t.Helper()
-	if err := os.WriteFile(filepath.Join(p.dir, name), []byte(value), 0o600); err != nil {
-		p.t.Fatal(err)
-	}
-}
+func startPlugin(t *testing.T) *plugin { return kmstest.Start(t) }
 
 func newProvider(t *testing.T, p *plugin) *kmsplugin.Provider {
 	t.Helper()
-	prov, err := kmsplugin.New(kmsplugin.Config{Name: "vault-prod", Socket: "unix://" + p.sock, Timeout: 2 * time.Second})
+	prov, err := kmsplugin.New(kmsplugin.Config{Name: "vault-prod", Socket: "unix://" + p.Sock, Timeout: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,7 +56,7 @@ func TestPluginRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if wk.KeyName != "vault-prod" || wk.KeyVersion != "key-1" || len(wk.Annotations[nonceAnno]) != 12 || bytes.Contains(wk.Ciphertext, dk) {
+	if wk.KeyName != "vault-prod" || wk.KeyVersion != "key-1" || len(wk.Annotations[kmstest.NonceAnnotation]) != 12 || bytes.Contains(wk.Ciphertext, dk) {
 		t.Fatalf("wrapped: %+v", wk)
 	}
 	got, err := keys.Unwrap(bg, prov, wk)
@@ -246,7 +96,7 @@ func TestPluginRotationAndDestruction(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	p.set("current", "key-2") // the KMS rotated its key
+	p.Set("current", "key-2") // the KMS rotated its key
 	if v, _ := prov.CurrentVersion(bg, "vault-prod"); v != "key-2" {
 		t.Fatalf("CurrentVersion after rotation %q", v)
 	}
@@ -262,7 +112,7 @@ func TestPluginRotationAndDestruction(t *testing.T) {
 			t.Fatalf("unwrap %s: %v", w.KeyVersion, err)
 		}
 	}
-	p.set("destroyed", "key-1") // the old key is deleted in the KMS
+	p.Set("destroyed", "key-1") // the old key is deleted in the KMS
 	if _, err := keys.Unwrap(bg, prov, old); !errors.Is(err, keys.ErrDecrypt) {
 		t.Fatalf("unwrap under a destroyed KMS key: %v", err)
 	}
@@ -279,20 +129,20 @@ func TestPluginUnhealthyAndRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	p.set("healthz", "vault sealed")
+	p.Set("healthz", "vault sealed")
 	if err := prov.Status(bg); !errors.Is(err, keys.ErrUnavailable) || !strings.Contains(err.Error(), "vault sealed") {
 		t.Fatalf("unhealthy plugin: %v", err)
 	}
-	p.set("healthz", "ok")
+	p.Set("healthz", "ok")
 
-	p.stop()
+	p.Stop()
 	if err := prov.Status(bg); !errors.Is(err, keys.ErrUnavailable) {
 		t.Fatalf("plugin down: Status %v", err)
 	}
 	if _, err := keys.Unwrap(bg, prov, wk); !errors.Is(err, keys.ErrUnavailable) {
 		t.Fatalf("plugin down: Unwrap %v", err)
 	}
-	p.start() // same seed: same keys
+	p.Start() // same seed: same keys
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		_, err := keys.Unwrap(bg, prov, wk)
@@ -328,7 +178,7 @@ func TestMuxWithKeyring(t *testing.T) {
 	if err := m.Status(bg); err != nil {
 		t.Fatal(err)
 	}
-	p.stop()
+	p.Stop()
 	if err := m.Status(bg); err == nil || !strings.Contains(err.Error(), `"vault-prod"`) {
 		t.Fatalf("Mux status with the plugin down: %v", err)
 	}
