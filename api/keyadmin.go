@@ -63,7 +63,7 @@ func (s *Server) keyAdminOp(ctx context.Context, op string, req *adminRequest) (
 			select {
 			case <-s.StartKeyPass("retirement of key " + name + " version " + req.KeyVersion):
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, adminErr("KmsException", 409, "key %s version %s not retired yet: the rewrap pass it needs first is still running; retire again once 'strata keys status' says done", name, req.KeyVersion)
 			}
 			st := s.KeyJobStatus()
 			if st.State != "done" {
