@@ -170,6 +170,10 @@ bench-load: build ## Load-test a running registry with strata bench (BENCH_URL, 
 bench-compare: build ## Strata (--dev and a 4+2 dev cluster) next to CNCF Distribution v3.1.2: a table of ratios (~15 min)
 	STRATA_BIN=$(STRATA) $(CURDIR)/deploy/scripts/bench-compare.sh
 
+.PHONY: bench-encryption
+bench-encryption: build ## What encryption at rest costs end to end: serve --dev with and without its keyring, same load (~5 min)
+	STRATA_BIN=$(STRATA) $(CURDIR)/deploy/scripts/bench-encryption.sh
+
 .PHONY: generate
 generate: tools ## Regenerate protobuf/gRPC code from every *.proto (paths=source_relative)
 	$(if $(PROTO_FILES),protoc -I . \

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# bench-encryption.sh - what encryption at rest costs, end to end, with `strata bench`.
+#
+# Starts `strata serve --dev` twice on 127.0.0.1, one after the other, each on a fresh
+# data directory: once with its keyring (blobs sealed with AES-256-GCM per segment,
+# manifests sealed in the metadata: the --dev default) and once with --keyring off. Both
+# get the same cases (ROUNDS times, alternating which goes first), and with --server-pid
+# the server's CPU seconds are measured; the table gives, per case, the median MB/s (or
+# ops/s) of each and the server CPU per operation, and the cost of encryption as ratios.
+#
+# Environment:
+#   STRATA_BIN   strata binary (default: <repo>/bin/strata)
+#   ROUNDS       runs of each case per server (default 3)
+#   DURATION     timed part of each run (default 8s)
+#   RESULTS_DIR  where results.jsonl and logs go (default: ${TMPDIR:-/tmp}/strata-bench-encryption-<time>)
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+STRATA_BIN="${STRATA_BIN:-$REPO_ROOT/bin/strata}"
+ROUNDS="${ROUNDS:-3}"
+DURATION="${DURATION:-8s}"
+RESULTS_DIR="${RESULTS_DIR:-${TMPDIR:-/tmp}/strata-bench-encryption-$(date +%Y%m%d-%H%M%S)}"
+[ -x "$STRATA_BIN" ] || { echo "bench-encryption: no strata binary at $STRATA_BIN (make build)" >&2; exit 2; }
+command -v curl >/dev/null || { echo "bench-encryption: curl is required" >&2; exit 2; }
+mkdir -p "$RESULTS_DIR"
+RESULTS="$RESULTS_DIR/results.jsonl"
+: >"$RESULTS"
+
+# id | strata bench scenario spec
+CASES=(
+  "push-16MiB|push-blob:concurrency=4,size=16MiB"
+  "pull-16MiB|pull-distinct:concurrency=4,size=16MiB"
+  "push-small-images|push-small-images:concurrency=8"
+  "manifest-get|manifest-get:concurrency=16,images=100"
+)
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+run_target() { # target round
+  local target=$1 round=$2 port dir pid
+  port=$(free_port)
+  dir=$(mktemp -d "$RESULTS_DIR/$target-XXXX")
+  local args=(serve --dev --data-dir "$dir/data" --http-addr "127.0.0.1:$port" --log-level warn)
+  [ "$target" = plain ] && args+=(--keyring off)
+  "$STRATA_BIN" "${args[@]}" >"$dir/serve.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 1 200); do curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+  for c in "${CASES[@]}"; do
+    local id=${c%%|*} spec=${c#*|}
+    echo "bench-encryption: round $round, $target, $id" >&2
+    "$STRATA_BIN" bench --url "http://127.0.0.1:$port" --scenario "$spec" --duration "$DURATION" \
+      --server-pid "$pid" --case "$id" --target "$target" >>"$RESULTS" 2>>"$dir/bench.log" ||
+      echo "bench-encryption: $target $id failed (see $dir/bench.log)" >&2
+  done
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  rm -rf "$dir/data"
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  if [ $((round % 2)) -eq 1 ]; then order="encrypted plain"; else order="plain encrypted"; fi
+  for target in $order; do run_target "$target" "$round"; done
+done
+
+python3 - "$RESULTS" <<'PY'
+import json, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+cases = []
+for r in rows:
+    if r.get("case") not in cases:
+        cases.append(r.get("case"))
+def med(case, target, key):
+    v = [r.get(key) or 0 for r in rows if r.get("case") == case and r.get("target") == target and not r.get("setup_error")]
+    return statistics.median(v) if v else float("nan")
+print("| case | encrypted | plain | throughput ratio | server CPU ms/op encrypted | plain | CPU cost of encryption |")
+print("|---|---|---|---|---|---|---|")
+for c in cases:
+    key = "mb_per_s" if med(c, "plain", "mb_per_s") > 0 else "ops_per_s"
+    unit = "MB/s" if key == "mb_per_s" else "ops/s"
+    e, p = med(c, "encrypted", key), med(c, "plain", key)
+    def cpu(t):
+        ops = med(c, t, "ops")
+        return 1000 * med(c, t, "server_cpu_s") / ops if ops else float("nan")
+    ce, cp = cpu("encrypted"), cpu("plain")
+    print(f"| {c} | {e:.1f} {unit} | {p:.1f} {unit} | {e/p:.2f}x | {ce:.2f} | {cp:.2f} | {100*(ce/cp-1):+.1f}% |")
+PY
+echo "bench-encryption: results in $RESULTS" >&2
