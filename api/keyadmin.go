@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/strata-registry/strata/keys"
@@ -190,8 +191,10 @@ func (s *Server) shredRepositoryKey(ctx context.Context, rec *pb.Repository) (st
 	}
 	// Blobs the repository shared with repositories under other keys
 	// must have their copies under those keys before this one goes.
-	if err := s.keyPass(ctx, true); err != nil {
+	if failed, err := s.keyPass(ctx, true); err != nil {
 		return "", err
+	} else if failed > 0 {
+		return "", fmt.Errorf("%d blobs shared with other repositories still lack a copy of their data key under those repositories' keys (see the log); retry the deletion's key destruction with 'strata keys destroy %s --keyring FILE --force' once they have one", failed, rec.KmsKey)
 	}
 	if err := s.cfg.KeyManager.Destroy(rec.KmsKey); err != nil {
 		return "", err

@@ -51,6 +51,9 @@ type KeyJobStatus struct {
 	Rewrapped int64  `json:"rewrapped"`
 	Added     int64  `json:"added"`
 	Failed    int64  `json:"failed"`
+	// Copies under keys that were destroyed (crypto-shredded): kept as
+	// they are, and not failures.
+	Destroyed int64  `json:"destroyed"`
 	Error     string `json:"error,omitempty"`
 	// Versions counts the wrapped copies seen by key name and version.
 	Versions map[string]map[string]int64 `json:"versions,omitempty"`
@@ -128,7 +131,7 @@ func (s *Server) StartKeyPass(reason string) <-chan struct{} {
 	j.status = KeyJobStatus{State: "running", Reason: reason, StartedAt: time.Now(), Versions: map[string]map[string]int64{}}
 	done := j.done
 	go func() {
-		err := s.keyPass(context.Background(), false)
+		_, err := s.keyPass(context.Background(), false)
 		j.mu.Lock()
 		j.running = false
 		j.status.FinishedAt = time.Now()
@@ -177,7 +180,7 @@ func (s *Server) RunKeyReconciler(ctx context.Context, interval time.Duration) {
 			s.keyJobs.kick()
 		case <-s.keyJobs.kickc:
 			time.Sleep(200 * time.Millisecond) // gather a burst of mounts into one pass
-			err := s.keyPass(ctx, true)
+			_, err := s.keyPass(ctx, true)
 			result := "ok"
 			if err != nil {
 				result = "error"
@@ -193,11 +196,12 @@ func (s *Server) RunKeyReconciler(ctx context.Context, interval time.Duration) {
 }
 
 // keyPass walks the records holding wrapped keys (only keyneed/ with
-// needsOnly) and proposes the rewraps they need, in batches.
-func (s *Server) keyPass(ctx context.Context, needsOnly bool) error {
+// needsOnly) and proposes the rewraps they need, in batches. It returns how
+// many copies it could not make or rewrap.
+func (s *Server) keyPass(ctx context.Context, needsOnly bool) (failed int, err error) {
 	lister, ok := s.meta.(KeyLister)
 	if !ok || s.cfg.Keys == nil {
-		return errors.New("key reconciler: no key provider or no metadata listing")
+		return 0, errors.New("key reconciler: no key provider or no metadata listing")
 	}
 	j := s.keyJobs
 	full := !needsOnly
@@ -222,6 +226,9 @@ func (s *Server) keyPass(ctx context.Context, needsOnly bool) error {
 			return fmt.Errorf("key reconciler: record %d rewrapped keys: %w", len(batch), err)
 		}
 		for _, ch := range batch {
+			if ch.Kind == metastore.KeyKindNeed {
+				continue // a need for a destroyed key, dropped
+			}
 			why := "rotation"
 			if ch.Old == nil {
 				why = "added"
@@ -241,6 +248,7 @@ func (s *Server) keyPass(ctx context.Context, needsOnly bool) error {
 		return nil
 	}
 	fail := func(it metastore.KeyItem, err error) {
+		failed++
 		j.failed.Inc()
 		s.log.Warn("key reconciler: cannot rewrap", "kind", it.Kind, "repo", it.Repo, "id", it.ID, "need", it.Need, "err", err)
 		if full {
@@ -253,7 +261,7 @@ func (s *Server) keyPass(ctx context.Context, needsOnly bool) error {
 	for {
 		items, next, err := lister.WrappedKeys(ctx, cursor, 256, needsOnly)
 		if err != nil {
-			return err
+			return failed, err
 		}
 		for _, it := range items {
 			if it.Kind == metastore.KeyKindNeed {
@@ -276,6 +284,14 @@ func (s *Server) keyPass(ctx context.Context, needsOnly bool) error {
 						j.mu.Unlock()
 					}
 					cur, err := currentVersion(wk.KeyName)
+					if errors.Is(err, keys.ErrKeyDestroyed) {
+						if full {
+							j.mu.Lock()
+							j.status.Destroyed++
+							j.mu.Unlock()
+						}
+						continue
+					}
 					if err != nil {
 						fail(it, err)
 						continue
@@ -303,20 +319,24 @@ func (s *Server) keyPass(ctx context.Context, needsOnly bool) error {
 			}
 			if len(batch) >= 64 {
 				if err := flush(); err != nil {
-					return err
+					return failed, err
 				}
 			}
 		}
 		if next == "" {
-			return flush()
+			return failed, flush()
 		}
 		cursor = next
 	}
 }
 
 // copyForKey makes the copy of a blob's data key that a repository's KEK
-// needs (nil when the blob is gone or has the copy already).
+// needs (nil when the blob is gone or has the copy already). A need for a
+// destroyed key is dropped: no repository can use that key any more.
 func (s *Server) copyForKey(ctx context.Context, it metastore.KeyItem) (*pb.KeyChange, error) {
+	if _, err := s.cfg.Keys.CurrentVersion(ctx, it.Need); errors.Is(err, keys.ErrKeyDestroyed) {
+		return &pb.KeyChange{Kind: metastore.KeyKindNeed, Id: it.ID, Old: &pb.WrappedKey{KeyName: it.Need}}, nil
+	}
 	l, err := s.meta.Blob(ctx, it.ID)
 	if errors.Is(err, metastore.ErrBlobUnknown) {
 		return nil, nil

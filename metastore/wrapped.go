@@ -69,6 +69,15 @@ func replaceWrapped(keys []*pb.WrappedKey, old, new *pb.WrappedKey) bool {
 
 func (t *txn) setWrappedKeys(c *pb.SetWrappedKeys) error {
 	for _, ch := range c.Changes {
+		if ch.Kind == KeyKindNeed { // drop a need (its key was destroyed)
+			if ch.Old == nil || ch.Old.KeyName == "" || ch.Id == "" {
+				return fmt.Errorf("%w: dropping a key need takes the digest and old.key_name", ErrCommandInvalid)
+			}
+			if err := t.del(keyNeedKey(ch.Id, ch.Old.KeyName)); err != nil {
+				return err
+			}
+			continue
+		}
 		if ch.New == nil || len(ch.New.Ciphertext) == 0 || ch.New.KeyName == "" {
 			return fmt.Errorf("%w: key change for %s %s has no new wrapped key", ErrCommandInvalid, ch.Kind, ch.Id)
 		}

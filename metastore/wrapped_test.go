@@ -106,6 +106,13 @@ func TestWrappedKeys(t *testing.T) {
 		t.Fatalf("needs after adding team-b = %+v", needs)
 	}
 
+	// A need for a key that was destroyed is dropped.
+	h.must(keyCmd(&pb.KeyChange{Kind: KeyKindNeed, Id: dg(1), Old: &pb.WrappedKey{KeyName: "team-c"}}))
+	if needs := all(true, 10); len(needs) != 0 {
+		t.Fatalf("needs after dropping team-c = %+v", needs)
+	}
+	h.refuse(keyCmd(&pb.KeyChange{Kind: KeyKindNeed, Id: dg(1)}), ErrCommandInvalid)
+
 	// Bad changes are refused and change nothing.
 	h.refuse(keyCmd(&pb.KeyChange{Kind: KeyKindManifest, Repo: "a", Id: dg(3), New: wk("k", "1", "z")}), ErrCommandInvalid)
 	h.refuse(keyCmd(&pb.KeyChange{Kind: "tag", Id: "x", Old: wk("k", "1", "z"), New: wk("k", "1", "z")}), ErrCommandInvalid)
@@ -114,6 +121,7 @@ func TestWrappedKeys(t *testing.T) {
 	h.refuse(&pb.Command{Op: &pb.Command_CreateRepository{CreateRepository: &pb.CreateRepository{Repo: "d", EncryptionType: "ROT13"}}}, ErrCommandInvalid)
 
 	// Collecting the blob drops what it still needed.
+	h.must(again) // team-c needs a copy again
 	h.must(&pb.Command{Op: &pb.Command_DeleteRepository{DeleteRepository: &pb.DeleteRepository{Repo: "a", Force: true}}})
 	for _, r := range []string{"b", "c"} {
 		h.must(&pb.Command{Op: &pb.Command_UnlinkBlob{UnlinkBlob: &pb.UnlinkBlob{Repo: r, Digest: dg(1)}}})

@@ -279,6 +279,9 @@ func describeKeyJob(j api.KeyJobStatus) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s (%s): %d records scanned, %d stale copies, %d rewrapped, %d added for repository keys, %d failed",
 		j.State, j.Reason, j.Scanned, j.Stale, j.Rewrapped, j.Added, j.Failed)
+	if j.Destroyed > 0 {
+		fmt.Fprintf(&b, ", %d under destroyed keys", j.Destroyed)
+	}
 	if !j.FinishedAt.IsZero() {
 		fmt.Fprintf(&b, ", took %s", j.FinishedAt.Sub(j.StartedAt).Round(time.Millisecond))
 	}

@@ -3252,9 +3252,11 @@ func (x *SetWrappedKeys) GetChanges() []*KeyChange {
 
 type KeyChange struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Kind  string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"` // "blob", "manifest" or "upload"
-	Repo  string                 `protobuf:"bytes,2,opt,name=repo,proto3" json:"repo,omitempty"` // manifests
-	Id    string                 `protobuf:"bytes,3,opt,name=id,proto3" json:"id,omitempty"`     // blob or manifest digest, upload id
+	// "blob", "manifest" or "upload"; or "need" with old.key_name set and no
+	// new: drop the keyneed/ record of blob id for that key (destroyed).
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Repo string `protobuf:"bytes,2,opt,name=repo,proto3" json:"repo,omitempty"` // manifests
+	Id   string `protobuf:"bytes,3,opt,name=id,proto3" json:"id,omitempty"`     // blob or manifest digest, upload id
 	// The copy to replace; unset: add new as one more copy (blobs only;
 	// skipped when the layout already has a copy under new's key name).
 	Old           *WrappedKey `protobuf:"bytes,4,opt,name=old,proto3" json:"old,omitempty"`
