@@ -46,11 +46,11 @@ type KeyJobStatus struct {
 	FinishedAt time.Time `json:"finishedAt,omitzero"`
 	// Records visited, stale copies found, copies rewrapped, copies added
 	// for a repository's key, and copies that could not be rewrapped.
-	Scanned   int64  `json:"scanned"`
-	Stale     int64  `json:"stale"`
-	Rewrapped int64  `json:"rewrapped"`
-	Added     int64  `json:"added"`
-	Failed    int64  `json:"failed"`
+	Scanned   int64 `json:"scanned"`
+	Stale     int64 `json:"stale"`
+	Rewrapped int64 `json:"rewrapped"`
+	Added     int64 `json:"added"`
+	Failed    int64 `json:"failed"`
 	// Copies under keys that were destroyed (crypto-shredded): kept as
 	// they are, and not failures.
 	Destroyed int64  `json:"destroyed"`
