@@ -86,6 +86,11 @@ test: tools ## Tools, go vet, go test (unit + e2e with real clients), the quick 
 	@$(MAKE) conformance-cluster
 	@$(MAKE) conformance
 
+.PHONY: test-failpoints
+test-failpoints: ## Failpoint tests built with -tags failpoints (about 4 min): chaos/failpoint, crashes at each failpoint, the failpoints scenario
+	$(TEST_ENV) $(GO) test -tags failpoints -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) ./chaos/failpoint/
+	$(TEST_ENV) $(GO) test -tags failpoints -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) -run 'Failpoint|SnapshotInstall' ./chaos/ ./cluster/
+
 .PHONY: test-race
 test-race: tools ## go test -race over every package
 	$(TEST_ENV) $(GO) test -race -timeout $(RACE_TIMEOUT) $(GOTEST_FLAGS) ./...
@@ -108,14 +113,15 @@ CHAOS_DIR   ?= $(BIN_DIR)/chaos-results
 CHAOS_SEED  ?= 0
 CHAOS_FLAGS ?=
 CHAOS_QUICK ?= leader-kill:60s mixed:60s
+CHAOS_FAILPOINTS ?= failpoints:90s
 CHAOS_SOAK  ?= leader-kill:2m storage-kill:2m pause:2m partition:2m corrupt:2m rolling-restart:2m gc-under-faults:2m mixed:12m
 
-# chaos_run(scenario:duration ...)
+# chaos_run(scenario:duration ..., binary): the binary runs the harness and the nodes
 define chaos_run
 	@mkdir -p $(CHAOS_DIR); failed=""; start=$$(date +%s); \
 	for sd in $(1); do s=$${sd%%:*}; d=$${sd#*:}; \
-	  echo "== strata chaos run --scenario $$s --duration $$d --seed $(CHAOS_SEED) $(CHAOS_FLAGS)"; \
-	  $(STRATA) chaos run --scenario $$s --duration $$d --seed $(CHAOS_SEED) --report $(CHAOS_DIR)/$$s.json --quiet $(CHAOS_FLAGS) \
+	  echo "== $(notdir $(2)) chaos run --scenario $$s --duration $$d --seed $(CHAOS_SEED) $(CHAOS_FLAGS)"; \
+	  $(2) chaos run --scenario $$s --duration $$d --seed $(CHAOS_SEED) --report $(CHAOS_DIR)/$$s.json --quiet $(CHAOS_FLAGS) \
 	    || failed="$$failed $$s"; \
 	done; \
 	echo "chaos: $$(( $$(date +%s) - start ))s; reports in $(CHAOS_DIR)"; \
@@ -124,11 +130,15 @@ endef
 
 .PHONY: chaos-quick
 chaos-quick: build ## Chaos suite, quick (about 3 min): leader-kill and mixed, 60s of faults each
-	$(call chaos_run,$(CHAOS_QUICK))
+	$(call chaos_run,$(CHAOS_QUICK),$(STRATA))
+
+.PHONY: chaos-failpoints
+chaos-failpoints: build-failpoints ## Chaos scenario failpoints with bin/strata-failpoints (about 2 min): crashes between shards and commit, in repair, in snapshot installs
+	$(call chaos_run,$(CHAOS_FAILPOINTS),$(STRATA_FP))
 
 .PHONY: chaos
 chaos: build ## Chaos soak (about 30 min, hundreds of faults): every scenario for 2 min, then mixed for 12 min
-	$(call chaos_run,$(CHAOS_SOAK))
+	$(call chaos_run,$(CHAOS_SOAK),$(STRATA))
 
 # Images: static binaries built here (nothing is pulled; both images are FROM scratch).
 IMAGE_BUILD_DIR := $(CURDIR)/deploy/.build

@@ -1,20 +1,16 @@
 package chaos
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/strata-registry/strata/cluster"
@@ -28,27 +24,6 @@ const (
 	RoleStorage = cluster.RoleStorage
 	RoleAPI     = cluster.RoleAPI
 )
-
-// ClusterConfig configures a Cluster: the process backend for multi-node
-// runs, which drives `strata dev cluster` as a child process.
-type ClusterConfig struct {
-	// Binary is the strata binary. Required.
-	Binary string
-	// Dir holds the dev cluster's data, logs and cluster.json. Required;
-	// created if missing. It should be empty (a fresh cluster).
-	Dir string
-	// Nodes of each kind. Defaults 3, 6, 2.
-	Meta, Storage, API int
-	// DeadAfter is passed to every node (--dead-after). Default 3s.
-	DeadAfter time.Duration
-	// ExtraArgs are more flags for `strata dev cluster`.
-	ExtraArgs []string
-	// ReadyTimeout bounds the start of the cluster and of each restarted
-	// node. Default 120s.
-	ReadyTimeout time.Duration
-	// Logf receives progress lines; nil discards them.
-	Logf func(format string, args ...any)
-}
 
 // NodeInfo is one node as cluster.json describes it.
 type NodeInfo struct {
@@ -74,205 +49,76 @@ const (
 	NodeCrashed NodeState = "crashed" // exited without being told to
 )
 
-// clusterNode is one node and how to start it again.
+// clusterNode is what the harness knows of one node.
 type clusterNode struct {
-	info  NodeInfo
-	argv  []string // the command line the dev cluster started it with
-	state NodeState
-	// own is set when the harness (re)started the process itself; it is
-	// then our child, reaped by a goroutine that closes ownDone.
-	own     *exec.Cmd
-	ownDone chan struct{}
-	starts  int
+	id     string
+	state  NodeState
+	starts int
+	// expectExit is set while the node is meant to end by itself (a
+	// failpoint armed to exit): its exit is then not a crash.
+	expectExit bool
+	exitCode   int // of the last exit seen, -1 if unknown
 }
 
-// Cluster is a multi-process Strata cluster started by `strata dev cluster`
-// and driven through its cluster.json: every node can be SIGKILLed,
-// SIGSTOPped, SIGCONTed, stopped with SIGTERM and started again with the
-// command line the dev cluster gave it (read back from the first line the dev
-// cluster wrote into the node's log), on the same ports and data directory.
-// A node the harness restarts becomes the harness's child; the dev cluster
-// itself restarts nothing.
+// Cluster is a multi-node Strata cluster under the chaos harness: whatever
+// runs the nodes (a Backend: processes on loopback, or containers), the
+// harness kills, stops, pauses, cuts off and restarts them through Cluster,
+// which keeps what it did to each node, notices nodes that exit on their
+// own, and talks to the nodes over HTTP and gRPC (leader, status, layouts,
+// shards) and through the strata command-line client.
 //
 // Methods are safe for concurrent use.
 type Cluster struct {
-	cfg     ClusterConfig
-	dev     *exec.Cmd
-	devDone chan struct{}
-	devLog  string
+	be           Backend
+	binary       string // the strata binary the harness runs client commands with
+	readyTimeout time.Duration
+	logf         func(format string, args ...any)
 
 	mu    sync.Mutex
-	nodes []*clusterNode // in cluster.json order: m*, s*, a*
+	nodes []*clusterNode // in the backend's order: m*, s*, a*
 	crash []string       // unexpected exits seen so far
 
 	peers *cluster.Peers
 	meta  *cluster.Meta
-	net   *Net // nil until EnableNet
 }
 
-// StartCluster runs `strata dev cluster` in cfg.Dir and returns once its
-// cluster.json is written (every frontend takes pushes by then).
-func StartCluster(ctx context.Context, cfg ClusterConfig) (*Cluster, error) {
-	if cfg.Binary == "" || cfg.Dir == "" {
-		return nil, errors.New("chaos: ClusterConfig needs Binary and Dir")
+// NewCluster puts a Cluster over the nodes be runs, which must all be up.
+// binary is the strata binary for client commands (strata storage status,
+// strata gc run) run on this machine.
+func NewCluster(be Backend, binary string, readyTimeout time.Duration, logf func(string, ...any)) (*Cluster, error) {
+	if readyTimeout == 0 {
+		readyTimeout = 120 * time.Second
 	}
-	if cfg.Meta == 0 {
-		cfg.Meta = 3
+	if logf == nil {
+		logf = func(string, ...any) {}
 	}
-	if cfg.Storage == 0 {
-		cfg.Storage = 6
-	}
-	if cfg.API == 0 {
-		cfg.API = 2
-	}
-	if cfg.DeadAfter == 0 {
-		cfg.DeadAfter = 3 * time.Second
-	}
-	if cfg.ReadyTimeout == 0 {
-		cfg.ReadyTimeout = 120 * time.Second
-	}
-	if cfg.Logf == nil {
-		cfg.Logf = func(string, ...any) {}
-	}
-	if err := os.MkdirAll(cfg.Dir, 0o750); err != nil {
-		return nil, err
-	}
-	c := &Cluster{cfg: cfg, devDone: make(chan struct{}), devLog: filepath.Join(cfg.Dir, "devcluster.log")}
-	logf, err := os.OpenFile(c.devLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
-	if err != nil {
-		return nil, err
-	}
-	args := []string{"dev", "cluster", "--dir", cfg.Dir,
-		"--meta", fmt.Sprint(cfg.Meta), "--storage", fmt.Sprint(cfg.Storage), "--api", fmt.Sprint(cfg.API),
-		"--dead-after", cfg.DeadAfter.String(), "--ready-timeout", cfg.ReadyTimeout.String()}
-	args = append(args, cfg.ExtraArgs...)
-	cmd := exec.Command(cfg.Binary, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = nodeEnv()
-	// If the harness dies, the dev cluster gets SIGTERM and stops its nodes.
-	cmd.SysProcAttr = devClusterProcAttr()
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return nil, fmt.Errorf("chaos: starting %s %s: %w", cfg.Binary, strings.Join(args, " "), err)
-	}
-	logf.Close()
-	c.dev = cmd
-	go func() {
-		_ = cmd.Wait()
-		close(c.devDone)
-	}()
-	cfg.Logf("chaos: started strata %s (pid %d)", strings.Join(args, " "), cmd.Process.Pid)
-
-	ok := false
-	defer func() {
-		if !ok {
-			c.Close()
-		}
-	}()
-	rctx, cancel := context.WithTimeout(ctx, cfg.ReadyTimeout)
-	defer cancel()
-	path := filepath.Join(cfg.Dir, "cluster.json")
-	for {
-		if b, err := os.ReadFile(path); err == nil {
-			var f struct {
-				Nodes []NodeInfo `json:"nodes"`
-			}
-			if err := json.Unmarshal(b, &f); err != nil {
-				return nil, fmt.Errorf("chaos: %s: %w", path, err)
-			}
-			for _, n := range f.Nodes {
-				c.nodes = append(c.nodes, &clusterNode{info: n, state: NodeRunning, starts: 1})
-			}
-			break
-		}
-		select {
-		case <-c.devDone:
-			return nil, fmt.Errorf("chaos: strata dev cluster exited before it was ready; end of %s:\n%s", c.devLog, tailFile(c.devLog, 8<<10))
-		case <-rctx.Done():
-			return nil, fmt.Errorf("chaos: the dev cluster was not ready after %v; end of %s:\n%s", cfg.ReadyTimeout, c.devLog, tailFile(c.devLog, 8<<10))
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	for _, n := range c.nodes {
-		argv, err := devCommandLine(c.LogPath(n.info.ID))
-		if err != nil {
-			return nil, err
-		}
-		n.argv = argv
+	c := &Cluster{be: be, binary: binary, readyTimeout: readyTimeout, logf: logf}
+	for _, n := range be.Nodes() {
+		c.nodes = append(c.nodes, &clusterNode{id: n.ID, state: NodeRunning, starts: 1, exitCode: -1})
 	}
 	c.peers = cluster.NewPeers(c.grpcOf(RoleMeta), nil)
+	var err error
 	if c.meta, err = cluster.NewMeta(cluster.MetaConfig{Peers: c.peers}); err != nil {
 		return nil, err
 	}
-	ok = true
 	return c, nil
 }
 
-// devCommandLine reads the command line the dev cluster started a node
-// with: the first line of the node's log, "=== <time> dev cluster: <binary>
-// <args...>". The dev cluster's paths hold no spaces (the harness picks them).
-func devCommandLine(logPath string) ([]string, error) {
-	f, err := os.Open(logPath)
-	if err != nil {
-		return nil, err
+// Backend is what runs the nodes.
+func (c *Cluster) Backend() Backend { return c.be }
+
+// ShardDir is the shard directory of storage node id as the harness can
+// reach it, or "".
+func (c *Cluster) ShardDir(id string) string { return c.be.ShardDir(id) }
+
+// LogPath is the log file of node id, when the backend keeps its logs in
+// files (the process backend), else "".
+func (c *Cluster) LogPath(id string) string {
+	if pb, ok := c.be.(*processBackend); ok {
+		return pb.LogPath(id)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if argv, ok := parseDevCommandLine(sc.Text()); ok {
-			return argv, nil
-		}
-	}
-	return nil, fmt.Errorf("chaos: no dev cluster command line in %s", logPath)
+	return ""
 }
-
-const devLinePrefix = " dev cluster: "
-
-// parseDevCommandLine parses one "=== <time> dev cluster: <argv>" line.
-func parseDevCommandLine(line string) ([]string, bool) {
-	if !strings.HasPrefix(line, "=== ") {
-		return nil, false
-	}
-	i := strings.Index(line, devLinePrefix)
-	if i < 0 {
-		return nil, false
-	}
-	argv := strings.Fields(line[i+len(devLinePrefix):])
-	if len(argv) < 2 || argv[1] != "serve" {
-		return nil, false
-	}
-	return argv, true
-}
-
-// restartArgs is the command line to start a node again: the dev cluster's
-// own, except that a meta node that bootstrapped (no --join) and has Raft
-// state now joins through the other meta nodes, as the dev cluster itself
-// does when it starts m1 again.
-func restartArgs(argv []string, hasRaftState bool, otherMeta []string) []string {
-	out := slices.Clone(argv)
-	if !hasRaftState || slices.Contains(out, "--join") || len(otherMeta) == 0 {
-		return out
-	}
-	i := slices.Index(out, "--roles")
-	if i < 0 || i+1 >= len(out) || !slices.Contains(strings.Split(out[i+1], ","), RoleMeta) {
-		return out
-	}
-	return append(out, "--join", strings.Join(otherMeta, ","))
-}
-
-// Dir is the dev cluster's directory.
-func (c *Cluster) Dir() string { return c.cfg.Dir }
-
-// LogPath is the log file of node id.
-func (c *Cluster) LogPath(id string) string { return filepath.Join(c.cfg.Dir, id+".log") }
-
-// DataDir is the data directory of node id.
-func (c *Cluster) DataDir(id string) string { return filepath.Join(c.cfg.Dir, id) }
-
-// ShardDir is the shard directory of storage node id (the default
-// --shard-dir of a cluster storage node: <data-dir>/shards/0).
-func (c *Cluster) ShardDir(id string) string { return filepath.Join(c.cfg.Dir, id, "shards", "0") }
 
 // Meta reads the cluster's metadata over gRPC like a frontend does.
 func (c *Cluster) Meta() *cluster.Meta { return c.meta }
@@ -281,15 +127,7 @@ func (c *Cluster) Meta() *cluster.Meta { return c.meta }
 func (c *Cluster) Peers() *cluster.Peers { return c.peers }
 
 // Nodes describes every node (pids are current).
-func (c *Cluster) Nodes() []NodeInfo {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := make([]NodeInfo, len(c.nodes))
-	for i, n := range c.nodes {
-		out[i] = n.info
-	}
-	return out
-}
+func (c *Cluster) Nodes() []NodeInfo { return c.be.Nodes() }
 
 // IDs are the ids of the nodes with role ("" for every node).
 func (c *Cluster) IDs(role string) []string {
@@ -325,13 +163,12 @@ func (c *Cluster) grpcOf(role string) []string {
 
 // Info describes node id.
 func (c *Cluster) Info(id string) (NodeInfo, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n, err := c.nodeLocked(id)
-	if err != nil {
-		return NodeInfo{}, err
+	for _, n := range c.Nodes() {
+		if n.ID == id {
+			return n, nil
+		}
 	}
-	return n.info, nil
+	return NodeInfo{}, fmt.Errorf("chaos: no node %q", id)
 }
 
 // State is what the harness last did to node id.
@@ -358,430 +195,210 @@ func (c *Cluster) Starts(id string) int {
 
 func (c *Cluster) nodeLocked(id string) (*clusterNode, error) {
 	for _, n := range c.nodes {
-		if n.info.ID == id {
+		if n.id == id {
 			return n, nil
 		}
 	}
 	return nil, fmt.Errorf("chaos: no node %q", id)
 }
 
-// Kill sends SIGKILL to node id and waits until its process is gone.
+// take moves node id from one of the states from to state to, and fails
+// if it is in none of them.
+func (c *Cluster) take(id string, to NodeState, from ...NodeState) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, err := c.nodeLocked(id)
+	if err != nil {
+		return err
+	}
+	if !slices.Contains(from, n.state) {
+		return fmt.Errorf("chaos: %s is %s, not %v", id, n.state, from)
+	}
+	n.state = to
+	return nil
+}
+
+// Kill sends SIGKILL to node id (docker kill for containers) and waits
+// until it is gone.
 func (c *Cluster) Kill(id string) error {
-	return c.stop(id, syscall.SIGKILL, 0)
+	if err := c.take(id, NodeKilled, NodeRunning, NodePaused); err != nil {
+		return err
+	}
+	return c.be.Kill(id)
 }
 
-// Terminate sends SIGTERM to node id and waits up to timeout for it to
-// exit, then SIGKILLs it. It reports whether the node exited by itself.
+// Terminate stops node id with SIGTERM, waits up to timeout for it to exit,
+// then kills it. It reports whether the node exited by itself.
 func (c *Cluster) Terminate(id string, timeout time.Duration) (clean bool, err error) {
-	err = c.stop(id, syscall.SIGTERM, timeout)
-	if errors.Is(err, errStillRunning) {
-		c.cfg.Logf("chaos: %s still running %v after SIGTERM: SIGKILL", id, timeout)
-		return false, c.stop(id, syscall.SIGKILL, 0)
+	if err := c.take(id, NodeKilled, NodeRunning, NodePaused); err != nil {
+		return false, err
 	}
-	return err == nil, err
+	return c.be.Stop(id, timeout)
 }
 
-var errStillRunning = errors.New("still running")
-
-func (c *Cluster) stop(id string, sig syscall.Signal, timeout time.Duration) error {
-	c.mu.Lock()
-	n, err := c.nodeLocked(id)
-	if err != nil {
-		c.mu.Unlock()
-		return err
-	}
-	if n.state != NodeRunning && n.state != NodePaused {
-		c.mu.Unlock()
-		return fmt.Errorf("chaos: %s is %s, not running", id, n.state)
-	}
-	pid, paused := n.info.PID, n.state == NodePaused
-	done := n.ownDone
-	n.state = NodeKilled // from now on its exit is expected
-	c.mu.Unlock()
-
-	if err := syscall.Kill(pid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return fmt.Errorf("chaos: %v to %s (pid %d): %w", sig, id, pid, err)
-	}
-	if paused && sig != syscall.SIGKILL {
-		_ = syscall.Kill(pid, syscall.SIGCONT) // a stopped process cannot act on SIGTERM
-	}
-	if timeout == 0 {
-		timeout = 30 * time.Second
-	}
-	deadline := time.Now().Add(timeout)
-	for {
-		gone := false
-		if done != nil {
-			select {
-			case <-done:
-				gone = true
-			default:
-			}
-		} else {
-			gone = !pidAlive(pid)
-		}
-		if gone {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			if sig == syscall.SIGKILL {
-				return fmt.Errorf("chaos: %s (pid %d) still there %v after SIGKILL", id, pid, timeout)
-			}
-			return errStillRunning
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// Pause sends SIGSTOP to node id: it keeps its sockets but answers nothing.
+// Pause freezes node id (SIGSTOP): it keeps its sockets but answers nothing.
 func (c *Cluster) Pause(id string) error {
-	return c.pauseResume(id, true)
+	if err := c.take(id, NodePaused, NodeRunning); err != nil {
+		return err
+	}
+	if err := c.be.Pause(id); err != nil {
+		_ = c.take(id, NodeRunning, NodePaused)
+		return err
+	}
+	return nil
 }
 
-// Resume sends SIGCONT to a paused node.
+// Resume thaws a paused node.
 func (c *Cluster) Resume(id string) error {
-	return c.pauseResume(id, false)
-}
-
-func (c *Cluster) pauseResume(id string, pause bool) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n, err := c.nodeLocked(id)
-	if err != nil {
+	if err := c.take(id, NodeRunning, NodePaused); err != nil {
 		return err
 	}
-	want, sig, next := NodeRunning, syscall.SIGCONT, NodeRunning
-	if pause {
-		sig, next = syscall.SIGSTOP, NodePaused
-	} else {
-		want = NodePaused
+	if err := c.be.Resume(id); err != nil {
+		_ = c.take(id, NodePaused, NodeRunning)
+		return err
 	}
-	if n.state != want {
-		return fmt.Errorf("chaos: cannot %v %s: it is %s", sig, id, n.state)
-	}
-	if err := syscall.Kill(n.info.PID, sig); err != nil {
-		return fmt.Errorf("chaos: %v to %s (pid %d): %w", sig, id, n.info.PID, err)
-	}
-	n.state = next
 	return nil
 }
 
-// Restart starts a killed node again with the dev cluster's command line,
-// on the same ports and data directory, appending to its log. It does not
-// wait for the node to be back: see WaitUp.
-func (c *Cluster) Restart(id string) error {
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		if attempt > 0 {
-			time.Sleep(time.Second)
-		}
-		if lastErr = c.startOnce(id); lastErr != nil {
-			return lastErr
-		}
-		// A port of ours may linger for a moment after a SIGKILL: a start
-		// that dies at once for that reason is tried again.
-		time.Sleep(300 * time.Millisecond)
-		c.mu.Lock()
-		n, _ := c.nodeLocked(id)
-		done := n.ownDone
-		c.mu.Unlock()
-		select {
-		case <-done:
-			tail := tailFile(c.LogPath(id), 4<<10)
-			lastErr = fmt.Errorf("chaos: %s exited right after its restart; end of its log:\n%s", id, tail)
-			if !strings.Contains(tail, "address already in use") {
-				return lastErr
-			}
-			c.cfg.Logf("chaos: %s: address in use at restart; trying again", id)
-		default:
-			return nil
-		}
-	}
-	return lastErr
-}
+// Restart starts a stopped node again on the same data and addresses. It
+// does not wait for the node to be back: see WaitUp.
+func (c *Cluster) Restart(id string) error { return c.RestartWith(id, nil, false) }
 
-func (c *Cluster) startOnce(id string) error {
+// RestartWith is Restart with env added to the node's environment for this
+// start (the process backend: a failpoint armed at start-up); expectExit
+// marks the node as meant to exit by itself (see ExpectExit).
+func (c *Cluster) RestartWith(id string, env []string, expectExit bool) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	n, err := c.nodeLocked(id)
-	if err != nil {
-		return err
-	}
-	if n.state != NodeKilled && n.state != NodeCrashed {
-		return fmt.Errorf("chaos: restart of %s, which is %s", id, n.state)
-	}
-	var others []string
-	for _, o := range c.nodes {
-		if o != n && o.info.Has(RoleMeta) {
-			others = append(others, c.dialAddrLocked(o.info.ID, o.info.GRPC))
-		}
-	}
-	_, statErr := os.Stat(filepath.Join(c.DataDir(id), "meta", "raft", "raft.db"))
-	argv := restartArgs(n.argv, statErr == nil, others)
-	logf, err := os.OpenFile(c.LogPath(id), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(logf, "=== %s chaos: restart #%d: %s\n", time.Now().Format(time.RFC3339Nano), n.starts, strings.Join(argv, " "))
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Dir = c.cfg.Dir
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = nodeEnv()
-	cmd.SysProcAttr = nodeProcAttr()
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return fmt.Errorf("chaos: restarting %s: %w", id, err)
-	}
-	logf.Close()
-	done := make(chan struct{})
-	n.own, n.ownDone, n.state = cmd, done, NodeRunning
-	n.info.PID = cmd.Process.Pid
-	n.starts++
-	go func() {
-		_ = cmd.Wait()
-		close(done)
-	}()
-	return nil
-}
-
-// dialAddrLocked is the address other nodes dial for a node's gRPC port:
-// its proxy once the Net is on.
-func (c *Cluster) dialAddrLocked(id, bound string) string {
-	if c.net != nil {
-		if a := c.net.Addr(id, "grpc"); a != "" {
-			return a
-		}
-	}
-	return bound
-}
-
-// Net is the proxy layer between the nodes, or nil.
-func (c *Cluster) Net() *Net {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.net
-}
-
-// EnableNet puts a proxy (Net) in front of every node's gRPC and Raft
-// ports and restarts every node so that it advertises the proxies and joins
-// through them: from then on every connection between two nodes passes a
-// proxy, and links can be cut. See Replumb.
-func (c *Cluster) EnableNet(ctx context.Context) error {
-	return c.Replumb(ctx, true, nil)
-}
-
-// Replumb changes the command lines of the nodes and restarts them with
-// the new ones before the workload starts: with proxies, every node is put
-// behind the proxy layer (Net); metaArgs are added to every meta node's
-// flags (for example a shorter --audit-interval, as the dev cluster's
-// --dead-after 3s shortens a timer so that it fires within a run). Storage
-// and api nodes (when they change) are restarted all at once, then the meta
-// nodes one at a time, the leader last, each waited for.
-func (c *Cluster) Replumb(ctx context.Context, proxies bool, metaArgs []string) error {
-	if !proxies && len(metaArgs) == 0 {
-		return nil
-	}
-	var n *Net
-	bound := map[string]string{} // node gRPC address -> its proxy
-	if proxies {
-		n = NewNet(func() map[int]string {
-			c.mu.Lock()
-			defer c.mu.Unlock()
-			out := map[int]string{}
-			for _, nd := range c.nodes {
-				if nd.state == NodeRunning || nd.state == NodePaused {
-					out[nd.info.PID] = nd.info.ID
-				}
-			}
-			return out
-		})
-		for _, info := range c.Nodes() {
-			a, err := n.Proxy(info.ID, "grpc", info.GRPC)
-			if err != nil {
-				n.Close()
-				return err
-			}
-			bound[info.GRPC] = a
-			if info.Raft != "" {
-				if _, err := n.Proxy(info.ID, "raft", info.Raft); err != nil {
-					n.Close()
-					return err
-				}
-			}
-		}
-	}
-	c.mu.Lock()
-	if n != nil {
-		c.net = n
-	}
-	for _, nd := range c.nodes {
-		if n != nil {
-			nd.argv = proxiedArgs(nd.argv, n.Addr(nd.info.ID, "grpc"), n.Addr(nd.info.ID, "raft"), bound)
-		}
-		if nd.info.Has(RoleMeta) {
-			nd.argv = append(nd.argv, metaArgs...)
-		}
+	if err == nil && n.state != NodeKilled && n.state != NodeCrashed {
+		err = fmt.Errorf("chaos: restart of %s, which is %s", id, n.state)
 	}
 	c.mu.Unlock()
-
-	restart := func(ids []string) error {
-		for _, id := range ids {
-			if _, err := c.Terminate(id, 20*time.Second); err != nil {
-				return err
-			}
-		}
-		for _, id := range ids {
-			if err := c.Restart(id); err != nil {
-				return err
-			}
-		}
-		wctx, cancel := context.WithTimeout(ctx, c.cfg.ReadyTimeout)
-		defer cancel()
-		for _, id := range ids {
-			if err := c.WaitUp(wctx, id); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	if proxies {
-		var rest []string
-		rest = append(rest, c.IDs(RoleStorage)...)
-		rest = append(rest, c.IDs(RoleAPI)...)
-		if err := restart(rest); err != nil {
-			return fmt.Errorf("chaos: moving storage and api nodes behind proxies: %w", err)
-		}
-	}
-	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	leader, err := c.WaitLeader(lctx)
-	cancel()
 	if err != nil {
 		return err
 	}
-	var metas []string
-	for _, id := range c.IDs(RoleMeta) {
-		if id != leader {
-			metas = append(metas, id)
-		}
+	if expectExit {
+		c.ExpectExit(id, true) // it may exit before Start returns
 	}
-	for _, id := range append(metas, leader) {
-		if err := restart([]string{id}); err != nil {
-			return fmt.Errorf("chaos: restarting %s with its new command line: %w", id, err)
-		}
+	if err := c.be.Start(id, env); err != nil {
+		return err
 	}
-	if !proxies {
-		return nil
+	c.mu.Lock()
+	n.state, n.expectExit = NodeRunning, expectExit
+	n.starts++
+	c.mu.Unlock()
+	return nil
+}
+
+// ExpectExit marks node id as meant to exit by itself (a failpoint armed
+// to end it): when it does, CheckAlive counts it stopped, not crashed.
+func (c *Cluster) ExpectExit(id string, expect bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n, err := c.nodeLocked(id); err == nil {
+		n.expectExit = expect
 	}
-	// Every node must now be known by its proxies.
-	deadline := time.Now().Add(30 * time.Second)
+}
+
+// WaitExit waits until node id, marked with ExpectExit, has exited, and
+// returns its exit code (-1 when the backend cannot tell).
+func (c *Cluster) WaitExit(ctx context.Context, id string) (int, error) {
 	for {
-		err := c.checkAdvertised(ctx)
-		if err == nil {
-			break
+		c.CheckAlive()
+		c.mu.Lock()
+		n, err := c.nodeLocked(id)
+		if err != nil {
+			c.mu.Unlock()
+			return -1, err
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("chaos: nodes behind proxies: %w", err)
+		st, code := n.state, n.exitCode
+		c.mu.Unlock()
+		switch st {
+		case NodeKilled:
+			return code, nil
+		case NodeCrashed:
+			return code, fmt.Errorf("chaos: %s exited, but it was not expected to", id)
 		}
-		time.Sleep(200 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return -1, fmt.Errorf("chaos: %s still running: %w", id, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	time.Sleep(1500 * time.Millisecond) // frontends refresh their storage view every second
+}
+
+// CanCut reports whether links between nodes can be cut (a partition);
+// without, partitions stop the side cut off instead.
+func (c *Cluster) CanCut() bool { return c.be.CanCut() }
+
+// Cut cuts node off from others, both ways.
+func (c *Cluster) Cut(node string, others []string) error { return c.be.Cut(node, others) }
+
+// Heal restores every link cut.
+func (c *Cluster) Heal() error { return c.be.Heal() }
+
+// Net is the process backend's proxy layer between the nodes, or nil.
+func (c *Cluster) Net() *Net {
+	if pb, ok := c.be.(*processBackend); ok {
+		return pb.Net()
+	}
 	return nil
 }
 
-// checkAdvertised checks that the registry and the Raft configuration
-// know every node by its proxies.
-func (c *Cluster) checkAdvertised(ctx context.Context) error {
-	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-	defer cancel()
-	leader, err := c.Leader(cctx)
-	if err != nil {
-		return err
-	}
-	st, err := c.status(cctx, leader, false)
-	if err != nil {
-		return err
-	}
-	n := c.Net()
-	for _, m := range st.Members {
-		id := m.Node.GetId()
-		if want := n.Addr(id, "grpc"); want != "" && m.Node.GetGrpcAddr() != want {
-			return fmt.Errorf("%s registered with gRPC %s, not its proxy %s", id, m.Node.GetGrpcAddr(), want)
-		}
-		if want := n.Addr(id, "raft"); want != "" && m.Node.GetRaftAddr() != want {
-			return fmt.Errorf("%s registered with Raft %s, not its proxy %s", id, m.Node.GetRaftAddr(), want)
-		}
+// Prepare changes the nodes' command lines before the workload starts,
+// when the backend needs to: the proxy layer (process backend) and flags
+// for the meta nodes. The compose backend needs no proxies to cut links
+// and gives the meta nodes their flags when it starts them.
+func (c *Cluster) Prepare(ctx context.Context, proxies bool, metaArgs []string) error {
+	if p, ok := c.be.(prepper); ok {
+		return p.Prepare(ctx, c, proxies, metaArgs)
 	}
 	return nil
 }
 
-// proxiedArgs rewrites a node's command line to advertise its proxies and
-// to join through the meta nodes' proxies.
-func proxiedArgs(argv []string, grpcProxy, raftProxy string, proxyOf map[string]string) []string {
-	out := slices.Clone(argv)
-	if i := slices.Index(out, "--join"); i >= 0 && i+1 < len(out) {
-		var addrs []string
-		for _, a := range strings.Split(out[i+1], ",") {
-			if p, ok := proxyOf[a]; ok {
-				a = p
-			}
-			addrs = append(addrs, a)
-		}
-		out[i+1] = strings.Join(addrs, ",")
-	}
-	out = append(out, "--advertise-grpc-addr", grpcProxy)
-	if raftProxy != "" {
-		out = append(out, "--advertise-raft-addr", raftProxy)
-	}
-	return out
-}
-
-// CheckAlive looks for nodes that should run but whose process is gone (a
-// crash): each is marked crashed and reported once. It returns every crash
-// seen so far.
+// CheckAlive looks for nodes that should run but whose process or
+// container is gone: a node marked with ExpectExit is then stopped, any
+// other has crashed and is reported once. It returns every crash seen so
+// far.
 func (c *Cluster) CheckAlive() []string {
 	c.mu.Lock()
-	defer c.mu.Unlock()
+	var check []*clusterNode
 	for _, n := range c.nodes {
-		if n.state != NodeRunning && n.state != NodePaused {
+		if n.state == NodeRunning || n.state == NodePaused {
+			check = append(check, n)
+		}
+	}
+	c.mu.Unlock()
+	for _, n := range check {
+		exited, code := c.be.Exited(n.id)
+		if !exited {
 			continue
 		}
-		alive := true
-		if n.ownDone != nil {
-			select {
-			case <-n.ownDone:
-				alive = false
-			default:
-			}
-		} else {
-			alive = pidAlive(n.info.PID)
+		var tail string
+		c.mu.Lock()
+		if n.state != NodeRunning && n.state != NodePaused {
+			c.mu.Unlock()
+			continue
 		}
-		if !alive {
-			n.state = NodeCrashed
-			c.crash = append(c.crash, fmt.Sprintf("node %s (pid %d) exited on its own at %s; end of its log:\n%s",
-				n.info.ID, n.info.PID, time.Now().Format(time.RFC3339), tailFile(c.LogPath(n.info.ID), 3<<10)))
+		n.exitCode = code
+		if n.expectExit {
+			n.state, n.expectExit = NodeKilled, false
+			c.mu.Unlock()
+			continue
 		}
+		n.state = NodeCrashed
+		c.mu.Unlock()
+		if b, err := c.be.Log(n.id); err == nil {
+			tail = string(b[max(0, len(b)-3<<10):])
+		}
+		c.mu.Lock()
+		c.crash = append(c.crash, fmt.Sprintf("node %s exited on its own (code %d) at %s; end of its log:\n%s",
+			n.id, code, time.Now().Format(time.RFC3339), tail))
+		c.mu.Unlock()
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	return slices.Clone(c.crash)
-}
-
-// pidAlive reports whether a process exists and is not a zombie.
-func pidAlive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return false
-		}
-		return syscall.Kill(pid, 0) == nil
-	}
-	// pid (comm) state ...: comm may hold spaces and parentheses.
-	s := string(b)
-	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
-		switch s[i+2] {
-		case 'Z', 'X', 'x':
-			return false
-		}
-	}
-	return true
 }
 
 // status asks meta node id for the cluster status (a follower forwards the
@@ -944,7 +561,7 @@ func (c *Cluster) member(ctx context.Context, id string) (*cpb.Member, error) {
 // Strata runs the strata binary with args (a client command such as
 // `storage status --json`) and returns its standard output.
 func (c *Cluster) Strata(ctx context.Context, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, c.cfg.Binary, args...)
+	cmd := exec.CommandContext(ctx, c.binary, args...)
 	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "STRATA_") })
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -975,7 +592,7 @@ func (c *Cluster) RunningMetaGRPC(ctx context.Context) (string, error) {
 func (c *Cluster) LogProblems() map[string][]string {
 	out := map[string][]string{}
 	for _, id := range c.IDs("") {
-		b, err := os.ReadFile(c.LogPath(id))
+		b, err := c.be.Log(id)
 		if err != nil {
 			out[id] = []string{err.Error()}
 			continue
@@ -992,103 +609,13 @@ func (c *Cluster) LogProblems() map[string][]string {
 	return out
 }
 
-// CopyLogs copies every node's log, the dev cluster's own log and
-// cluster.json into dst.
-func (c *Cluster) CopyLogs(dst string) error {
-	if err := os.MkdirAll(dst, 0o750); err != nil {
-		return err
-	}
-	names := []string{"cluster.json", "devcluster.log"}
-	for _, id := range c.IDs("") {
-		names = append(names, id+".log")
-	}
-	var errs []error
-	for _, name := range names {
-		if err := copyFile(filepath.Join(c.cfg.Dir, name), filepath.Join(dst, name)); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
+// CopyLogs copies every node's log, and the backend's own, into dst.
+func (c *Cluster) CopyLogs(dst string) error { return c.be.CopyLogs(dst) }
 
-func copyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.Create(dst)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
-}
-
-// Close stops everything: paused nodes are resumed, nodes the harness
-// restarted get SIGTERM, the dev cluster gets SIGTERM (and stops the nodes
-// it started), and whatever still runs after 30s is SIGKILLed.
+// Close stops every node and the backend.
 func (c *Cluster) Close() {
-	c.mu.Lock()
-	var own []*clusterNode
-	for _, n := range c.nodes {
-		if n.state == NodePaused {
-			_ = syscall.Kill(n.info.PID, syscall.SIGCONT)
-			n.state = NodeRunning
-		}
-		if n.state == NodeRunning {
-			n.state = NodeKilled
-			if n.own != nil {
-				own = append(own, n)
-				_ = n.own.Process.Signal(syscall.SIGTERM)
-			}
-		}
-	}
-	c.mu.Unlock()
-	if c.dev != nil {
-		_ = c.dev.Process.Signal(syscall.SIGTERM)
-	}
-	deadline := time.After(30 * time.Second)
-	for _, n := range own {
-		select {
-		case <-n.ownDone:
-		case <-deadline:
-			_ = n.own.Process.Kill()
-			<-n.ownDone
-		}
-	}
-	if c.dev != nil {
-		select {
-		case <-c.devDone:
-		case <-deadline:
-			_ = c.dev.Process.Kill()
-			<-c.devDone
-		}
-	}
-	// Anything left (a dev cluster killed before it could stop a node).
-	c.mu.Lock()
-	for _, n := range c.nodes {
-		if n.own == nil && pidAlive(n.info.PID) {
-			_ = syscall.Kill(n.info.PID, syscall.SIGKILL)
-		}
-	}
-	c.mu.Unlock()
+	c.be.Close()
 	if c.peers != nil {
 		c.peers.Close()
 	}
-	if c.net != nil {
-		c.net.Close()
-	}
-}
-
-// nodeEnv is the environment of the dev cluster and its nodes: none of the
-// caller's STRATA_* settings, and an audit of the storage nodes every few
-// seconds, so that shards deleted on disk are found within a run (serve
-// reads STRATA_<FLAG> for flags not given).
-func nodeEnv() []string {
-	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "STRATA_") })
-	return append(env, "STRATA_AUDIT_INTERVAL=5s")
 }

@@ -143,7 +143,7 @@ func (in *injector) inject(ctx context.Context, f Fault) {
 			in.record(FaultEvent{Kind: f.Kind, Start: time.Now(), Error: "no leader to cut off: " + err.Error()})
 			return
 		}
-		if in.c.Net() == nil {
+		if !in.c.CanCut() {
 			in.pause(ctx, f, []string{leader})
 			return
 		}
@@ -161,14 +161,14 @@ func (in *injector) inject(ctx context.Context, f Fault) {
 			in.record(FaultEvent{Kind: f.Kind, Start: time.Now(), Detail: "skipped: damaged shards not repaired yet"})
 			return
 		}
-		if in.c.Net() == nil {
+		if !in.c.CanCut() {
 			in.pause(ctx, f, in.c.IDs(RoleStorage))
 			return
 		}
 		id := pickN(in.c.IDs(RoleStorage), 1, f.Pick)[0]
 		in.partition(ctx, f, id, slices.DeleteFunc(in.c.IDs(""), func(x string) bool { return x == id }))
 	case FaultPartitionFrontend:
-		if in.c.Net() == nil {
+		if !in.c.CanCut() {
 			in.pause(ctx, f, in.c.IDs(RoleAPI))
 			return
 		}
@@ -178,6 +178,12 @@ func (in *injector) inject(ctx context.Context, f Fault) {
 		in.damage(ctx, f)
 	case FaultRollingRestart:
 		in.rollingRestart(ctx)
+	case FaultCrashBeforeCommit:
+		in.crashBeforeCommit(ctx, f)
+	case FaultCrashInRepair:
+		in.crashInRepair(ctx, f)
+	case FaultCrashInSnapshot:
+		in.crashInSnapshotInstall(ctx, f)
 	default:
 		in.record(FaultEvent{Kind: f.Kind, Start: time.Now(), Error: "unknown fault kind"})
 	}
@@ -306,14 +312,18 @@ func (in *injector) pause(ctx context.Context, f Fault, among []string) {
 // through the proxy layer for f.Hold, then heals them and waits until the
 // node serves again.
 func (in *injector) partition(ctx context.Context, f Fault, node string, others []string) {
-	n := in.c.Net()
 	ev := FaultEvent{Kind: f.Kind, Targets: []string{node}, Start: time.Now()}
-	for _, o := range others {
-		n.Cut(node, o)
+	if err := in.c.Cut(node, others); err != nil {
+		ev.Error = err.Error()
+		_ = in.c.Heal()
+		in.record(ev)
+		return
 	}
 	in.h.Note("fault: " + string(f.Kind))
 	sleepCtx(ctx, f.Hold)
-	n.Heal()
+	if err := in.c.Heal(); err != nil {
+		in.fail("healing the links of %s: %v", node, err)
+	}
 	ev.Detail = fmt.Sprintf("links to %s cut for %v", strings.Join(others, ","), f.Hold.Round(time.Millisecond))
 	if err := in.waitUp(ctx, ev.Targets); err != nil {
 		ev.Error = err.Error()

@@ -26,29 +26,52 @@ const strataPackage = "github.com/strata-registry/strata/cmd/strata"
 // prebuilt strata binary to run instead of building one.
 const BinaryEnv = "STRATA_CHAOS_BINARY"
 
-var build struct {
+// FailpointBinaryEnv is BinaryEnv for FailpointBinary: a prebuilt
+// bin/strata-failpoints (make build-failpoints).
+const FailpointBinaryEnv = "STRATA_CHAOS_FAILPOINT_BINARY"
+
+// builtBinary is one strata binary built by the test binary.
+type builtBinary struct {
 	once sync.Once
 	dir  string
 	path string
 	err  error
 }
 
+var (
+	build   builtBinary // plain
+	buildFP builtBinary // with -tags failpoints
+)
+
 // Binary returns the path of the strata binary under test. The first call
 // builds it (into a temporary directory shared by the whole test binary;
 // CleanupBinary removes it), later calls return the same path.
 func Binary(t testing.TB) string {
 	t.Helper()
-	build.once.Do(func() {
-		if p := os.Getenv(BinaryEnv); p != "" {
-			build.path, build.err = filepath.Abs(p)
+	return build.get(t, BinaryEnv)
+}
+
+// FailpointBinary is Binary built with -tags failpoints: the server's code
+// failpoints (package chaos/failpoint) are compiled in and can be armed
+// through STRATA_FAILPOINTS and STRATA_FAILPOINTS_ADDR.
+func FailpointBinary(t testing.TB) string {
+	t.Helper()
+	return buildFP.get(t, FailpointBinaryEnv, "-tags", "failpoints")
+}
+
+func (b *builtBinary) get(t testing.TB, env string, flags ...string) string {
+	t.Helper()
+	b.once.Do(func() {
+		if p := os.Getenv(env); p != "" {
+			b.path, b.err = filepath.Abs(p)
 			return
 		}
-		build.dir, build.err = os.MkdirTemp("", "strata-chaos-bin-")
-		if build.err != nil {
+		b.dir, b.err = os.MkdirTemp("", "strata-chaos-bin-")
+		if b.err != nil {
 			return
 		}
-		build.path = filepath.Join(build.dir, "strata")
-		args := []string{"build", "-o", build.path}
+		b.path = filepath.Join(b.dir, "strata")
+		args := append([]string{"build", "-o", b.path}, flags...)
 		if raceEnabled {
 			args = append(args, "-race")
 		}
@@ -58,22 +81,24 @@ func Binary(t testing.TB) string {
 		cmd.Stdout, cmd.Stderr = &out, &out
 		start := time.Now()
 		if err := cmd.Run(); err != nil {
-			build.err = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out.Bytes())
+			b.err = fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out.Bytes())
 			return
 		}
-		t.Logf("built %s in %v", build.path, time.Since(start).Round(time.Millisecond))
+		t.Logf("built %s (go %s) in %v", b.path, strings.Join(args, " "), time.Since(start).Round(time.Millisecond))
 	})
-	if build.err != nil {
-		t.Fatalf("strata binary: %v", build.err)
+	if b.err != nil {
+		t.Fatalf("strata binary: %v", b.err)
 	}
-	return build.path
+	return b.path
 }
 
-// CleanupBinary removes the binary Binary built, if any. Call it from
-// TestMain after the tests have run.
+// CleanupBinary removes the binaries Binary and FailpointBinary built, if
+// any. Call it from TestMain after the tests have run.
 func CleanupBinary() {
-	if build.dir != "" {
-		_ = os.RemoveAll(build.dir)
+	for _, b := range []*builtBinary{&build, &buildFP} {
+		if b.dir != "" {
+			_ = os.RemoveAll(b.dir)
+		}
 	}
 }
 
@@ -107,6 +132,11 @@ type ProcessConfig struct {
 	LogPath string
 	// ReadyTimeout bounds each start. Default 60s.
 	ReadyTimeout time.Duration
+	// Binary is the strata binary to run (default: Binary's).
+	Binary string
+	// Env is added to the server's environment (SetEnv changes it for
+	// the next starts).
+	Env []string
 }
 
 // Process is a strata server running as a child process: the single-node
@@ -142,7 +172,11 @@ func StartProcess(t testing.TB, cfg ProcessConfig) *Process {
 	if cfg.LogPath == "" {
 		cfg.LogPath = filepath.Join(KeepOnFailureDir(t, "log"), "server.log")
 	}
-	p := &Process{t: t, bin: Binary(t), cfg: cfg}
+	bin := cfg.Binary
+	if bin == "" {
+		bin = Binary(t)
+	}
+	p := &Process{t: t, bin: bin, cfg: cfg}
 	t.Cleanup(func() {
 		p.mu.Lock()
 		running := p.cmd != nil && !p.exitedLocked()
@@ -221,7 +255,9 @@ func (p *Process) start() error {
 	args := append([]string{"serve", "--dev", "--data-dir", p.cfg.DataDir, "--http-addr", p.addr}, p.cfg.Args...)
 	cmd := exec.Command(p.bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "GOTRACEBACK=all")
+	p.mu.Lock()
+	cmd.Env = append(append(os.Environ(), "GOTRACEBACK=all"), p.cfg.Env...)
+	p.mu.Unlock()
 	// Where the OS allows, the server dies with the test process even if
 	// the test is killed before its cleanup runs.
 	cmd.SysProcAttr = childProcAttr()
@@ -361,6 +397,31 @@ func (p *Process) Stop() {
 	if err != nil {
 		p.t.Errorf("strata exited with %v after SIGTERM (want a clean exit); see %s", state, p.cfg.LogPath)
 	}
+}
+
+// SetEnv replaces the environment ProcessConfig.Env added, for the next
+// starts.
+func (p *Process) SetEnv(env ...string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cfg.Env = env
+}
+
+// WaitExit waits up to d for the server to exit on its own (a failpoint
+// that ends the process, say) and returns its exit code; the exit is then
+// expected, not a crash. It fails the test if the server is still running.
+func (p *Process) WaitExit(d time.Duration) int {
+	p.t.Helper()
+	if !p.wait(d) {
+		p.t.Fatalf("strata still running %v later; it was expected to exit", d)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.killed = true
+	if p.state == nil {
+		return -1
+	}
+	return p.state.ExitCode()
 }
 
 // Restart starts the server again on the same data directory and port (it

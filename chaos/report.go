@@ -36,7 +36,7 @@ func (r *Report) Summary() string {
 	}
 	sort.Strings(kinds)
 	if len(kinds) > 0 {
-		fmt.Fprintf(&b, "  %-18s %6s %22s %14s\n", "kind", "count", "longest unavailability", "mean")
+		fmt.Fprintf(&b, "  %-25s %6s %22s %14s\n", "kind", "count", "longest unavailability", "mean")
 	}
 	for _, k := range kinds {
 		u := r.Faults.Unavail[FaultKind(k)]
@@ -44,7 +44,7 @@ func (r *Report) Summary() string {
 		if u.NoPushAfter > 0 {
 			longest += fmt.Sprintf(" (%d: no push after)", u.NoPushAfter)
 		}
-		fmt.Fprintf(&b, "  %-18s %6d %22s %11.0f ms\n", k, r.Faults.ByKind[FaultKind(k)], longest, u.MeanMS)
+		fmt.Fprintf(&b, "  %-25s %6d %22s %11.0f ms\n", k, r.Faults.ByKind[FaultKind(k)], longest, u.MeanMS)
 	}
 
 	if n := r.Net; n != nil {
@@ -77,6 +77,27 @@ func (r *Report) Summary() string {
 		repair = rp.Error
 	}
 	fmt.Fprintf(&b, "  repair (strata storage status --json, %d ms): %s\n", rp.WaitedMS, repair)
+	if rr := r.Replicas; rr.Checked {
+		var ids []string
+		for id := range rr.Nodes {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		var parts []string
+		missing := 0
+		for _, id := range ids {
+			n := rr.Nodes[id]
+			parts = append(parts, fmt.Sprintf("%s at %d", id, n.Applied))
+			missing += n.MissingCount
+			if n.Error != "" {
+				missing++
+			}
+		}
+		fmt.Fprintf(&b, "  replicas (each meta node's own metastore after the run: %s): %s\n", strings.Join(parts, ", "),
+			okIf(missing == 0))
+	} else if rr.Why != "" {
+		fmt.Fprintf(&b, "  replicas: not checked (%s)\n", rr.Why)
+	}
 	healed, collected := 0, 0
 	for _, d := range rp.Damage {
 		switch {

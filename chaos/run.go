@@ -125,6 +125,8 @@ type Report struct {
 		Count   int      `json:"count"`
 		Samples []string `json:"samples,omitempty"`
 	} `json:"server_errors"`
+	// Replicas is the check of every meta node's own metastore.
+	Replicas ReplicaReport `json:"replicas"`
 	// Net is what the proxy layer did, when the scenario had one.
 	Net       *NetStats      `json:"net,omitempty"`
 	Notes     map[string]int `json:"notes,omitempty"`
@@ -199,8 +201,12 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 		}
 	}
 	clusterDir := filepath.Join(work, "cluster")
-	c, err := StartCluster(ctx, ClusterConfig{Binary: cfg.Binary, Dir: clusterDir, Meta: cfg.Meta, Storage: cfg.Storage,
-		API: cfg.API, DeadAfter: cfg.DeadAfter, Logf: logf})
+	ccfg := ClusterConfig{Binary: cfg.Binary, Dir: clusterDir, Meta: cfg.Meta, Storage: cfg.Storage,
+		API: cfg.API, DeadAfter: cfg.DeadAfter, Logf: logf}
+	if sc.Failpoints {
+		ccfg.Env = append(ccfg.Env, FailpointEnv...)
+	}
+	c, err := StartCluster(ctx, ccfg)
 	if err != nil {
 		return nil, err
 	}
@@ -210,6 +216,11 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 			c.Close()
 		}
 	}()
+	if sc.Failpoints {
+		if err := c.CheckFailpoints(ctx); err != nil {
+			return nil, fmt.Errorf("%w: %v", errNoFailpoints, err)
+		}
+	}
 	// Shards deleted from a disk are found by the leader's audit, every
 	// --audit-interval (10m by default): the meta nodes get a shorter one,
 	// as every node gets --dead-after 3s, so that it runs within the run.
@@ -219,7 +230,7 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	}
 	if sc.Proxies || len(metaArgs) > 0 {
 		began := time.Now()
-		if err := c.Replumb(ctx, sc.Proxies, metaArgs); err != nil {
+		if err := c.Prepare(ctx, sc.Proxies, metaArgs); err != nil {
 			return nil, err
 		}
 		logf("chaos: nodes restarted with their new command lines (proxies %v, meta nodes %v) in %v", sc.Proxies, metaArgs,
@@ -448,6 +459,14 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	}
 	in.mu.Unlock()
 
+	// Every meta node's own copy of the metadata, from its disk.
+	c.Close()
+	closed = true
+	rep.Replicas = CheckReplicas(c.Backend(), c.IDs(RoleMeta), snap, sc.GC)
+	for _, f := range rep.Replicas.failures() {
+		rep.fail("%s", f)
+	}
+
 	// Counts.
 	rep.Faults.Events = in.Events()
 	rep.Faults.ByKind = map[FaultKind]int{}
@@ -509,8 +528,6 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 			rep.Warnings = append(rep.Warnings, "writing tag-history.json: "+err.Error())
 		}
 	}
-	c.Close()
-	closed = true
 	if keep {
 		if err := c.CopyLogs(filepath.Join(artifacts, "logs")); err != nil {
 			rep.Warnings = append(rep.Warnings, "copying logs: "+err.Error())
@@ -584,8 +601,8 @@ func firstLine(s string) string {
 // heal heals cut links, resumes paused nodes, starts stopped ones and
 // waits until every node serves.
 func heal(ctx context.Context, c *Cluster, in *injector, logf func(string, ...any)) {
-	if n := c.Net(); n != nil {
-		n.Heal()
+	if err := c.Heal(); err != nil {
+		in.fail("healing: links: %v", err)
 	}
 	for _, id := range c.IDs("") {
 		switch c.State(id) {

@@ -46,11 +46,26 @@ const (
 	// (storage, frontends, meta followers, the leader last). Each node's
 	// restart is one injection.
 	FaultRollingRestart FaultKind = "rolling-restart"
+
+	// Crashes at code failpoints (package chaos/failpoint; the nodes run a
+	// binary built with -tags failpoints):
+	//
+	// A frontend exits between the shards of an upload being durable and
+	// its Raft commit (upload-before-commit, upload-before-update).
+	FaultCrashBeforeCommit FaultKind = "crash-before-commit"
+	// The leader exits between writing a rebuilt shard and recording it
+	// (repair-before-replace), while repairing a storage node killed for
+	// longer than --dead-after.
+	FaultCrashInRepair FaultKind = "crash-in-repair"
+	// A meta follower that must install a snapshot exits in the middle of
+	// the install (snapshot-restore), and comes back under a new leader.
+	FaultCrashInSnapshot FaultKind = "crash-in-snapshot-install"
 )
 
 // AllFaultKinds lists every fault kind.
 var AllFaultKinds = []FaultKind{FaultLeaderKill, FaultMetaKill, FaultStorageKill, FaultPause, FaultPartitionLeader,
-	FaultPartitionStorage, FaultPartitionFrontend, FaultCorrupt, FaultDeleteShards, FaultRollingRestart}
+	FaultPartitionStorage, FaultPartitionFrontend, FaultCorrupt, FaultDeleteShards, FaultRollingRestart,
+	FaultCrashBeforeCommit, FaultCrashInRepair, FaultCrashInSnapshot}
 
 // Scenario is a named mix of faults and workload options.
 type Scenario struct {
@@ -65,6 +80,10 @@ type Scenario struct {
 	// workload starts, so that partitions cut links rather than stop
 	// processes. It costs a restart of every node at the start.
 	Proxies bool
+	// Failpoints: the nodes run a binary built with -tags failpoints, with
+	// their failpoint endpoints on (FailpointEnv); only the process backend
+	// can do it.
+	Failpoints bool
 	// GC runs a deleter (an acknowledged image deleted every second) and
 	// `strata gc run --grace 0s` every few seconds during the faults, and
 	// once more after them; only images still live must then pull intact.
@@ -116,6 +135,13 @@ var Scenarios = map[string]Scenario{
 		Faults:      map[FaultKind]int{FaultLeaderKill: 2, FaultMetaKill: 1, FaultStorageKill: 2, FaultPause: 2},
 		Gap:         [2]time.Duration{2 * time.Second, 5 * time.Second},
 		GC:          true,
+	},
+	"failpoints": {
+		Name:        "failpoints",
+		Description: "crashes at code failpoints (bin/strata-failpoints): a frontend between a blob's shards and its Raft commit, the leader between rebuilding a shard and recording it, a meta node in the middle of installing a snapshot",
+		Faults:      map[FaultKind]int{FaultCrashBeforeCommit: 3, FaultCrashInRepair: 2, FaultCrashInSnapshot: 2},
+		Gap:         [2]time.Duration{2 * time.Second, 5 * time.Second},
+		Failpoints:  true,
 	},
 	"mixed": {
 		Name:        "mixed",

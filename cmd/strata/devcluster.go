@@ -78,6 +78,10 @@ type devClusterConfig struct {
 	// with the cluster; a cluster first started in the clear stays so.
 	Keyring string
 
+	// NodeEnv (KEY=VALUE) is added to every node's environment, which
+	// otherwise has none of this process's STRATA_* variables.
+	NodeEnv []string
+
 	ReadyTimeout time.Duration // for start-up (default 90s)
 	StopTimeout  time.Duration // SIGTERM to SIGKILL (default 15s)
 
@@ -410,6 +414,7 @@ func (c *devCluster) startProc(p *devProc) error {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Settings meant for this process must not leak into the nodes.
 	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "STRATA_") })
+	cmd.Env = append(cmd.Env, c.cfg.NodeEnv...)
 	// A process group of its own: a Ctrl-C in the terminal reaches only
 	// the dev cluster, which then stops the nodes itself.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -892,6 +897,7 @@ Run again on the same --dir, it reuses the data and the ports in cluster.json.`,
 	f.StringVar(&cfg.ReadConsistency, "read-consistency", "", "passed to every node: linearizable or stale (default: serve's)")
 	f.StringVar(&cfg.LogLevel, "log-level", "", "passed to every node: debug, info, warn or error (default: serve's)")
 	f.StringVar(&cfg.Keyring, "keyring", "", "keyring every frontend shares to encrypt blobs and manifests (default: <dir>/keyring, created with the cluster; \"off\": in the clear)")
+	f.StringArrayVar(&cfg.NodeEnv, "node-env", nil, "KEY=VALUE added to every node's environment, repeatable (nodes get none of this command's STRATA_* variables otherwise)")
 	f.DurationVar(&cfg.ReadyTimeout, "ready-timeout", 90*time.Second, "how long start-up may take")
 	f.DurationVar(&cfg.StopTimeout, "stop-timeout", 15*time.Second, "how long nodes get to stop after SIGTERM before SIGKILL")
 	return cmd
