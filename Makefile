@@ -114,7 +114,7 @@ CHAOS_SEED  ?= 0
 CHAOS_FLAGS ?=
 CHAOS_QUICK ?= leader-kill:60s mixed:60s
 CHAOS_FAILPOINTS ?= failpoints:90s
-CHAOS_SOAK  ?= leader-kill:2m storage-kill:2m pause:2m partition:2m corrupt:2m rolling-restart:2m gc-under-faults:2m mixed:12m
+CHAOS_SOAK  ?= leader-kill:2m storage-kill:2m pause:2m partition:2m corrupt:2m rolling-restart:2m gc-under-faults:2m disk-full:2m mixed:12m
 
 # chaos_run(scenario:duration ..., binary): the binary runs the harness and the nodes
 define chaos_run

@@ -205,12 +205,12 @@ func (s *LocalStore) Put(ctx context.Context, id ShardID, data []byte, sum [32]b
 			return fmt.Errorf("blobstore: put %s: %w", id, err)
 		}
 	case !errors.Is(err, fs.ErrExist):
-		return fmt.Errorf("blobstore: put %s: %w", id, err)
+		return putError(id, err)
 	}
 
 	f, err := os.CreateTemp(s.staging, id.String()+".*")
 	if err != nil {
-		return fmt.Errorf("blobstore: put %s: %w", id, err)
+		return putError(id, err)
 	}
 	tmp := f.Name()
 	hdr := encodeShardHeader(shardHeader{Index: id.Index, Length: uint64(len(data)), Sum: sum})
@@ -231,7 +231,7 @@ func (s *LocalStore) Put(ctx context.Context, id ShardID, data []byte, sum [32]b
 	}
 	if err != nil {
 		os.Remove(tmp)
-		return fmt.Errorf("blobstore: put %s: %w", id, err)
+		return putError(id, err)
 	}
 	size := int64(shardHeaderSize + len(data))
 	if old >= 0 {
@@ -244,6 +244,15 @@ func (s *LocalStore) Put(ctx context.Context, id ShardID, data []byte, sum [32]b
 		return fmt.Errorf("blobstore: put %s: %w", id, err)
 	}
 	return nil
+}
+
+// putError wraps an error of Put, as ErrNoSpace when the filesystem is full
+// or the store over its quota.
+func putError(id ShardID, err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
+		return fmt.Errorf("%w: put %s: %w", ErrNoSpace, id, err)
+	}
+	return fmt.Errorf("blobstore: put %s: %w", id, err)
 }
 
 // Get implements ShardStore with one whole-file read.

@@ -23,6 +23,10 @@ type NodeInfo struct {
 	// ReadOnly nodes serve the shards they hold but take no new ones (a
 	// node being drained).
 	ReadOnly bool
+	// Full nodes said they have no room (a put refused with ErrNoSpace, or
+	// a free space reported below what a shard needs): they take new
+	// shards only when no other node can.
+	Full bool
 }
 
 // Place chooses n distinct nodes for the shards of a segment, in shard
@@ -46,6 +50,13 @@ type NodeInfo struct {
 // whether that is enough. The first n nodes of Place(id, nodes, n2) for
 // n2 > n are Place(id, nodes, n), so a longer list ranks spares.
 func Place(segmentID string, nodes []NodeInfo, n int) ([]NodeInfo, error) {
+	return PlaceFor(segmentID, nodes, n, 0)
+}
+
+// PlaceFor is Place for shards of need bytes each: nodes marked Full, and
+// nodes whose known free space is below need, count as full (they come
+// after every node with room).
+func PlaceFor(segmentID string, nodes []NodeInfo, n int, need uint64) ([]NodeInfo, error) {
 	if n <= 0 {
 		return nil, nil
 	}
@@ -57,7 +68,7 @@ func Place(segmentID string, nodes []NodeInfo, n int) ([]NodeInfo, error) {
 		}
 		seen[nd.ID] = true
 		c := scored{nd, hrwScore(segmentID, nd.ID, nd.Free)}
-		if nd.Free == 0 {
+		if nd.Free == 0 || nd.Full || nd.Free < need {
 			full = append(full, c)
 		} else {
 			roomy = append(roomy, c)

@@ -128,7 +128,7 @@ func (s *Store) Rebuild(ctx context.Context, req RebuildRequest) (RebuildResult,
 
 	// Placement first, so that nothing is fetched for shards that have
 	// nowhere to go.
-	pl := newRepairPlacement(seg, refs, want, avoid, infos, all)
+	pl := newRepairPlacement(seg, refs, want, avoid, infos, all, seg.GetShardSize()+shardHeaderSize)
 	targets := make(map[uint32]NodeInfo, len(wanted))
 	var errs []error
 	for _, i := range wanted {
@@ -246,6 +246,9 @@ func (s *Store) Rebuild(ctx context.Context, req RebuildRequest) (RebuildResult,
 					o.rep.NewNode = node.ID
 					break
 				}
+				if errors.Is(o.err, ErrNoSpace) && s.cfg.OnNoSpace != nil {
+					s.cfg.OnNoSpace(node.ID)
+				}
 				o.err = fmt.Errorf("put shard %d of %s on %s: %w", i, seg.GetId(), node.ID, o.err)
 				if ctx.Err() != nil {
 					break
@@ -273,12 +276,19 @@ func (s *Store) Rebuild(ctx context.Context, req RebuildRequest) (RebuildResult,
 }
 
 // repairPlacement hands out the nodes that may receive rebuilt shards of a
-// segment: in Place order, nodes in zones the segment does not use yet first.
+// segment: in Place order, nodes in zones the segment does not use yet first;
+// then nodes that hold a shard already (see shared); nodes without room for
+// the shard last.
 type repairPlacement struct {
 	mu     sync.Mutex
 	ranked []NodeInfo
 	taken  []bool
 	zones  map[string]bool
+	// full are nodes without a shard of the segment but without room
+	// either (Full, or less free space than the shard needs), in Place
+	// order: a full disk takes a shard only when nothing else can.
+	full      []NodeInfo
+	fullTaken []bool
 	// When fewer healthy nodes remain than the segment has shards, a node
 	// may hold two shards of it: k+m shards on fewer nodes still survive
 	// more failures than a segment left short. shared ranks those nodes;
@@ -288,7 +298,7 @@ type repairPlacement struct {
 }
 
 func newRepairPlacement(seg *metastorepb.Segment, refs []*metastorepb.ShardRef, want []bool, avoid func(string) bool,
-	infos map[string]NodeInfo, all []NodeInfo) *repairPlacement {
+	infos map[string]NodeInfo, all []NodeInfo, need uint64) *repairPlacement {
 	used := make(map[string]bool)
 	zones := make(map[string]bool)
 	for i, r := range refs {
@@ -303,7 +313,7 @@ func newRepairPlacement(seg *metastorepb.Segment, refs []*metastorepb.ShardRef, 
 			}
 		}
 	}
-	var cands, shared []NodeInfo
+	var cands, shared, full []NodeInfo
 	held := map[string]int{}
 	for i, r := range refs {
 		if r != nil && (!want[i] || !avoid(r.GetNode())) {
@@ -315,13 +325,17 @@ func newRepairPlacement(seg *metastorepb.Segment, refs []*metastorepb.ShardRef, 
 		case avoid(nd.ID) || nd.ReadOnly:
 		case used[nd.ID]:
 			shared = append(shared, nd)
+		case nd.Full || (nd.Free > 0 && nd.Free < need):
+			full = append(full, nd)
 		default:
 			cands = append(cands, nd)
 		}
 	}
 	ranked, _ := Place(seg.GetId(), cands, len(cands))
 	shared, _ = Place(seg.GetId(), shared, len(shared))
-	return &repairPlacement{ranked: ranked, taken: make([]bool, len(ranked)), zones: zones, shared: shared, held: held}
+	full, _ = Place(seg.GetId(), full, len(full))
+	return &repairPlacement{ranked: ranked, taken: make([]bool, len(ranked)), zones: zones, shared: shared, held: held,
+		full: full, fullTaken: make([]bool, len(full))}
 }
 
 // next returns the best node not handed out yet.
@@ -351,6 +365,14 @@ func (p *repairPlacement) next() (NodeInfo, bool) {
 			}
 		}
 		if best < 0 {
+			// Nothing else: a node that said it has no room, in case it
+			// has some again.
+			for i, nd := range p.full {
+				if !p.fullTaken[i] {
+					p.fullTaken[i] = true
+					return nd, true
+				}
+			}
 			return NodeInfo{}, false
 		}
 		p.held[p.shared[best].ID]++

@@ -20,6 +20,10 @@ var (
 	ErrInvalidShardID = errors.New("blobstore: invalid shard id")
 	// ErrClosed is returned by a store used after Close.
 	ErrClosed = errors.New("blobstore: store closed")
+	// ErrNoSpace is returned by Put when the store has no room for the
+	// shard (its filesystem is full: ENOSPC, or over quota: EDQUOT). The
+	// shard is not stored; the caller puts it on another node.
+	ErrNoSpace = errors.New("blobstore: no space left for the shard")
 )
 
 // ShardID names one shard: shard Index of segment Segment.

@@ -266,6 +266,8 @@ func (r *RemoteStore) error(ctx context.Context, op string, id *ShardID, err err
 		e.is = ErrInvalidRange
 	case codes.Unavailable, codes.FailedPrecondition:
 		e.is = ErrNodeUnavailable
+	case codes.ResourceExhausted:
+		e.is = ErrNoSpace
 	case codes.Canceled:
 		e.is = context.Canceled
 	case codes.DeadlineExceeded:

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"sync/atomic"
+	"time"
 
 	"github.com/zeebo/blake3"
 	"google.golang.org/grpc"
@@ -62,6 +65,21 @@ func RegisterShardServer(s grpc.ServiceRegistrar, store ShardStore) {
 type shardServer struct {
 	shardpb.UnimplementedShardsServer
 	store ShardStore
+	// noSpaceLogged is when a full store was last reported in the log
+	// (unix nanoseconds): at most once a minute.
+	noSpaceLogged atomic.Int64
+}
+
+// noSpace logs, at most once a minute, that the store refused a shard for
+// lack of space: the node's disk is full.
+func (s *shardServer) noSpace(err error) {
+	now := time.Now().UnixNano()
+	last := s.noSpaceLogged.Load()
+	if now-last < int64(time.Minute) || !s.noSpaceLogged.CompareAndSwap(last, now) {
+		return
+	}
+	slog.Warn("shard store full: refusing new shards until space is freed (frontends place them on other nodes)",
+		"node", s.store.NodeID(), "err", err)
 }
 
 // begin checks what every call starts with: the node the caller wants and
@@ -98,6 +116,7 @@ func shardInfoToPB(info ShardInfo) *shardpb.ShardInfo {
 //	ErrInvalidShardID                 INVALID_ARGUMENT
 //	ErrInvalidRange                   OUT_OF_RANGE
 //	ErrClosed, ErrNodeUnavailable     UNAVAILABLE
+//	ErrNoSpace                        RESOURCE_EXHAUSTED
 //	context.Canceled                  CANCELLED
 //	context.DeadlineExceeded          DEADLINE_EXCEEDED
 //	a gRPC status error               itself
@@ -120,6 +139,8 @@ func statusError(err error) error {
 		code = codes.OutOfRange
 	case errors.Is(err, ErrClosed), errors.Is(err, ErrNodeUnavailable):
 		code = codes.Unavailable
+	case errors.Is(err, ErrNoSpace):
+		code = codes.ResourceExhausted
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
@@ -187,6 +208,9 @@ func (s *shardServer) Put(stream shardpb.Shards_PutServer) error {
 		return status.Errorf(codes.DataLoss, "%v: put %s: %d of the %d bytes announced", ErrShardCorrupt, id, len(data), length)
 	}
 	if err := s.store.Put(ctx, id, data, sum); err != nil {
+		if errors.Is(err, ErrNoSpace) {
+			s.noSpace(err)
+		}
 		return statusError(err)
 	}
 	return stream.SendAndClose(&shardpb.PutResponse{})

@@ -80,6 +80,14 @@ type Config struct {
 	// sealer of its own (WriteOptions.Sealer, ReadOptions.Sealer). Default
 	// Plain: segments are stored as they are.
 	Sealer Sealer
+	// SegmentCache, if set, keeps decoded segments for ReadRange and makes
+	// concurrent reads of one segment share one fetch. Nil: every read
+	// fetches its shards.
+	SegmentCache *SegmentCache
+	// OnNoSpace, if set, is called (synchronously) with the id of every
+	// node that refused a shard for lack of space (ErrNoSpace), so that the
+	// node source can count it full until it reports room again.
+	OnNoSpace func(nodeID string)
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -400,8 +408,15 @@ func (s *Store) writeSegment(ctx context.Context, buf []byte, n int, seal Sealer
 		infos = append(infos, nd.Info)
 	}
 	// Rank every node: the first k+m take the shards, the rest are spares
-	// for failed Puts.
-	ranked, _ := Place(seg.Id, infos, len(infos))
+	// for failed Puts. Nodes without room for a shard come last.
+	ranked, _ := PlaceFor(seg.Id, infos, len(infos), seg.ShardSize+shardHeaderSize)
+	if len(ranked) > 0 && (ranked[0].Full || (ranked[0].Free > 0 && ranked[0].Free < seg.ShardSize+shardHeaderSize)) {
+		// Every node says it is full: try them all the same (one of them
+		// may have room again), rather than fail without trying.
+		for i := range ranked {
+			ranked[i].Full, ranked[i].Free = false, 0
+		}
+	}
 	quorum := WriteQuorum(k, m)
 	if len(ranked) < quorum {
 		return nil, fmt.Errorf("%w: %s needs %d shards, %d nodes: %w", ErrWriteQuorum, seg.Id, quorum, len(ranked), ErrNotEnoughNodes)
@@ -421,11 +436,18 @@ func (s *Store) writeSegment(ctx context.Context, buf []byte, n int, seal Sealer
 		return ranked[nextSpare-1], true
 	}
 
+	need := seg.ShardSize + shardHeaderSize
 	results := make(chan putResult, len(shards))
 	started := 0
 	for i, shard := range shards {
 		if i >= len(ranked) {
 			break // fewer nodes than shards: the rest are for repair
+		}
+		if nd := ranked[i]; nd.Full || (nd.Free > 0 && nd.Free < need) {
+			// No node with room is left for this shard (those without
+			// come last): rather than send it to be refused, leave it
+			// for repair, which puts it on a node that has room.
+			continue
 		}
 		started++
 		go func(i int, shard []byte, node NodeInfo) {
@@ -436,6 +458,9 @@ func (s *Store) writeSegment(ctx context.Context, buf []byte, n int, seal Sealer
 				if res.err == nil {
 					res.node = node.ID
 					break
+				}
+				if errors.Is(res.err, ErrNoSpace) && s.cfg.OnNoSpace != nil {
+					s.cfg.OnNoSpace(node.ID)
 				}
 				res.err = fmt.Errorf("shard %d on %s: %w", i, node.ID, res.err)
 				if putCtx.Err() != nil {
@@ -649,6 +674,19 @@ type shardResult struct {
 // verified, so that a damaged shard is found, reported and replaced by
 // parity, and only a segment that still fails is refused.
 func (s *Store) readSegment(ctx context.Context, nodes map[string]ShardStore, seg *metastorepb.Segment, seal Sealer, at uint64) ([][]byte, error) {
+	if c := s.cfg.SegmentCache; c != nil {
+		if err := checkSegment(seg); err != nil {
+			return nil, err
+		}
+		return c.get(ctx, seg, seal, func(ctx context.Context) ([][]byte, error) {
+			return s.fetchSegment(ctx, nodes, seg, seal, at)
+		})
+	}
+	return s.fetchSegment(ctx, nodes, seg, seal, at)
+}
+
+// fetchSegment is readSegment without the cache.
+func (s *Store) fetchSegment(ctx context.Context, nodes map[string]ShardStore, seg *metastorepb.Segment, seal Sealer, at uint64) ([][]byte, error) {
 	if seg.GetFormat() == FormatAESGCM && seal != nil && seal != Plain {
 		pieces, err := s.readSegmentOnce(ctx, nodes, seg, seal, at, false)
 		if !errors.Is(err, ErrSegmentAuth) {

@@ -25,7 +25,8 @@ type cluster struct {
 	faulty []*blobstore.Faulty
 
 	mu     sync.Mutex
-	hidden map[string]bool // nodes left out of the node list
+	hidden map[string]bool               // nodes left out of the node list
+	room   map[string]blobstore.NodeInfo // Free and Full to report instead of plenty of room
 }
 
 func newCluster(tb testing.TB, n int) *cluster {
@@ -52,12 +53,23 @@ func (c *cluster) nodes() []blobstore.Node {
 		if c.hidden[id] {
 			continue
 		}
-		out = append(out, blobstore.Node{
-			Info:   blobstore.NodeInfo{ID: id, Zone: "zone-" + id, Free: 1 << 40},
-			Shards: f,
-		})
+		info := blobstore.NodeInfo{ID: id, Zone: "zone-" + id, Free: 1 << 40}
+		if r, ok := c.room[id]; ok {
+			info.Free, info.Full = r.Free, r.Full
+		}
+		out = append(out, blobstore.Node{Info: info, Shards: f})
 	}
 	return out
+}
+
+// setRoom makes node i report free bytes free (and full).
+func (c *cluster) setRoom(i int, free uint64, full bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.room == nil {
+		c.room = map[string]blobstore.NodeInfo{}
+	}
+	c.room[c.local[i].NodeID()] = blobstore.NodeInfo{Free: free, Full: full}
 }
 
 func (c *cluster) hide(i int) {

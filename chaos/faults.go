@@ -184,6 +184,8 @@ func (in *injector) inject(ctx context.Context, f Fault) {
 		in.crashInRepair(ctx, f)
 	case FaultCrashInSnapshot:
 		in.crashInSnapshotInstall(ctx, f)
+	case FaultDiskFull:
+		in.diskFull(ctx, f)
 	default:
 		in.record(FaultEvent{Kind: f.Kind, Start: time.Now(), Error: "unknown fault kind"})
 	}

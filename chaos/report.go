@@ -118,7 +118,7 @@ func (r *Report) Summary() string {
 	fmt.Fprintf(&b, "  redundancy: %d blobs, %d segments, %d shards (%d read in full): %d segments below k+m",
 		rr.Blobs, rr.Segments, rr.Shards, rr.Verified, len(rr.BelowFull))
 	if rr.Doubled > 0 {
-		fmt.Fprintf(&b, " (%d with two shards on one node, repaired while nodes were dead)", rr.Doubled)
+		fmt.Fprintf(&b, " (%d with two shards on one node, repaired while nodes were dead or full)", rr.Doubled)
 	}
 	b.WriteString("\n")
 

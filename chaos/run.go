@@ -206,6 +206,9 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	if sc.Failpoints {
 		ccfg.Env = append(ccfg.Env, FailpointEnv...)
 	}
+	if sc.SmallDisks {
+		ccfg.ShardFS = ShardFSSize
+	}
 	c, err := StartCluster(ctx, ccfg)
 	if err != nil {
 		return nil, err

@@ -60,12 +60,16 @@ const (
 	// A meta follower that must install a snapshot exits in the middle of
 	// the install (snapshot-restore), and comes back under a new leader.
 	FaultCrashInSnapshot FaultKind = "crash-in-snapshot-install"
+
+	// A storage node's disk full (its shard filesystem filled up by a
+	// filler file) for a hold, then freed.
+	FaultDiskFull FaultKind = "disk-full"
 )
 
 // AllFaultKinds lists every fault kind.
 var AllFaultKinds = []FaultKind{FaultLeaderKill, FaultMetaKill, FaultStorageKill, FaultPause, FaultPartitionLeader,
 	FaultPartitionStorage, FaultPartitionFrontend, FaultCorrupt, FaultDeleteShards, FaultRollingRestart,
-	FaultCrashBeforeCommit, FaultCrashInRepair, FaultCrashInSnapshot}
+	FaultCrashBeforeCommit, FaultCrashInRepair, FaultCrashInSnapshot, FaultDiskFull}
 
 // Scenario is a named mix of faults and workload options.
 type Scenario struct {
@@ -84,6 +88,10 @@ type Scenario struct {
 	// their failpoint endpoints on (FailpointEnv); only the process backend
 	// can do it.
 	Failpoints bool
+	// SmallDisks mounts a small filesystem of its own (a tmpfs of
+	// ShardFSSize, which needs root) on every storage node's shard
+	// directory, so that disk-full faults can fill one up for real.
+	SmallDisks bool
 	// GC runs a deleter (an acknowledged image deleted every second) and
 	// `strata gc run --grace 0s` every few seconds during the faults, and
 	// once more after them; only images still live must then pull intact.
@@ -142,6 +150,13 @@ var Scenarios = map[string]Scenario{
 		Faults:      map[FaultKind]int{FaultCrashBeforeCommit: 3, FaultCrashInRepair: 2, FaultCrashInSnapshot: 2},
 		Gap:         [2]time.Duration{2 * time.Second, 5 * time.Second},
 		Failpoints:  true,
+	},
+	"disk-full": {
+		Name:        "disk-full",
+		Description: "a storage node's shard filesystem (a tmpfs; needs root) filled up for 5-15s, then freed; with storage and leader kills",
+		Faults:      map[FaultKind]int{FaultDiskFull: 4, FaultStorageKill: 1, FaultLeaderKill: 1},
+		Gap:         [2]time.Duration{2 * time.Second, 5 * time.Second},
+		SmallDisks:  true,
 	},
 	"mixed": {
 		Name:        "mixed",
@@ -239,6 +254,8 @@ func Schedule(sc Scenario, seed uint64, d time.Duration) []Fault {
 			f.Hold = between(2*time.Second, 6*time.Second)
 		case FaultCorrupt, FaultDeleteShards:
 			f.Count = 1 + r.IntN(4)
+		case FaultDiskFull:
+			f.Hold = between(5*time.Second, 15*time.Second)
 		}
 		out = append(out, f)
 		// Only the gaps count, a lower bound of each fault's cost, so the

@@ -113,6 +113,7 @@ type StorageView struct {
 
 	usageMu sync.Mutex
 	free    map[string]uint64 // last free space each node reported
+	full    map[string]bool   // reported no free space, or refused a shard for lack of it, since
 	weighed time.Time
 }
 
@@ -163,6 +164,30 @@ func (v *StorageView) refresh(ctx context.Context) error {
 	return nil
 }
 
+// NoSpace records that node id refused a shard for lack of space
+// (blobstore.Config.OnNoSpace): until the node is asked for its free space
+// again, placement counts it full.
+func (v *StorageView) NoSpace(id string) {
+	v.usageMu.Lock()
+	if v.full == nil {
+		v.full = map[string]bool{}
+	}
+	if !v.full[id] {
+		v.full[id] = true
+		v.log.Warn("storage node has no room for shards; placing them elsewhere until it reports free space", "node", id)
+	}
+	v.usageMu.Unlock()
+	if p := v.nodes.Load(); p != nil {
+		nodes := slices.Clone(*p)
+		for i := range nodes {
+			if nodes[i].Info.ID == id {
+				nodes[i].Info.Full = true
+			}
+		}
+		v.nodes.Store(&nodes)
+	}
+}
+
 // usageEvery is how often a frontend asks the storage nodes for their free
 // space, which weights placement (rendezvous hashing by free capacity).
 const usageEvery = 10 * time.Second
@@ -173,10 +198,11 @@ func (v *StorageView) weigh(ctx context.Context, nodes []blobstore.Node) {
 	v.usageMu.Lock()
 	defer v.usageMu.Unlock()
 	if v.free == nil {
-		v.free = map[string]uint64{}
+		v.free, v.full = map[string]uint64{}, map[string]bool{}
 	}
 	if time.Since(v.weighed) >= usageEvery {
 		v.weighed = time.Now()
+		clear(v.full) // the answers below say anew which nodes are full
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		for _, n := range nodes {
@@ -188,6 +214,7 @@ func (v *StorageView) weigh(ctx context.Context, nodes []blobstore.Node) {
 				if u, err := n.Shards.Usage(uctx); err == nil {
 					mu.Lock()
 					v.free[n.Info.ID] = u.Free
+					v.full[n.Info.ID] = u.Free == 0 && u.Capacity > 0
 					mu.Unlock()
 				}
 			}()
@@ -196,6 +223,7 @@ func (v *StorageView) weigh(ctx context.Context, nodes []blobstore.Node) {
 	}
 	for i := range nodes {
 		nodes[i].Info.Free = v.free[nodes[i].Info.ID]
+		nodes[i].Info.Full = v.full[nodes[i].Info.ID]
 	}
 }
 

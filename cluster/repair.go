@@ -56,6 +56,10 @@ type RepairConfig struct {
 	// A copy whose deletion a leader change interrupts is an orphan for the
 	// storage sweep.
 	DeleteGrace time.Duration
+	// FreeSpace, if set, tells the free space a storage node last reported
+	// (its heartbeat, which the leader's Service keeps): nodes with less
+	// room than a shard take a rebuilt shard only when no other node can.
+	FreeSpace func(nodeID string) (free uint64, known bool)
 	// Registerer, if set, receives the repairer's Prometheus metrics.
 	Registerer prometheus.Registerer
 	Log        *slog.Logger
@@ -416,6 +420,11 @@ func (r *Repairer) refresh() (*repairView, error) {
 				continue
 			}
 			info := blobstore.NodeInfo{ID: rec.Id, Zone: rec.Zone}
+			if r.cfg.FreeSpace != nil {
+				if free, ok := r.cfg.FreeSpace(rec.Id); ok {
+					info.Free, info.Full = free, free == 0
+				}
+			}
 			var store blobstore.ShardStore
 			switch {
 			case rec.State == metastore.NodeDead:

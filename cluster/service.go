@@ -61,6 +61,15 @@ type beat struct {
 	used, free, capacity uint64
 }
 
+// FreeSpace is the free space storage node id reported in its last
+// heartbeat to this node, if it is the leader and has heard one.
+func (s *Service) FreeSpace(id string) (uint64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.beats[id]
+	return b.free, ok && !b.at.IsZero()
+}
+
 // NewService returns the gRPC service over meta, which must have the meta
 // role. deadAfter is how long a storage node may stay silent before the
 // leader declares it dead.

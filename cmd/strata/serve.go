@@ -356,7 +356,7 @@ func serve(ctx context.Context, o *serveOptions) error {
 		go svc.RunLeaderDuties(ctx)
 		// Repair: every meta node runs it; it works while the node leads.
 		rep, err := cluster.NewRepairer(meta, cluster.RepairConfig{Peers: peers, Local: local, OnlyLocal: o.dev,
-			Concurrency: o.repairConc, BytesPerSecond: o.repairRate, Registerer: reg, Log: log})
+			Concurrency: o.repairConc, BytesPerSecond: o.repairRate, FreeSpace: svc.FreeSpace, Registerer: reg, Log: log})
 		if err != nil {
 			return err
 		}
@@ -477,6 +477,7 @@ func serveHTTP(ctx context.Context, o *serveOptions, ln net.Listener, meta *clus
 		blobs, err = blobstore.New(blobCfg, func() []blobstore.Node { return local })
 	} else {
 		storage = cluster.NewStorageView(meta, peers, nodeID, local, log)
+		blobCfg.OnNoSpace = storage.NoSpace
 		blobs, err = storage.NewStore(blobCfg)
 	}
 	if err != nil {
