@@ -678,7 +678,7 @@ func (s *Store) readSegment(ctx context.Context, nodes map[string]ShardStore, se
 		if err := checkSegment(seg); err != nil {
 			return nil, err
 		}
-		return c.get(ctx, seg, seal, func(ctx context.Context) ([][]byte, error) {
+		return c.get(ctx, seg, seal, at, func(ctx context.Context) ([][]byte, error) {
 			return s.fetchSegment(ctx, nodes, seg, seal, at)
 		})
 	}

@@ -47,6 +47,7 @@ type serveOptions struct {
 	shardDirs       []string
 	k, m            int
 	segmentSize     int
+	segmentCache    int64
 	strict          bool
 	readConsistency string
 	maxStaleness    time.Duration
@@ -132,6 +133,7 @@ flags win over the environment, which wins over the file.`,
 	f.IntVar(&o.k, "k", 0, "erasure data shards per segment (default: 1 in --dev; in a cluster the best fit: 4+2 with 6 or more storage nodes, 2+1 with 3 to 5)")
 	f.IntVar(&o.m, "m", -1, "erasure parity shards per segment (default: see --k)")
 	f.IntVar(&o.segmentSize, "segment-size", blobstore.DefaultSegmentSize, "bytes per segment")
+	f.Int64Var(&o.segmentCache, "segment-cache", 256<<20, "api role: bytes of decoded segments a frontend keeps in memory; concurrent pulls of one blob share one fetch of each segment (0: no cache)")
 	f.BoolVar(&o.strict, "strict-manifests", false, "refuse image manifests whose layers are not all in the repository (default: sparse manifests are accepted)")
 	f.StringVar(&o.readConsistency, "read-consistency", "linearizable", "tag and listing reads: linearizable, or stale (served by any replica within --max-staleness)")
 	f.DurationVar(&o.maxStaleness, "max-staleness", 5*time.Second, "bound on the staleness of reads with --read-consistency=stale")
@@ -470,6 +472,9 @@ func joinCluster(ctx context.Context, o *serveOptions, meta *cluster.Meta, svc *
 func serveHTTP(ctx context.Context, o *serveOptions, ln net.Listener, meta *cluster.Meta, local []blobstore.Node,
 	peers *cluster.Peers, nodeID string, reg *prometheus.Registry, reporter *cluster.ShardReporter, log *slog.Logger) error {
 	blobCfg := blobstore.Config{K: o.k, M: o.m, SegmentSize: o.segmentSize, OnShardError: reporter.OnShardError}
+	if o.segmentCache > 0 {
+		blobCfg.SegmentCache = blobstore.NewSegmentCache(o.segmentCache, reg)
+	}
 	var blobs *blobstore.Store
 	var storage *cluster.StorageView
 	var err error

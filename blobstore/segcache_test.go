@@ -1,0 +1,151 @@
+package blobstore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/strata-registry/strata/blobstore"
+)
+
+func shardGets(c *cluster) int {
+	n := 0
+	for _, f := range c.faulty {
+		n += f.Calls(blobstore.OpGet)
+	}
+	return n
+}
+
+// A herd of readers of one blob costs the storage nodes one fetch of each
+// segment: concurrent reads share it, later ones hit the cache. Readers with
+// another data key, or a layout whose segments were moved, are not served
+// from it.
+func TestSegmentCacheHerdAndKeys(t *testing.T) {
+	c := newCluster(t, 6)
+	cache := blobstore.NewSegmentCache(64<<20, nil)
+	s := newStore(t, c, 4, 2, func(cfg *blobstore.Config) { cfg.SegmentCache = cache })
+	sl := newSealer(t)
+	data := randomData(21, 5*testSeg+1234)
+	segs := writeSealed(t, s, sl, data, 0)
+
+	// Slow nodes, so that the herd's reads overlap.
+	for _, f := range c.faulty {
+		f.Inject(blobstore.Fault{Op: blobstore.OpGet, Delay: 30 * time.Millisecond})
+	}
+	before := shardGets(c)
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := readSealed(s, sl, segs, 0, int64(len(data)))
+			if err == nil && !bytes.Equal(got, data) {
+				err = errors.New("wrong bytes")
+			}
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Each segment fetched once: k shards, perhaps a few more from
+	// hedging; never 16 readers' worth.
+	need, most := 0, 0
+	for _, seg := range segs {
+		need, most = need+int(seg.K), most+int(seg.K+seg.M)
+	}
+	if gets := shardGets(c) - before; gets < need || gets > most {
+		t.Fatalf("16 concurrent readers cost %d shard reads for %d segments needing %d", gets, len(segs), need)
+	}
+	if n, size := cache.Len(); n != len(segs) || size < int64(len(data)) {
+		t.Fatalf("cache holds %d segments, %d bytes", n, size)
+	}
+	c.clearFaults()
+
+	// A range in the middle: served from the cache, no shard read.
+	before = shardGets(c)
+	got, err := readSealed(s, sl, segs, testSeg+7, 2*testSeg)
+	if err != nil || !bytes.Equal(got, data[testSeg+7:3*testSeg+7]) {
+		t.Fatalf("cached range: %v", err)
+	}
+	if gets := shardGets(c) - before; gets != 0 {
+		t.Fatalf("a cached range read %d shards", gets)
+	}
+
+	// Another key finds nothing cached and fails as without the cache.
+	if _, err := readSealed(s, newSealer(t), segs, 0, 10); !errors.Is(err, blobstore.ErrWrongKey) {
+		t.Fatalf("another key: %v", err)
+	}
+	// Segments swapped in the layout are still refused by the seal.
+	swapped := cloneSegs(segs)
+	swapped[0], swapped[1] = swapped[1], swapped[0]
+	if _, err := readSealed(s, sl, swapped, 0, int64(len(data))); !errors.Is(err, blobstore.ErrSegmentAuth) {
+		t.Fatalf("swapped segments: %v", err)
+	}
+}
+
+// The cache stays within its bound (least recently used segments go), does
+// not keep failures, and a reader that gives up does not fail the others.
+func TestSegmentCacheBoundAndFailures(t *testing.T) {
+	c := newCluster(t, 1)
+	cache := blobstore.NewSegmentCache(4*testSeg, nil) // room for 4 segments
+	s := newStore(t, c, 1, 0, func(cfg *blobstore.Config) { cfg.SegmentCache = cache })
+	data := randomData(5, 8*testSeg)
+	segs := writeSealed(t, s, blobstore.Plain, data, 0)
+	if got, err := readSealed(s, blobstore.Plain, segs, 0, int64(len(data))); err != nil || !bytes.Equal(got, data) {
+		t.Fatal(err)
+	}
+	if n, size := cache.Len(); n > 4 || size > 4*testSeg {
+		t.Fatalf("cache over its bound: %d segments, %d bytes", n, size)
+	}
+
+	// A failed fetch is not cached: the next read goes to the node again.
+	cache2 := blobstore.NewSegmentCache(64<<20, nil)
+	s2 := newStore(t, c, 1, 0, func(cfg *blobstore.Config) { cfg.SegmentCache = cache2 })
+	remove := c.faulty[0].Inject(blobstore.Fault{Op: blobstore.OpGet})
+	if _, err := readSealed(s2, blobstore.Plain, segs[:1], 0, 10); err == nil {
+		t.Fatal("read through a failing node succeeded")
+	}
+	remove()
+	if got, err := readSealed(s2, blobstore.Plain, segs[:1], 0, 10); err != nil || !bytes.Equal(got, data[:10]) {
+		t.Fatalf("after the node recovered: %v", err)
+	}
+
+	// The first reader's context ends while a second waits for the same
+	// fetch: the second still gets the segment.
+	cache3 := blobstore.NewSegmentCache(64<<20, nil)
+	s3 := newStore(t, c, 1, 0, func(cfg *blobstore.Config) { cfg.SegmentCache = cache3 })
+	c.faulty[0].Inject(blobstore.Fault{Op: blobstore.OpGet, Delay: 200 * time.Millisecond})
+	defer c.clearFaults()
+	ctx, cancel := context.WithCancel(bg)
+	first := make(chan error, 1)
+	go func() {
+		var out bytes.Buffer
+		first <- s3.ReadRangeWith(ctx, &out, segs[2:3], 0, 10, blobstore.ReadOptions{})
+	}()
+	time.Sleep(50 * time.Millisecond)
+	second := make(chan []byte, 1)
+	go func() {
+		got, err := readSealed(s3, blobstore.Plain, segs[2:3], 0, 10)
+		if err != nil {
+			got = nil
+		}
+		second <- got
+	}()
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the reader that gave up: %v", err)
+	}
+	if got := <-second; !bytes.Equal(got, data[2*testSeg:2*testSeg+10]) {
+		t.Fatal("the waiting reader lost the shared fetch")
+	}
+}
