@@ -113,11 +113,20 @@ func (s *Server) resolve(r *http.Request, name, ref string) (string, error) {
 }
 
 func (s *Server) getManifest(w http.ResponseWriter, r *http.Request, name, ref string) error {
-	dgst, err := s.resolve(r, name, ref)
-	if err != nil {
-		return err
+	var rec *pb.ManifestRecord
+	var err error
+	if oci.IsDigest(ref) {
+		var dgst string
+		if dgst, err = s.resolve(r, name, ref); err == nil {
+			rec, err = s.meta.Manifest(r.Context(), name, dgst)
+		}
+	} else if err = oci.ValidateTag(ref); err != nil {
+		// No manifest can have such a tag: unknown, as the spec's
+		// conformance suite expects, rather than a syntax error.
+		err = fmt.Errorf("%w: %v", metastore.ErrManifestUnknown, err)
+	} else {
+		rec, err = s.meta.ManifestByTag(r.Context(), name, ref) // one read, not two
 	}
-	rec, err := s.meta.Manifest(r.Context(), name, dgst)
 	if err != nil {
 		return err
 	}

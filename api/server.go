@@ -28,6 +28,7 @@ type Metadata interface {
 	BlobRepositories(ctx context.Context, dgst string, limit int) ([]string, error)
 	Upload(ctx context.Context, id string) (*pb.Upload, error)
 	Manifest(ctx context.Context, repo, dgst string) (*pb.ManifestRecord, error)
+	ManifestByTag(ctx context.Context, repo, tag string) (*pb.ManifestRecord, error)
 	Tag(ctx context.Context, repo, tag string) (*pb.TagRecord, error)
 	Repository(ctx context.Context, repo string) (*pb.Repository, error)
 	Tags(ctx context.Context, repo, last string, n int) ([]string, bool, error)

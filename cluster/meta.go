@@ -381,6 +381,8 @@ func (m *Meta) answer(req *cpb.ReadRequest) *cpb.ReadResponse {
 		rec, err = st.Manifest(req.Repo, req.Digest)
 	case cpb.ReadKind_TAG:
 		rec, err = st.Tag(req.Repo, req.Tag)
+	case cpb.ReadKind_MANIFEST_BY_TAG:
+		rec, err = st.ManifestByTag(req.Repo, req.Tag)
 	case cpb.ReadKind_REPOSITORY:
 		rec, err = st.Repository(req.Repo)
 	case cpb.ReadKind_BLOB_REPOSITORIES:
@@ -457,6 +459,11 @@ func (m *Meta) Upload(ctx context.Context, id string) (*pb.Upload, error) {
 
 func (m *Meta) Manifest(ctx context.Context, repo, dgst string) (*pb.ManifestRecord, error) {
 	return readRecord(ctx, m, &cpb.ReadRequest{Kind: cpb.ReadKind_MANIFEST, Repo: repo, Digest: dgst}, &pb.ManifestRecord{})
+}
+
+// ManifestByTag returns the manifest a tag points at, in one read.
+func (m *Meta) ManifestByTag(ctx context.Context, repo, tag string) (*pb.ManifestRecord, error) {
+	return readRecord(ctx, m, &cpb.ReadRequest{Kind: cpb.ReadKind_MANIFEST_BY_TAG, Repo: repo, Tag: tag}, &pb.ManifestRecord{})
 }
 
 func (m *Meta) Tag(ctx context.Context, repo, tag string) (*pb.TagRecord, error) {

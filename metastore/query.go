@@ -102,6 +102,15 @@ func (s *Store) Manifest(repo, dgst string) (*pb.ManifestRecord, error) {
 	return &m, nil
 }
 
+// ManifestByTag returns the manifest a tag of repo points at.
+func (s *Store) ManifestByTag(repo, tag string) (*pb.ManifestRecord, error) {
+	t, err := s.Tag(repo, tag)
+	if err != nil {
+		return nil, err
+	}
+	return s.Manifest(repo, t.Digest)
+}
+
 // Tag returns a tag of repo.
 func (s *Store) Tag(repo, tag string) (*pb.TagRecord, error) {
 	var t pb.TagRecord

@@ -134,3 +134,21 @@ func TestWrappedKeys(t *testing.T) {
 		t.Fatalf("needs of a collected blob remain: %+v", needs)
 	}
 }
+
+// ManifestByTag resolves a tag and reads its manifest in one read.
+func TestManifestByTag(t *testing.T) {
+	h := newHarness(t)
+	h.must(commitCmd("a", dg(1), 10, seg("s1", 10)))
+	h.must(manifestCmd("a", dg(2), []string{"v1"}, dg(1)))
+	m, err := h.st.ManifestByTag("a", "v1")
+	if err != nil || m.Digest != dg(2) {
+		t.Fatalf("ManifestByTag = %v, %v", m, err)
+	}
+	if _, err := h.st.ManifestByTag("a", "nope"); !errors.Is(err, ErrTagUnknown) {
+		t.Fatalf("unknown tag: %v", err)
+	}
+	h.must(&pb.Command{Op: &pb.Command_DeleteManifest{DeleteManifest: &pb.DeleteManifest{Repo: "a", Digest: dg(2)}}})
+	if _, err := h.st.ManifestByTag("a", "v1"); !errors.Is(err, ErrTagUnknown) && !errors.Is(err, ErrManifestUnknown) {
+		t.Fatalf("tag of a deleted manifest: %v", err)
+	}
+}

@@ -91,6 +91,7 @@ const (
 	ReadKind_NODES             ReadKind = 11
 	ReadKind_IMAGES            ReadKind = 12
 	ReadKind_WRAPPED_KEYS      ReadKind = 13 // records holding wrapped data keys, paged by last/n
+	ReadKind_MANIFEST_BY_TAG   ReadKind = 14 // the manifest a tag points at, in one read
 )
 
 // Enum value maps for ReadKind.
@@ -110,6 +111,7 @@ var (
 		11: "NODES",
 		12: "IMAGES",
 		13: "WRAPPED_KEYS",
+		14: "MANIFEST_BY_TAG",
 	}
 	ReadKind_value = map[string]int32{
 		"READ_UNSPECIFIED":  0,
@@ -126,6 +128,7 @@ var (
 		"NODES":             11,
 		"IMAGES":            12,
 		"WRAPPED_KEYS":      13,
+		"MANIFEST_BY_TAG":   14,
 	}
 )
 
@@ -2232,7 +2235,7 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"shardCount**\n" +
 	"\vConsistency\x12\x10\n" +
 	"\fLINEARIZABLE\x10\x00\x12\t\n" +
-	"\x05STALE\x10\x01*\xd7\x01\n" +
+	"\x05STALE\x10\x01*\xec\x01\n" +
 	"\bReadKind\x12\x14\n" +
 	"\x10READ_UNSPECIFIED\x10\x00\x12\b\n" +
 	"\x04BLOB\x10\x01\x12\r\n" +
@@ -2251,7 +2254,8 @@ const file_cluster_clusterpb_cluster_proto_rawDesc = "" +
 	"\x05NODES\x10\v\x12\n" +
 	"\n" +
 	"\x06IMAGES\x10\f\x12\x10\n" +
-	"\fWRAPPED_KEYS\x10\r2\x90\a\n" +
+	"\fWRAPPED_KEYS\x10\r\x12\x13\n" +
+	"\x0fMANIFEST_BY_TAG\x10\x0e2\x90\a\n" +
 	"\aCluster\x12P\n" +
 	"\aPropose\x12!.strata.cluster.v1.ProposeRequest\x1a\".strata.cluster.v1.ProposeResponse\x12G\n" +
 	"\x04Read\x12\x1e.strata.cluster.v1.ReadRequest\x1a\x1f.strata.cluster.v1.ReadResponse\x12G\n" +
