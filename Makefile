@@ -114,14 +114,15 @@ CHAOS_SEED  ?= 0
 CHAOS_FLAGS ?=
 CHAOS_QUICK ?= leader-kill:60s mixed:60s
 CHAOS_FAILPOINTS ?= failpoints:90s
+CHAOS_COMPOSE    ?= kill-and-cut:75s
 CHAOS_SOAK  ?= leader-kill:2m storage-kill:2m pause:2m partition:2m corrupt:2m rolling-restart:2m gc-under-faults:2m disk-full:2m mixed:12m
 
-# chaos_run(scenario:duration ..., binary): the binary runs the harness and the nodes
+# chaos_run(scenario:duration ..., binary, flags): the binary runs the harness (and the nodes)
 define chaos_run
 	@mkdir -p $(CHAOS_DIR); failed=""; start=$$(date +%s); \
 	for sd in $(1); do s=$${sd%%:*}; d=$${sd#*:}; \
-	  echo "== $(notdir $(2)) chaos run --scenario $$s --duration $$d --seed $(CHAOS_SEED) $(CHAOS_FLAGS)"; \
-	  $(2) chaos run --scenario $$s --duration $$d --seed $(CHAOS_SEED) --report $(CHAOS_DIR)/$$s.json --quiet $(CHAOS_FLAGS) \
+	  echo "== $(notdir $(2)) chaos run --scenario $$s --duration $$d --seed $(CHAOS_SEED) $(3) $(CHAOS_FLAGS)"; \
+	  $(2) chaos run --scenario $$s --duration $$d --seed $(CHAOS_SEED) --report $(CHAOS_DIR)/$$s.json --quiet $(3) $(CHAOS_FLAGS) \
 	    || failed="$$failed $$s"; \
 	done; \
 	echo "chaos: $$(( $$(date +%s) - start ))s; reports in $(CHAOS_DIR)"; \
@@ -135,6 +136,10 @@ chaos-quick: build ## Chaos suite, quick (about 3 min): leader-kill and mixed, 6
 .PHONY: chaos-failpoints
 chaos-failpoints: build-failpoints ## Chaos scenario failpoints with bin/strata-failpoints (about 2 min): crashes between shards and commit, in repair, in snapshot installs
 	$(call chaos_run,$(CHAOS_FAILPOINTS),$(STRATA_FP))
+
+.PHONY: chaos-compose
+chaos-compose: build image ## Chaos suite on containers (about 3 min): kill-and-cut with --backend compose (deploy/compose.yaml; docker kill/stop/pause, network disconnect)
+	$(call chaos_run,$(CHAOS_COMPOSE),$(STRATA),--backend compose --image strata:$(IMAGE_TAG))
 
 .PHONY: chaos
 chaos: build ## Chaos soak (about 30 min, hundreds of faults): every scenario for 2 min, then mixed for 12 min

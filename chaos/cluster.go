@@ -612,6 +612,14 @@ func (c *Cluster) LogProblems() map[string][]string {
 // CopyLogs copies every node's log, and the backend's own, into dst.
 func (c *Cluster) CopyLogs(dst string) error { return c.be.CopyLogs(dst) }
 
+// Remove deletes what the backend created and Close left for the checks
+// (the compose backend's containers, networks and volumes).
+func (c *Cluster) Remove() {
+	if r, ok := c.be.(interface{ Remove() }); ok {
+		r.Remove()
+	}
+}
+
 // Close stops every node and the backend.
 func (c *Cluster) Close() {
 	c.be.Close()

@@ -327,6 +327,9 @@ func (in *injector) partition(ctx context.Context, f Fault, node string, others 
 		in.fail("healing the links of %s: %v", node, err)
 	}
 	ev.Detail = fmt.Sprintf("links to %s cut for %v", strings.Join(others, ","), f.Hold.Round(time.Millisecond))
+	if in.c.be.Name() == "compose" {
+		ev.Detail = fmt.Sprintf("off the network (docker network disconnect) for %v", f.Hold.Round(time.Millisecond))
+	}
 	if err := in.waitUp(ctx, ev.Targets); err != nil {
 		ev.Error = err.Error()
 	}

@@ -24,8 +24,13 @@ type RunConfig struct {
 	// Seed fixes the fault schedule and the workload's choices; 0 draws
 	// one (the report says which, to replay it).
 	Seed uint64
-	// Backend runs the cluster: "process" (the only one so far).
+	// Backend runs the cluster: "process" (`strata dev cluster` on
+	// 127.0.0.1, the default) or "compose" (deploy/compose.yaml under
+	// Docker Compose, from the images `make image` builds).
 	Backend string
+	// Image is the strata image of the compose backend (default
+	// strata:dev).
+	Image string
 	// Binary is the strata binary the cluster runs. Required.
 	Binary string
 	// Report is the path of the JSON report. The human summary goes next
@@ -150,8 +155,17 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	if cfg.Backend == "" {
 		cfg.Backend = "process"
 	}
-	if cfg.Backend != "process" {
-		return nil, fmt.Errorf("chaos: backend %q: only \"process\" exists so far", cfg.Backend)
+	switch cfg.Backend {
+	case "process":
+	case "compose":
+		if sc.Failpoints || sc.SmallDisks {
+			return nil, fmt.Errorf("chaos: scenario %s needs the process backend (failpoints armed per process, small filesystems mounted per storage node)", sc.Name)
+		}
+		if (cfg.Meta != 0 && cfg.Meta != 3) || (cfg.Storage != 0 && cfg.Storage != 6) || (cfg.API != 0 && cfg.API != 2) {
+			return nil, errors.New("chaos: the compose backend runs deploy/compose.yaml: 3 meta, 6 storage, 2 api nodes")
+		}
+	default:
+		return nil, fmt.Errorf("chaos: backend %q: process or compose", cfg.Backend)
 	}
 	if cfg.Binary == "" || cfg.Report == "" {
 		return nil, errors.New("chaos: RunConfig needs Binary and Report")
@@ -201,29 +215,6 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 		}
 	}
 	clusterDir := filepath.Join(work, "cluster")
-	ccfg := ClusterConfig{Binary: cfg.Binary, Dir: clusterDir, Meta: cfg.Meta, Storage: cfg.Storage,
-		API: cfg.API, DeadAfter: cfg.DeadAfter, Logf: logf}
-	if sc.Failpoints {
-		ccfg.Env = append(ccfg.Env, FailpointEnv...)
-	}
-	if sc.SmallDisks {
-		ccfg.ShardFS = ShardFSSize
-	}
-	c, err := StartCluster(ctx, ccfg)
-	if err != nil {
-		return nil, err
-	}
-	closed := false
-	defer func() {
-		if !closed {
-			c.Close()
-		}
-	}()
-	if sc.Failpoints {
-		if err := c.CheckFailpoints(ctx); err != nil {
-			return nil, fmt.Errorf("%w: %v", errNoFailpoints, err)
-		}
-	}
 	// Shards deleted from a disk are found by the leader's audit, every
 	// --audit-interval (10m by default): the meta nodes get a shorter one,
 	// as every node gets --dead-after 3s, so that it runs within the run.
@@ -231,9 +222,47 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 	if sc.Faults[FaultDeleteShards] > 0 {
 		metaArgs = []string{"--audit-interval", AuditInterval.String()}
 	}
-	if sc.Proxies || len(metaArgs) > 0 {
+	var c *Cluster
+	var err error
+	if cfg.Backend == "compose" {
+		audit := "5s"
+		if len(metaArgs) > 0 {
+			audit = AuditInterval.String()
+		}
+		metaArgs = nil // given at start, no restart needed
+		c, err = StartCompose(ctx, ComposeConfig{Dir: clusterDir, Image: cfg.Image, DeadAfter: cfg.DeadAfter,
+			MetaEnv: []string{"STRATA_AUDIT_INTERVAL=" + audit}, Logf: logf}, cfg.Binary)
+	} else {
+		ccfg := ClusterConfig{Binary: cfg.Binary, Dir: clusterDir, Meta: cfg.Meta, Storage: cfg.Storage,
+			API: cfg.API, DeadAfter: cfg.DeadAfter, Logf: logf}
+		if sc.Failpoints {
+			ccfg.Env = append(ccfg.Env, FailpointEnv...)
+		}
+		if sc.SmallDisks {
+			ccfg.ShardFS = ShardFSSize
+		}
+		c, err = StartCluster(ctx, ccfg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	closed, keepCluster := false, false
+	defer func() {
+		if !closed {
+			c.Close()
+		}
+		if !keepCluster {
+			c.Remove()
+		}
+	}()
+	if sc.Failpoints {
+		if err := c.CheckFailpoints(ctx); err != nil {
+			return nil, fmt.Errorf("%w: %v", errNoFailpoints, err)
+		}
+	}
+	if (sc.Proxies && cfg.Backend == "process") || len(metaArgs) > 0 {
 		began := time.Now()
-		if err := c.Prepare(ctx, sc.Proxies, metaArgs); err != nil {
+		if err := c.Prepare(ctx, sc.Proxies && cfg.Backend == "process", metaArgs); err != nil {
 			return nil, err
 		}
 		logf("chaos: nodes restarted with their new command lines (proxies %v, meta nodes %v) in %v", sc.Proxies, metaArgs,
@@ -531,13 +560,19 @@ func Run(ctx context.Context, cfg RunConfig) (*Report, error) {
 			rep.Warnings = append(rep.Warnings, "writing tag-history.json: "+err.Error())
 		}
 	}
+	keepCluster = keep
 	if keep {
 		if err := c.CopyLogs(filepath.Join(artifacts, "logs")); err != nil {
 			rep.Warnings = append(rep.Warnings, "copying logs: "+err.Error())
 		}
 		rep.Artifacts = artifacts
 		rep.Cluster.Dir = clusterDir
+		if cb, ok := c.Backend().(*composeBackend); ok {
+			rep.Warnings = append(rep.Warnings, fmt.Sprintf("the compose project %s is kept (stopped, with its volumes); remove it with: %s -f %s -p %s down -v",
+				cb.cfg.Project, strings.Join(cb.compose, " "), filepath.Join(clusterDir, "compose.yaml"), cb.cfg.Project))
+		}
 	} else {
+		c.Remove() // before its files go
 		_ = os.RemoveAll(artifacts)
 		if cfg.WorkDir == "" {
 			_ = os.RemoveAll(work)

@@ -144,6 +144,13 @@ var Scenarios = map[string]Scenario{
 		Gap:         [2]time.Duration{2 * time.Second, 5 * time.Second},
 		GC:          true,
 	},
+	"kill-and-cut": {
+		Name:        "kill-and-cut",
+		Description: "SIGKILL of the leader and of storage nodes, and nodes cut off the network (through the proxy layer; with --backend compose, docker network disconnect): a short mix for every backend",
+		Faults:      map[FaultKind]int{FaultLeaderKill: 2, FaultStorageKill: 2, FaultPartitionStorage: 1, FaultPartitionLeader: 1},
+		Gap:         [2]time.Duration{2 * time.Second, 5 * time.Second},
+		Proxies:     true,
+	},
 	"failpoints": {
 		Name:        "failpoints",
 		Description: "crashes at code failpoints (bin/strata-failpoints): a frontend between a blob's shards and its Raft commit, the leader between rebuilding a shard and recording it, a meta node in the middle of installing a snapshot",

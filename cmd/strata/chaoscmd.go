@@ -40,7 +40,10 @@ func newChaosRunCmd() *cobra.Command {
 		Long: `Run one chaos scenario against a local cluster.
 
 The cluster is "strata dev cluster --meta 3 --storage 6 --api 2 --dead-after 3s"
-in a temporary directory, driven through its cluster.json. Concurrent OCI
+in a temporary directory, driven through its cluster.json; with --backend
+compose it is deploy/compose.yaml (the same 3, 6 and 2 nodes) as containers of
+the images "make image" builds, and faults are docker kill, docker stop/start,
+docker pause/unpause and docker network disconnect/connect. Concurrent OCI
 clients push multi-layer images (shared layers, every upload style, some with
 go-containerregistry), pull them back with digest checks, move and read tags
 through different frontends and (GC scenarios) delete images, while the
@@ -105,7 +108,8 @@ invariant was broken. --seed replays a run's schedule and choices.`,
 	f.DurationVar(&cfg.Duration, "duration", 60*time.Second, "how long faults are injected (warm-up and checks come on top)")
 	f.StringVar(&cfg.Report, "report", "", "path of the JSON report (a .txt summary and, on failure, a directory of histories and logs go next to it)")
 	f.Uint64Var(&cfg.Seed, "seed", 0, "seed of the fault schedule and the workload's choices (0: a new one, printed in the report)")
-	f.StringVar(&cfg.Backend, "backend", "process", "what runs the cluster: process (strata dev cluster on 127.0.0.1)")
+	f.StringVar(&cfg.Backend, "backend", "process", "what runs the cluster: process (strata dev cluster on 127.0.0.1) or compose (deploy/compose.yaml under Docker Compose; make image first)")
+	f.StringVar(&cfg.Image, "image", "strata:dev", "the strata image of --backend compose (it must be built from the same source as this binary)")
 	f.StringVar(&cfg.Binary, "binary", "", "strata binary the cluster runs (default: this one)")
 	f.StringVar(&cfg.WorkDir, "dir", "", "directory for the cluster's data (default: a temporary one, removed after a run that passed)")
 	f.BoolVar(&cfg.Keep, "keep", false, "keep the cluster's data, histories and logs even when the run passes")
