@@ -30,21 +30,28 @@
 // The cluster half (docs/CHAOS.md) runs the same workloads and checkers
 // against a multi-process cluster, as `strata chaos run` and Run:
 //
-//   - Cluster is the process backend for clusters: it drives `strata dev
+//   - Cluster is a cluster under the harness, whatever runs its nodes: a
+//     Backend. The process backend (StartCluster) drives `strata dev
 //     cluster` through its cluster.json, SIGKILLs, SIGSTOPs and restarts
-//     nodes with the dev cluster's own command lines, and can put a proxy
-//     layer (Net) between the nodes to cut links.
+//     nodes with the dev cluster's own command lines, can put a proxy layer
+//     (Net) between the nodes to cut links, can mount a small filesystem on
+//     every storage node's shard directory (the full-disk fault) and can arm
+//     code failpoints (package chaos/failpoint) in nodes built with them.
+//     The compose backend (StartCompose) runs deploy/compose.yaml under
+//     Docker Compose and injects faults with docker kill, stop, start,
+//     pause and network disconnect.
 //   - Scenarios name mixes of faults; Schedule draws a run's faults from a
 //     seed, and an injector carries them out one at a time: kills of the
 //     leader, of meta and storage nodes, pauses, partitions, corrupted and
-//     deleted shard files, rolling restarts.
+//     deleted shard files, rolling restarts, full disks, and crashes at
+//     code failpoints.
 //   - TagWorkload moves and reads tags through every frontend and
 //     CheckTagHistory decides with porcupine whether the history is
 //     linearizable; Workload also deletes images and probes availability.
 //   - After the faults, Run heals the cluster, checks every acknowledged
 //     write, the tag history, repair (strata storage status and every
-//     segment's shards on the storage nodes) and the nodes' logs, and
-//     writes a Report.
+//     segment's shards on the storage nodes), the nodes' logs and every
+//     meta node's own copy of the metadata, and writes a Report.
 //
 // The tests are slow (they build the binary and push a few hundred MiB) and
 // are skipped under -short. Set STRATA_CHAOS_BINARY to use a prebuilt strata
