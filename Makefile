@@ -58,7 +58,7 @@ PROTO_FILES = $(shell find . -name '*.proto' -not -path './.git/*' -not -path '.
 
 .PHONY: help
 help: ## Show this list of targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
 build: ## Build bin/strata (static, CGO_ENABLED=0)
@@ -87,7 +87,7 @@ test: tools ## Tools, go vet, go test (unit + e2e with real clients), the quick 
 	@$(MAKE) conformance
 
 .PHONY: test-failpoints
-test-failpoints: ## Failpoint tests built with -tags failpoints (about 4 min): chaos/failpoint, crashes at each failpoint, the failpoints scenario
+test-failpoints: ## Failpoint tests built with -tags failpoints (about 2 min): chaos/failpoint, crashes at each failpoint, the failpoints scenario
 	$(TEST_ENV) $(GO) test -tags failpoints -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) ./chaos/failpoint/
 	$(TEST_ENV) $(GO) test -tags failpoints -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) -run 'Failpoint|SnapshotInstall' ./chaos/ ./cluster/
 
@@ -142,7 +142,7 @@ chaos-compose: build image ## Chaos suite on containers (about 3 min): kill-and-
 	$(call chaos_run,$(CHAOS_COMPOSE),$(STRATA),--backend compose --image strata:$(IMAGE_TAG))
 
 .PHONY: chaos
-chaos: build ## Chaos soak (about 30 min, hundreds of faults): every scenario for 2 min, then mixed for 12 min
+chaos: build ## Chaos soak (about 35 min, hundreds of faults): every scenario for 2 min (disk-full needs root), then mixed for 12 min
 	$(call chaos_run,$(CHAOS_SOAK),$(STRATA))
 
 # Images: static binaries built here (nothing is pulled; both images are FROM scratch).
