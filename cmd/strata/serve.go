@@ -518,7 +518,13 @@ func serveHTTP(ctx context.Context, o *serveOptions, ln net.Listener, meta *clus
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		Protocols:         new(http.Protocols),
 	}
+	// HTTP/1.1, and HTTP/2 over cleartext for clients that speak it with
+	// prior knowledge (many requests on one connection, no head-of-line
+	// blocking between them).
+	hs.Protocols.SetHTTP1(true)
+	hs.Protocols.SetUnencryptedHTTP2(true)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	log.Info("strata is serving", "url", "http://"+ln.Addr().String(), "node", nodeID, "data_dir", o.dataDir,
