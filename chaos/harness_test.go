@@ -232,3 +232,21 @@ func TestReportSummary(t *testing.T) {
 		}
 	}
 }
+
+func TestFailpointExitInLog(t *testing.T) {
+	start := "=== 2026-11-28T01:12:02Z chaos: restart #1: strata serve --roles meta   (environment: STRATA_FAILPOINTS=snapshot-restore=1*exit)\n"
+	cases := []struct {
+		log  string
+		want bool
+	}{
+		{start + "failpoints: armed from STRATA_FAILPOINTS: snapshot-restore=1*exit\ntime=... msg=\"strata node started\"\nfailpoint snapshot-restore: exit\n", true},
+		{start + "panic: runtime error\n", false},
+		{"=== old start\nfailpoint upload-before-commit: exit\n" + start + "listen tcp: address already in use\n", false},
+		{"[...]\nfailpoint repair-before-replace: exit\n", true},
+	}
+	for i, tc := range cases {
+		if got := failpointExit(tc.log); got != tc.want {
+			t.Errorf("case %d: failpointExit = %v, want %v", i, got, tc.want)
+		}
+	}
+}

@@ -486,6 +486,9 @@ func (b *processBackend) Start(id string, env []string) error {
 		select {
 		case <-done:
 			tail := tailFile(b.LogPath(id), 4<<10)
+			if failpointExit(tail) {
+				return nil // armed at start-up and fired at once: the caller expects it
+			}
 			lastErr = fmt.Errorf("chaos: %s exited right after its restart; end of its log:\n%s", id, tail)
 			if !strings.Contains(tail, "address already in use") {
 				return lastErr
@@ -496,6 +499,21 @@ func (b *processBackend) Start(id string, env []string) error {
 		}
 	}
 	return lastErr
+}
+
+// failpointExit reports whether a node's log ends with its process ended by
+// a failpoint (since its latest start).
+func failpointExit(log string) bool {
+	i := strings.LastIndex(log, "\n=== ")
+	if i < 0 {
+		i = 0
+	}
+	for _, line := range strings.Split(log[i:], "\n") {
+		if strings.HasPrefix(line, "failpoint ") && strings.HasSuffix(line, ": exit") {
+			return true
+		}
+	}
+	return false
 }
 
 func (b *processBackend) startOnce(id string, env []string) (<-chan struct{}, error) {

@@ -858,6 +858,8 @@ func (pr *prober) run(ctx context.Context) {
 	sem := make(chan struct{}, 2)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	sent := 0 // probes sent: they take the frontends in turn (counting ticks instead
+	// could leave one frontend every skipped tick, and never probe it)
 	for i := uint64(0); ; i++ {
 		select {
 		case <-ctx.Done():
@@ -870,7 +872,8 @@ func (pr *prober) run(ctx context.Context) {
 			continue // two still in flight: the cluster is slow or away
 		}
 		b := GeneratedBlob(pr.seed^(0x9e3779b97f4a7c15*(i+1)), 64+int64(i%64))
-		c := pr.clients[int(i)%len(pr.clients)]
+		c := pr.clients[sent%len(pr.clients)]
+		sent++
 		repo := pr.w.cfg.Prefix + "-" + ProbeRepo
 		pr.w.h.AttemptBlob(repo, b, StyleProbe)
 		wg.Add(1)
