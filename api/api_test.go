@@ -27,7 +27,7 @@ import (
 // testRegistry is the real single-node stack: Pebble under a Raft voter over
 // TCP, local shard directories, and the HTTP API, served by httptest.
 type testRegistry struct {
-	t   *testing.T
+	t   testing.TB
 	st  *metastore.Store
 	srv *Server
 	url string
@@ -39,7 +39,7 @@ func newTestRegistry(t *testing.T, k, m int) *testRegistry {
 	return newTestRegistryWith(t, k, m, Config{})
 }
 
-func newTestRegistryWith(t *testing.T, k, m int, cfg Config) *testRegistry {
+func newTestRegistryWith(t testing.TB, k, m int, cfg Config) *testRegistry {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := metastore.Open(filepath.Join(dir, "pebble"))
@@ -112,7 +112,7 @@ func (r *testRegistry) fingerprint() [32]byte {
 	return fp
 }
 
-func readAll(t *testing.T, resp *http.Response) []byte {
+func readAll(t testing.TB, resp *http.Response) []byte {
 	t.Helper()
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
@@ -122,7 +122,7 @@ func readAll(t *testing.T, resp *http.Response) []byte {
 	return b
 }
 
-func expect(t *testing.T, resp *http.Response, status int) []byte {
+func expect(t testing.TB, resp *http.Response, status int) []byte {
 	t.Helper()
 	b := readAll(t, resp)
 	if resp.StatusCode != status {
