@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -61,6 +62,7 @@ type serveOptions struct {
 	logLevel        string
 
 	advGRPC, advRaft, advHTTP, metricsAddr string
+	pprofAddr                              string
 	maxData                                int
 	auditInterval                          time.Duration
 	snapshotThreshold, trailingLogs        uint64
@@ -162,6 +164,7 @@ flags win over the environment, which wins over the file.`,
 	f.StringVar(&o.keyName, "key-name", keys.DefaultKeyName, "api role: the key-encryption key of repositories without a key of their own (a keyring key, or a --kms-plugin NAME)")
 	f.DurationVar(&o.keyReconcile, "key-reconcile-interval", 6*time.Hour, "api role: how often a frontend walks every wrapped data key and rewraps stale ones (rotation finishing, missing repository copies); 0 disables the periodic pass")
 	f.StringVar(&o.metricsAddr, "metrics-addr", "", "serve /metrics and /healthz on this address too (for nodes without the api role)")
+	f.StringVar(&o.pprofAddr, "pprof-addr", "", "serve Go's profiler (/debug/pprof/) on this address, e.g. 127.0.0.1:6060 (never on a public address)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }
@@ -293,6 +296,23 @@ func serve(ctx context.Context, o *serveOptions) error {
 		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go ms.Serve(mln)
 		defer ms.Close()
+	}
+
+	if o.pprofAddr != "" {
+		pln, err := net.Listen("tcp", o.pprofAddr)
+		if err != nil {
+			return fmt.Errorf("--pprof-addr: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		ps := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go ps.Serve(pln)
+		defer ps.Close()
+		log.Info("profiler listening", "addr", pln.Addr().String())
 	}
 
 	// Storage first: it has nothing to recover.

@@ -12,6 +12,7 @@
 #   STRATA_BIN   strata binary (default: <repo>/bin/strata)
 #   ROUNDS       runs of each case per server (default 3)
 #   DURATION     timed part of each run (default 8s)
+#   CASES_OVERRIDE  "id|scenario spec;..." to run other cases
 #   RESULTS_DIR  where results.jsonl and logs go (default: ${TMPDIR:-/tmp}/strata-bench-encryption-<time>)
 set -euo pipefail
 
@@ -26,13 +27,14 @@ mkdir -p "$RESULTS_DIR"
 RESULTS="$RESULTS_DIR/results.jsonl"
 : >"$RESULTS"
 
-# id | strata bench scenario spec
+# id | strata bench scenario spec (CASES_OVERRIDE replaces them)
 CASES=(
   "push-16MiB|push-blob:concurrency=4,size=16MiB"
   "pull-16MiB|pull-distinct:concurrency=4,size=16MiB"
   "push-small-images|push-small-images:concurrency=8"
   "manifest-get|manifest-get:concurrency=16,images=100"
 )
+if [ -n "${CASES_OVERRIDE:-}" ]; then IFS=';' read -r -a CASES <<<"$CASES_OVERRIDE"; fi
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
