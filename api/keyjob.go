@@ -62,10 +62,11 @@ type KeyJobStatus struct {
 type keyJobs struct {
 	kickc chan struct{}
 
-	mu      sync.Mutex
-	status  KeyJobStatus
-	running bool
-	done    chan struct{} // closed when the running full pass ends
+	mu         sync.Mutex
+	status     KeyJobStatus
+	running    bool
+	next       chan struct{} // a pass queued behind the running one; closed when it ends
+	nextReason string
 
 	rewrapped *prometheus.CounterVec
 	failed    prometheus.Counter
@@ -117,19 +118,31 @@ func (s *Server) KeyJobStatus() KeyJobStatus {
 	return st
 }
 
-// StartKeyPass starts a full key pass in the background, unless one is
-// running; it returns a channel closed when the pass (this one or the one
-// running) ends.
+// StartKeyPass starts a full key pass in the background and returns a
+// channel closed when it ends. When a pass is already running (it may have
+// read the current key versions before a rotation), another one is queued
+// to start when it ends, and the channel is that one's.
 func (s *Server) StartKeyPass(reason string) <-chan struct{} {
 	j := s.keyJobs
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if j.running {
-		return j.done
+		if j.next == nil {
+			j.next, j.nextReason = make(chan struct{}), reason
+		}
+		return j.next
 	}
-	j.running, j.done = true, make(chan struct{})
+	done := make(chan struct{})
+	s.startKeyPassLocked(reason, done)
+	return done
+}
+
+// startKeyPassLocked runs one full pass, then the one queued meanwhile, if
+// any. The caller holds j.mu.
+func (s *Server) startKeyPassLocked(reason string, done chan struct{}) {
+	j := s.keyJobs
+	j.running = true
 	j.status = KeyJobStatus{State: "running", Reason: reason, StartedAt: time.Now(), Versions: map[string]map[string]int64{}}
-	done := j.done
 	go func() {
 		_, err := s.keyPass(context.Background(), false)
 		j.mu.Lock()
@@ -144,13 +157,17 @@ func (s *Server) StartKeyPass(reason string) <-chan struct{} {
 			j.status.Error = fmt.Sprintf("%d wrapped keys could not be rewrapped (see the log); run the pass again once their keys are available", j.status.Failed)
 		}
 		st := j.status
+		if j.next != nil {
+			next, nextReason := j.next, j.nextReason
+			j.next, j.nextReason = nil, ""
+			s.startKeyPassLocked(nextReason, next)
+		}
 		j.mu.Unlock()
 		j.passes.WithLabelValues("full", result).Inc()
 		s.log.Info("key pass finished", "reason", reason, "state", st.State, "scanned", st.Scanned, "stale", st.Stale,
 			"rewrapped", st.Rewrapped, "added", st.Added, "failed", st.Failed, "took", st.FinishedAt.Sub(st.StartedAt).Round(time.Millisecond))
 		close(done)
 	}()
-	return done
 }
 
 // needsInterval is how often a frontend looks for blobs needing a copy of

@@ -361,3 +361,33 @@ func TestWrongKeyringIsRefused(t *testing.T) {
 		t.Fatalf("another keyring: err = %v, want ErrWrongKeys", err)
 	}
 }
+
+// A pass asked for while one runs is queued behind it, not merged into it
+// (the running one may have read the key versions before a rotation).
+func TestKeyPassQueuedBehindRunningOne(t *testing.T) {
+	r, ring := newKeyedRegistry(t)
+	for i := range 20 {
+		r.pushBlob("q", []byte(fmt.Sprintf("blob %d", i)))
+	}
+	first := r.srv.StartKeyPass("first")
+	if _, err := ring.Rotate(keys.DefaultKeyName); err != nil {
+		t.Fatal(err)
+	}
+	second := r.srv.StartKeyPass("second")
+	if first == second {
+		t.Fatal("the second request joined the running pass")
+	}
+	select {
+	case <-second:
+	case <-time.After(30 * time.Second):
+		t.Fatal("queued pass did not finish")
+	}
+	<-first
+	st := r.srv.KeyJobStatus()
+	if st.Reason != "second" || st.State != "done" {
+		t.Fatalf("status after both passes: %+v", st)
+	}
+	if v := versions(t, r.st, keys.DefaultKeyName); v["1"] != 0 || v["2"] != 20 {
+		t.Fatalf("copies by version after the rotation's pass: %v", v)
+	}
+}
