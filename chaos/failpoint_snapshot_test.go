@@ -4,13 +4,11 @@ package chaos_test
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
 	"github.com/strata-registry/strata/chaos/failpoint"
 	"github.com/strata-registry/strata/cluster/clustertest"
-	pb "github.com/strata-registry/strata/metastore/metastorepb"
 )
 
 // TestSnapshotInstallInterrupted: a follower that was down while the leader
@@ -28,24 +26,8 @@ func TestSnapshotInstallInterrupted(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	l := c.Leader()
-	var f *clustertest.Node
-	for _, n := range c.Up() {
-		if n != l {
-			f = n
-			break
-		}
-	}
-	propose := func(prefix string, n int) []string {
-		var ids []string
-		for i := 0; i < n; i++ {
-			id := fmt.Sprintf("%s-%d", prefix, i)
-			if err := l.Meta.Propose(ctx, &pb.Command{Op: &pb.Command_OpenUpload{OpenUpload: &pb.OpenUpload{Id: id, Repo: "snap/install"}}}); err != nil {
-				t.Fatalf("propose %s: %v", id, err)
-			}
-			ids = append(ids, id)
-		}
-		return ids
-	}
+	f := c.Follower()
+	propose := func(prefix string, n int) []string { return c.ProposeUploads(ctx, l, prefix, n) }
 	acked := propose("before", 20)
 	c.WaitConverged()
 	c.Kill(f)

@@ -2,7 +2,6 @@ package cluster_test
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"path/filepath"
 	"testing"
@@ -12,7 +11,6 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/strata-registry/strata/cluster/clustertest"
-	pb "github.com/strata-registry/strata/metastore/metastorepb"
 )
 
 // TestRestartAfterInterruptedSnapshotInstall: a follower that installs a
@@ -31,22 +29,10 @@ func TestRestartAfterInterruptedSnapshotInstall(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	l := c.Leader()
-	var f *clustertest.Node
-	for _, n := range c.Up() {
-		if n != l {
-			f = n
-			break
-		}
-	}
+	f := c.Follower()
 	var acked []string
 	propose := func(via *clustertest.Node, prefix string, n int) {
-		for i := 0; i < n; i++ {
-			id := fmt.Sprintf("%s-%d", prefix, i)
-			if err := via.Meta.Propose(ctx, &pb.Command{Op: &pb.Command_OpenUpload{OpenUpload: &pb.OpenUpload{Id: id, Repo: "snap/install"}}}); err != nil {
-				t.Fatalf("propose %s: %v", id, err)
-			}
-			acked = append(acked, id)
-		}
+		acked = append(acked, c.ProposeUploads(ctx, via, prefix, n)...)
 	}
 	propose(l, "before", 10)
 	c.WaitConverged()

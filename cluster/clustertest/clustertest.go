@@ -265,6 +265,36 @@ func (c *Cluster) Leader(nodes ...*Node) *Node {
 	return nil
 }
 
+// Follower returns a running node that is not the leader.
+func (c *Cluster) Follower() *Node {
+	c.t.Helper()
+	l := c.Leader()
+	for _, n := range c.Up() {
+		if n != l {
+			return n
+		}
+	}
+	c.t.Fatal("no running follower")
+	return nil
+}
+
+// ProposeUploads proposes n OpenUpload commands through via, with ids
+// prefix-0, prefix-1, ..., and returns the acknowledged ids (every one, or
+// the test fails): small writes whose presence on every replica a test can
+// check afterwards.
+func (c *Cluster) ProposeUploads(ctx context.Context, via *Node, prefix string, n int) []string {
+	c.t.Helper()
+	ids := make([]string, 0, n)
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("%s-%d", prefix, i)
+		if err := via.Meta.Propose(ctx, &pb.Command{Op: &pb.Command_OpenUpload{OpenUpload: &pb.OpenUpload{Id: id, Repo: "snap/install"}}}); err != nil {
+			c.t.Fatalf("propose %s: %v", id, err)
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}
+
 // Partition cuts every Raft link between the two groups, both ways.
 func (c *Cluster) Partition(a, b []*Node) {
 	for _, x := range a {
