@@ -94,8 +94,11 @@ func (s *Server) sealerFor(ctx context.Context, wk *pb.WrappedKey) (blobstore.Se
 // key as wrapped by repo's key-encryption key, or else by any other (a copy
 // under repo's key may still be on its way, see the key reconciler).
 func (s *Server) layoutSealer(ctx context.Context, l *pb.BlobLayout, repo string) (blobstore.Sealer, error) {
-	if len(l.Keys) == 0 {
+	switch len(l.Keys) {
+	case 0:
 		return nil, nil
+	case 1: // the common case: no choice to make, no settings to look up
+		return s.sealerFor(ctx, l.Keys[0])
 	}
 	name, err := s.keyName(ctx, repo)
 	if err != nil {

@@ -82,9 +82,9 @@ type Server struct {
 	reg     *prometheus.Registry
 	pulls   pullRecorder
 
-	dataSlots  chan struct{} // one per request moving blob bytes
-	durability durabilityCache
-	keyJobs    *keyJobs
+	dataSlots    chan struct{} // one per request moving blob bytes
+	repoSettings settingsCache
+	keyJobs      *keyJobs
 }
 
 // New returns a Server over meta and blobs.

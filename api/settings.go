@@ -26,7 +26,7 @@ import (
 
 const durabilityTTL = 10 * time.Second
 
-type durabilityCache struct {
+type settingsCache struct {
 	mu     sync.Mutex
 	repos  map[string]repoSettings
 	stores map[durabilityKey]*blobstore.Store
@@ -45,7 +45,7 @@ type durabilityKey struct {
 
 // settings returns repo's settings, from the cache when fresh.
 func (s *Server) settings(ctx context.Context, repo string) (repoSettings, error) {
-	d := &s.durability
+	d := &s.repoSettings
 	d.mu.Lock()
 	e, ok := d.repos[repo]
 	d.mu.Unlock()
@@ -79,9 +79,9 @@ func (s *Server) settings(ctx context.Context, repo string) (repoSettings, error
 // forgetSettings drops repo's cached settings (it was created or deleted
 // through this frontend).
 func (s *Server) forgetSettings(repo string) {
-	s.durability.mu.Lock()
-	delete(s.durability.repos, repo)
-	s.durability.mu.Unlock()
+	s.repoSettings.mu.Lock()
+	delete(s.repoSettings.repos, repo)
+	s.repoSettings.mu.Unlock()
 }
 
 // keyName is the KEK that wraps repo's new data keys.
@@ -100,7 +100,7 @@ func (s *Server) writeStore(ctx context.Context, repo string) (*blobstore.Store,
 	if err != nil {
 		return nil, err
 	}
-	d := &s.durability
+	d := &s.repoSettings
 	cfg := base.Config()
 	if e.k == 0 || (int(e.k) == cfg.K && int(e.m) == cfg.M) {
 		return base, nil
