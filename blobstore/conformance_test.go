@@ -18,9 +18,9 @@ func openLocal(t *testing.T) *blobstore.LocalStore {
 }
 
 func TestLocalStoreConformance(t *testing.T) {
-	shardtest.Run(t, func(t *testing.T) blobstore.ShardStore { return openLocal(t) })
+	shardtest.Run(t, func(t *testing.T) blobstore.ShardStore { return openLocal(t) }, shardtest.TrustsPutSums())
 }
 
 func TestFaultyConformance(t *testing.T) {
-	shardtest.Run(t, func(t *testing.T) blobstore.ShardStore { return blobstore.NewFaulty(openLocal(t)) })
+	shardtest.Run(t, func(t *testing.T) blobstore.ShardStore { return blobstore.NewFaulty(openLocal(t)) }, shardtest.TrustsPutSums())
 }

@@ -25,18 +25,19 @@ func putShard(t *testing.T, s blobstore.ShardStore, id blobstore.ShardID, data [
 func TestLocalDetectsCorruptionOnDisk(t *testing.T) {
 	data := bytes.Repeat([]byte("strata"), 1000)
 	for _, tc := range []struct {
-		name   string
-		damage func(b []byte) []byte
+		name        string
+		damage      func(b []byte) []byte
+		payloadOnly bool
 	}{
-		{"payload byte", func(b []byte) []byte { b[len(b)-100] ^= 1; return b }},
-		{"header sum", func(b []byte) []byte { b[30] ^= 1; return b }},
-		{"header index", func(b []byte) []byte { b[8] ^= 1; return b }},
-		{"magic", func(b []byte) []byte { b[0] = 'X'; return b }},
-		{"truncated", func(b []byte) []byte { return b[:len(b)-1] }},
-		{"extended", func(b []byte) []byte { return append(b, 0) }},
-		{"header only", func(b []byte) []byte { return b[:64] }},
-		{"short header", func(b []byte) []byte { return b[:10] }},
-		{"empty", func(b []byte) []byte { return nil }},
+		{"payload byte", func(b []byte) []byte { b[len(b)-100] ^= 1; return b }, true},
+		{"header sum", func(b []byte) []byte { b[30] ^= 1; return b }, false},
+		{"header index", func(b []byte) []byte { b[8] ^= 1; return b }, false},
+		{"magic", func(b []byte) []byte { b[0] = 'X'; return b }, false},
+		{"truncated", func(b []byte) []byte { return b[:len(b)-1] }, false},
+		{"extended", func(b []byte) []byte { return append(b, 0) }, false},
+		{"header only", func(b []byte) []byte { return b[:64] }, false},
+		{"short header", func(b []byte) []byte { return b[:10] }, false},
+		{"empty", func(b []byte) []byte { return nil }, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := openLocal(t)
@@ -50,7 +51,19 @@ func TestLocalDetectsCorruptionOnDisk(t *testing.T) {
 			if err := os.WriteFile(path, tc.damage(b), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := s.Get(bg, id); !errors.Is(err, blobstore.ErrShardCorrupt) {
+			// Verify (the scrubber's check) catches every kind of damage.
+			if _, err := s.Verify(bg, id); !errors.Is(err, blobstore.ErrShardCorrupt) {
+				t.Fatalf("Verify of a damaged shard = %v, want ErrShardCorrupt", err)
+			}
+			// Get checks the header and the length, not the payload's hash:
+			// a damaged payload is returned as it is, for the reader's end to
+			// end check against the layout (TestReadDetectsFlippedPayload).
+			got, err := s.Get(bg, id)
+			if tc.payloadOnly {
+				if err != nil || len(got) != len(data) || bytes.Equal(got, data) {
+					t.Fatalf("Get of a shard with a flipped payload byte = %d bytes, %v; want the damaged payload", len(got), err)
+				}
+			} else if !errors.Is(err, blobstore.ErrShardCorrupt) {
 				t.Fatalf("Get of a damaged shard = %v, want ErrShardCorrupt", err)
 			}
 			// A damaged shard is still listed, so that a scrubber finds it.

@@ -96,19 +96,29 @@ type ShardStore interface {
 	// NodeID returns the id of the storage node; ShardRef.Node records it.
 	NodeID() string
 
-	// Put stores data as shard id. sum must be the BLAKE3-256 of data: Put
+	// Put stores data as shard id. sum must be the BLAKE3-256 of data: a
+	// store that receives data from another process (over the network)
 	// verifies it and returns an error wrapping ErrShardCorrupt if it is not,
-	// so bytes damaged on the way are never stored. When Put returns nil the
+	// so bytes damaged on the way are never stored. LocalStore, whose
+	// callers are in its own process (the shard server, which has checked
+	// what arrived, and in-process pipelines), records sum as given; a wrong
+	// sum is then in the shard's header, where readers and the scrubber catch
+	// it. When Put returns nil the
 	// shard is durable: it survives a crash or power loss of the node. A put
 	// is atomic (a reader sees the old shard, or none, or the new one, never a
 	// part) and replaces any shard with the same id, so repeating a Put with
 	// identical content is harmless. Put must not keep data after it returns.
 	Put(ctx context.Context, id ShardID, data []byte, sum [32]byte) error
 
-	// Get returns the whole payload of shard id, after checking it against the
-	// checksum recorded at Put: on mismatch it returns an error wrapping
-	// ErrShardCorrupt, and ErrShardNotFound when there is no such shard. The
-	// caller owns the returned slice.
+	// Get returns the whole payload of shard id, or an error wrapping
+	// ErrShardNotFound when there is no such shard, or ErrShardCorrupt when
+	// what is stored cannot be the shard (a damaged header, a wrong length).
+	// Get does not hash the payload: every reader checks it end to end,
+	// where the bytes are used (Store against the BLAKE3 in the segment's
+	// layout, or by opening a sealed segment, which authenticates it;
+	// VerifyShard against the checksum recorded at Put), so a second hash on
+	// the storage node would check the same bytes twice. The caller owns the
+	// returned slice.
 	Get(ctx context.Context, id ShardID) ([]byte, error)
 
 	// Delete removes shard id. Deleting a missing shard is not an error.

@@ -154,10 +154,11 @@ func statusError(err error) error {
 	return status.Error(code, err.Error())
 }
 
-// Put implements the Put RPC: it assembles the chunks, checks the length,
-// and hands the payload to the store, whose Put checks the BLAKE3 sum (the
-// ShardStore contract: bytes damaged on the way are refused with
-// ErrShardCorrupt, here DATA_LOSS) and makes the shard durable.
+// Put implements the Put RPC: it assembles the chunks, hashing each as it
+// arrives (while it is still in the CPU's cache), checks the length and the
+// BLAKE3 sum (the ShardStore contract: bytes damaged on the way are refused
+// with ErrShardCorrupt, here DATA_LOSS), and hands the payload to the store,
+// which makes the shard durable.
 func (s *shardServer) Put(stream shardpb.Shards_PutServer) error {
 	ctx := stream.Context()
 	if err := s.begin(ctx, nil); err != nil {
@@ -188,6 +189,8 @@ func (s *shardServer) Put(stream shardpb.Shards_PutServer) error {
 	// buffer), but not more than a large shard before the bytes arrive.
 	data := make([]byte, 0, min(length, 64<<20))
 	data = append(data, first.GetData()...)
+	h := blake3.New()
+	h.Write(first.GetData())
 	for {
 		if uint64(len(data)) > length {
 			return status.Errorf(codes.DataLoss, "%v: put %s: more than the %d bytes announced", ErrShardCorrupt, id, length)
@@ -203,9 +206,13 @@ func (s *shardServer) Put(stream shardpb.Shards_PutServer) error {
 			return status.Errorf(codes.InvalidArgument, "blobstore: put %s: header fields in a data message", id)
 		}
 		data = append(data, msg.GetData()...)
+		h.Write(msg.GetData())
 	}
 	if uint64(len(data)) != length {
 		return status.Errorf(codes.DataLoss, "%v: put %s: %d of the %d bytes announced", ErrShardCorrupt, id, len(data), length)
+	}
+	if got := h.Sum(nil); string(got) != string(sum[:]) {
+		return status.Errorf(codes.DataLoss, "%v: put %s: data does not match its checksum", ErrShardCorrupt, id)
 	}
 	if err := s.store.Put(ctx, id, data, sum); err != nil {
 		if errors.Is(err, ErrNoSpace) {
@@ -216,8 +223,8 @@ func (s *shardServer) Put(stream shardpb.Shards_PutServer) error {
 	return stream.SendAndClose(&shardpb.PutResponse{})
 }
 
-// Get implements the Get RPC. The store verifies the whole payload before
-// any of it is sent, ranged or not.
+// Get implements the Get RPC. The payload is not hashed here: the reader
+// checks it end to end (ShardStore.Get), which also covers the network.
 func (s *shardServer) Get(req *shardpb.GetRequest, stream shardpb.Shards_GetServer) error {
 	ctx := stream.Context()
 	id := shardIDFromPB(req.GetId())

@@ -22,9 +22,25 @@ import (
 	"github.com/strata-registry/strata/blobstore"
 )
 
+// Option changes what Run expects of a store.
+type Option func(*options)
+
+type options struct{ trustsPutSums bool }
+
+// TrustsPutSums is for a store that records the checksum given to Put
+// without hashing the data (blobstore.LocalStore, whose callers are in its own
+// process): Put with a wrong sum must then succeed, and VerifyShard must
+// report the shard as corrupt. Without it, Put must refuse a wrong sum.
+func TrustsPutSums() Option { return func(o *options) { o.trustsPutSums = true } }
+
 // Run runs the suite. open must return a new, empty store for each call;
 // it should register its own cleanup with t.
-func Run(t *testing.T, open func(t *testing.T) blobstore.ShardStore) {
+func Run(t *testing.T, open func(t *testing.T) blobstore.ShardStore, opts ...Option) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	testPutBadSum := func(t *testing.T, s blobstore.ShardStore) { testPutBadSum(t, s, o) }
 	tests := []struct {
 		name string
 		fn   func(t *testing.T, s blobstore.ShardStore)
@@ -130,10 +146,19 @@ func testPutReplaces(t *testing.T, s blobstore.ShardStore) {
 	get(t, s, id, data)
 }
 
-func testPutBadSum(t *testing.T, s blobstore.ShardStore) {
+func testPutBadSum(t *testing.T, s blobstore.ShardStore, o options) {
 	id, data := sid("badsum", 0), payload(5, 100)
 	sum := blake3.Sum256(data)
 	sum[0] ^= 1
+	if o.trustsPutSums {
+		if err := s.Put(ctx, id, data, sum); err != nil {
+			t.Fatalf("Put with a wrong sum to a store that trusts sums: %v", err)
+		}
+		if _, err := blobstore.VerifyShard(ctx, s, id); !errors.Is(err, blobstore.ErrShardCorrupt) {
+			t.Fatalf("VerifyShard of a shard put with a wrong sum = %v, want ErrShardCorrupt", err)
+		}
+		return
+	}
 	if err := s.Put(ctx, id, data, sum); !errors.Is(err, blobstore.ErrShardCorrupt) {
 		t.Fatalf("Put with a wrong sum = %v, want ErrShardCorrupt", err)
 	}
