@@ -111,8 +111,8 @@ func (r *RemoteStore) Get(ctx context.Context, id ShardID) ([]byte, error) {
 
 // GetRange returns length bytes of the payload of shard id from offset (to
 // the end when length is 0; a range past the end is cut at the end, an
-// offset past the end is ErrInvalidRange). The node verifies the whole
-// payload against its checksum before sending any of it.
+// offset past the end is ErrInvalidRange). Like LocalStore.Get, the node
+// does not hash the payload: the caller checks it end to end.
 func (r *RemoteStore) GetRange(ctx context.Context, id ShardID, offset, length int64) ([]byte, error) {
 	cctx, err := r.begin(ctx, "get", &id)
 	if err != nil {
