@@ -436,17 +436,21 @@ func BenchmarkRemoteWrite(b *testing.B) {
 		b.Fatal(err)
 	}
 	b.SetBytes(benchBlob)
+	var cpu time.Duration
 	for b.Loop() {
+		c0 := cpuTime()
 		segs, _, err := s.Write(bg, bytes.NewReader(data), nil)
 		if err != nil {
 			b.Fatal(err)
 		}
+		cpu += cpuTime() - c0
 		b.StopTimer()
 		if err := s.Delete(bg, segs); err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()
 	}
+	b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "cpu-ms/op")
 }
 
 func BenchmarkRemoteRead(b *testing.B) {
@@ -466,11 +470,13 @@ func BenchmarkRemoteRead(b *testing.B) {
 				c.nodes[i].srv.Stop()
 			}
 			b.SetBytes(benchBlob)
+			c0 := cpuTime()
 			for b.Loop() {
 				if err := s.ReadRange(bg, io.Discard, segs, 0, benchBlob); err != nil {
 					b.Fatal(err)
 				}
 			}
+			b.ReportMetric(float64((cpuTime()-c0).Milliseconds())/float64(b.N), "cpu-ms/op")
 		})
 	}
 }

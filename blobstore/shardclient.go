@@ -67,7 +67,9 @@ func (r *RemoteStore) begin(ctx context.Context, op string, id *ShardID) (contex
 
 // Put implements ShardStore: it streams data in chunks of ChunkSize and
 // returns nil once the node has made the shard durable. data is not used
-// after Put returns (gRPC encodes each message as it is sent).
+// after Put returns: wireCodec sends it without copying, and by the time the
+// node has answered it has received every byte; a Put that returns early on
+// an error has torn its stream down.
 func (r *RemoteStore) Put(ctx context.Context, id ShardID, data []byte, sum [32]byte) error {
 	cctx, err := r.begin(ctx, "put", &id)
 	if err != nil {
@@ -127,29 +129,28 @@ func (r *RemoteStore) GetRange(ctx context.Context, id ShardID, offset, length i
 	if err != nil {
 		return nil, r.error(ctx, "get", &id, err)
 	}
-	first, err := stream.Recv()
-	if err == io.EOF {
+	// RecvMsg into a getChunk: wireCodec appends each message's data to
+	// one buffer straight out of gRPC's (see wirecodec.go).
+	var chunk getChunk
+	if err := stream.RecvMsg(&chunk); err == io.EOF {
 		return nil, fmt.Errorf("blobstore: get %s on %s: empty response", id, r.nodeID)
-	}
-	if err != nil {
+	} else if err != nil {
 		return nil, r.error(ctx, "get", &id, err)
 	}
-	want := first.GetLength()
+	want := chunk.Length
 	if want > MaxShardSize {
 		return nil, fmt.Errorf("blobstore: get %s on %s: node announces %d bytes", id, r.nodeID, want)
 	}
-	data := make([]byte, 0, want)
-	data = append(data, first.GetData()...)
-	for uint64(len(data)) <= want {
-		msg, err := stream.Recv()
+	for uint64(len(chunk.Buf)) <= want {
+		err := stream.RecvMsg(&chunk)
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
 			return nil, r.error(ctx, "get", &id, err)
 		}
-		data = append(data, msg.GetData()...)
 	}
+	data := chunk.Buf
 	if uint64(len(data)) != want {
 		return nil, fmt.Errorf("blobstore: get %s on %s: node sent %d bytes, announced %d", id, r.nodeID, len(data), want)
 	}

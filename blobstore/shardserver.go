@@ -164,50 +164,49 @@ func (s *shardServer) Put(stream shardpb.Shards_PutServer) error {
 	if err := s.begin(ctx, nil); err != nil {
 		return err
 	}
-	first, err := stream.Recv()
-	if err == io.EOF {
+	// RecvMsg into a putChunk: wireCodec appends each message's data to one
+	// buffer straight out of gRPC's (see wirecodec.go), allocated at once
+	// from the announced length (but not more than a large shard before the
+	// bytes arrive).
+	var chunk putChunk
+	if err := stream.RecvMsg(&chunk); err == io.EOF {
 		return status.Error(codes.InvalidArgument, "blobstore: put: empty stream")
-	}
-	if err != nil {
+	} else if err != nil {
 		return statusError(err)
 	}
-	id := shardIDFromPB(first.GetId())
+	id := shardIDFromPB(chunk.ID)
 	if err := id.Validate(); err != nil {
 		return statusError(err)
 	}
 	var sum [32]byte
-	if len(first.GetBlake3()) != len(sum) {
-		return status.Errorf(codes.InvalidArgument, "blobstore: put %s: checksum of %d bytes, want %d", id, len(first.GetBlake3()), len(sum))
+	if len(chunk.Blake3) != len(sum) {
+		return status.Errorf(codes.InvalidArgument, "blobstore: put %s: checksum of %d bytes, want %d", id, len(chunk.Blake3), len(sum))
 	}
-	copy(sum[:], first.GetBlake3())
-	length := first.GetLength()
+	copy(sum[:], chunk.Blake3)
+	length := chunk.Length
 	if length > MaxShardSize {
 		return status.Errorf(codes.InvalidArgument, "blobstore: put %s: length %d over the limit of %d", id, length, MaxShardSize)
 	}
-
-	// Allocate the announced length at once (sparing the copies of a growing
-	// buffer), but not more than a large shard before the bytes arrive.
-	data := make([]byte, 0, min(length, 64<<20))
-	data = append(data, first.GetData()...)
 	h := blake3.New()
-	h.Write(first.GetData())
+	h.Write(chunk.Buf)
 	for {
-		if uint64(len(data)) > length {
+		if uint64(len(chunk.Buf)) > length {
 			return status.Errorf(codes.DataLoss, "%v: put %s: more than the %d bytes announced", ErrShardCorrupt, id, length)
 		}
-		msg, err := stream.Recv()
+		had := len(chunk.Buf)
+		err := stream.RecvMsg(&chunk)
 		if err == io.EOF {
 			break
 		}
 		if err != nil {
 			return statusError(err)
 		}
-		if msg.GetId() != nil || msg.GetLength() != 0 || len(msg.GetBlake3()) != 0 {
+		if chunk.ID != nil || chunk.Length != 0 || len(chunk.Blake3) != 0 {
 			return status.Errorf(codes.InvalidArgument, "blobstore: put %s: header fields in a data message", id)
 		}
-		data = append(data, msg.GetData()...)
-		h.Write(msg.GetData())
+		h.Write(chunk.Buf[had:])
 	}
+	data := chunk.Buf
 	if uint64(len(data)) != length {
 		return status.Errorf(codes.DataLoss, "%v: put %s: %d of the %d bytes announced", ErrShardCorrupt, id, len(data), length)
 	}

@@ -58,8 +58,9 @@ type ShardsClient interface {
 	// acknowledgement of a durable write.
 	Put(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[PutRequest, PutResponse], error)
 	// Get streams bytes [offset, offset+length) of a shard's payload (length 0:
-	// to the end) after the server has verified the whole payload against the
-	// checksum recorded at Put.
+	// to the end). The server checks the shard's header, not the payload's
+	// checksum: the reader checks the bytes end to end against the segment's
+	// layout (or by opening a sealed segment).
 	Get(ctx context.Context, in *GetRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[GetResponse], error)
 	// Delete removes a shard; deleting a missing shard is not an error.
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
@@ -178,8 +179,9 @@ type ShardsServer interface {
 	// acknowledgement of a durable write.
 	Put(grpc.ClientStreamingServer[PutRequest, PutResponse]) error
 	// Get streams bytes [offset, offset+length) of a shard's payload (length 0:
-	// to the end) after the server has verified the whole payload against the
-	// checksum recorded at Put.
+	// to the end). The server checks the shard's header, not the payload's
+	// checksum: the reader checks the bytes end to end against the segment's
+	// layout (or by opening a sealed segment).
 	Get(*GetRequest, grpc.ServerStreamingServer[GetResponse]) error
 	// Delete removes a shard; deleting a missing shard is not an error.
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
