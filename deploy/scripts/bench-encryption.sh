@@ -6,7 +6,8 @@
 # manifests sealed in the metadata: the --dev default) and once with --keyring off. Both
 # get the same cases (ROUNDS times, alternating which goes first), and with --server-pid
 # the server's CPU seconds are measured; the table gives, per case, the median MB/s (or
-# ops/s) of each and the server CPU per operation, and the cost of encryption as ratios.
+# ops/s) of each, the server CPU per operation, and the cost of encryption as the median
+# and geometric mean of the paired (same round) ratios of CPU per operation.
 #
 # Environment:
 #   STRATA_BIN   strata binary (default: <repo>/bin/strata)
@@ -64,25 +65,38 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 
 python3 - "$RESULTS" <<'PY'
-import json, statistics, sys
+import json, math, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 cases = []
 for r in rows:
     if r.get("case") not in cases:
         cases.append(r.get("case"))
-def med(case, target, key):
-    v = [r.get(key) or 0 for r in rows if r.get("case") == case and r.get("target") == target and not r.get("setup_error")]
-    return statistics.median(v) if v else float("nan")
-print("| case | encrypted | plain | throughput ratio | server CPU ms/op encrypted | plain | CPU cost of encryption |")
-print("|---|---|---|---|---|---|---|")
+def ok(r):
+    return not r.get("setup_error") and r.get("ops")
+def cpu_per_op(r):
+    return 1000 * (r.get("server_cpu_s") or 0) / r["ops"]
+# Rounds run the two servers back to back, alternating which goes first, so
+# the cost is read from paired ratios (encrypted / plain in the same round):
+# their median and geometric mean cancel the drift of a busy machine and the
+# advantage of going first or second.
+print("| case | encrypted | plain | throughput ratio | server CPU ms/op encrypted | plain | CPU cost, median of paired ratios | geometric mean | range |")
+print("|---|---|---|---|---|---|---|---|---|")
 for c in cases:
-    key = "mb_per_s" if med(c, "plain", "mb_per_s") > 0 else "ops_per_s"
+    rs = [r for r in rows if r.get("case") == c]
+    enc = [r for r in rs if r.get("target") == "encrypted"]
+    pla = [r for r in rs if r.get("target") == "plain"]
+    key = "mb_per_s" if any(r.get("mb_per_s") for r in pla) else "ops_per_s"
     unit = "MB/s" if key == "mb_per_s" else "ops/s"
-    e, p = med(c, "encrypted", key), med(c, "plain", key)
-    def cpu(t):
-        ops = med(c, t, "ops")
-        return 1000 * med(c, t, "server_cpu_s") / ops if ops else float("nan")
-    ce, cp = cpu("encrypted"), cpu("plain")
-    print(f"| {c} | {e:.1f} {unit} | {p:.1f} {unit} | {e/p:.2f}x | {ce:.2f} | {cp:.2f} | {100*(ce/cp-1):+.1f}% |")
+    med = lambda xs: statistics.median(xs) if xs else float("nan")
+    e = med([r.get(key) or 0 for r in enc if ok(r)])
+    p = med([r.get(key) or 0 for r in pla if ok(r)])
+    ratios = [cpu_per_op(a) / cpu_per_op(b) for a, b in zip(enc, pla) if ok(a) and ok(b) and cpu_per_op(b) > 0]
+    if not ratios:
+        print(f"| {c} | {e:.1f} {unit} | {p:.1f} {unit} | | | | no paired rounds | | |")
+        continue
+    gm = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+    print(f"| {c} | {e:.1f} {unit} | {p:.1f} {unit} | {e/p:.2f}x | {med([cpu_per_op(r) for r in enc if ok(r)]):.2f} | "
+          f"{med([cpu_per_op(r) for r in pla if ok(r)]):.2f} | {100*(med(ratios)-1):+.1f}% | {100*(gm-1):+.1f}% | "
+          f"{100*(min(ratios)-1):+.0f}% to {100*(max(ratios)-1):+.0f}% ({len(ratios)} rounds) |")
 PY
 echo "bench-encryption: results in $RESULTS" >&2
