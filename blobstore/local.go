@@ -7,10 +7,14 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
+	"sync"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 )
 
 var (
@@ -54,6 +58,9 @@ type LocalStore struct {
 	staging string // dir/staging
 	lock    *os.File
 	closed  atomic.Bool
+	// noDirect: the filesystem refused direct I/O; write through the page
+	// cache.
+	noDirect atomic.Bool
 
 	// Running totals for Usage, counted on open and kept up to date by Put
 	// and Delete (approximate under concurrent writes of the same shard).
@@ -210,18 +217,10 @@ func (s *LocalStore) Put(ctx context.Context, id ShardID, data []byte, sum [32]b
 		return putError(id, err)
 	}
 
-	f, err := os.CreateTemp(s.staging, id.String()+".*")
-	if err != nil {
-		return putError(id, err)
-	}
-	tmp := f.Name()
 	hdr := encodeShardHeader(shardHeader{Index: id.Index, Length: uint64(len(data)), Sum: sum})
-	err = writeAll(f, hdr[:], data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	tmp, err := s.writeStaging(id, hdr[:], data)
+	if err != nil && tmp == "" {
+		return putError(id, err)
 	}
 	final := filepath.Join(prefix, id.String())
 	var old int64 = -1
@@ -246,6 +245,112 @@ func (s *LocalStore) Put(ctx context.Context, id ShardID, data []byte, sum [32]b
 		return fmt.Errorf("blobstore: put %s: %w", id, err)
 	}
 	return nil
+}
+
+// directMin: payloads at least this long are written with direct I/O.
+// Smaller ones go through the page cache, where the copy costs little.
+const directMin = 64 << 10
+
+// directAlign is the alignment direct I/O needs of buffers, file offsets
+// and lengths (the logical block size of any common device, or a multiple).
+const directAlign = 4096
+
+// writeStaging writes the shard file (hdr, then data) to a new file in the
+// staging directory and fsyncs it. It returns the file's name, also with an
+// error when the file was created (the caller removes it).
+//
+// A large shard is written with O_DIRECT: from a page-aligned buffer
+// straight to the device, without copying it into the page cache first.
+// Every Put fsyncs before it acknowledges, so the page cache would only hold
+// the bytes until they are written; copying them there cost more CPU than
+// anything else on a push (up to 2 s of system time per GB on virtualised
+// disks, against 0.4 for direct I/O and a copy into the aligned buffer).
+// Direct I/O needs lengths in whole blocks: the file is written padded with
+// zeros and then cut to its size, and the fsync makes both durable. A
+// filesystem that refuses O_DIRECT (tmpfs) turns it off for the store.
+func (s *LocalStore) writeStaging(id ShardID, hdr, data []byte) (string, error) {
+	if len(data) >= directMin && !s.noDirect.Load() {
+		name, err := s.writeDirect(id, hdr, data)
+		if err == nil || !errors.Is(err, errors.ErrUnsupported) && !errors.Is(err, syscall.EINVAL) {
+			return name, err
+		}
+		s.noDirect.Store(true)
+		if name != "" {
+			os.Remove(name)
+		}
+	}
+	f, err := os.CreateTemp(s.staging, id.String()+".*")
+	if err != nil {
+		return "", err
+	}
+	err = writeAll(f, hdr, data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return f.Name(), err
+}
+
+// writeDirect is writeStaging with O_DIRECT.
+func (s *LocalStore) writeDirect(id ShardID, hdr, data []byte) (string, error) {
+	size := len(hdr) + len(data)
+	padded := (size + directAlign - 1) / directAlign * directAlign
+	buf, release := alignedBuffer(padded)
+	defer release()
+	copy(buf, hdr)
+	copy(buf[len(hdr):], data)
+	clear(buf[size:])
+
+	var f *os.File
+	var name string
+	for range 10 {
+		name = filepath.Join(s.staging, id.String()+"."+strconv.FormatUint(rand.Uint64(), 36))
+		var err error
+		if f, err = openDirect(name); err == nil {
+			break
+		} else if !errors.Is(err, fs.ErrExist) {
+			return "", err
+		}
+	}
+	if f == nil {
+		return "", fmt.Errorf("no free staging name for %s", id)
+	}
+	_, err := f.Write(buf)
+	if err == nil {
+		err = f.Truncate(int64(size))
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return name, err
+}
+
+// alignedBuffers pools the page-aligned buffers of writeDirect by size
+// class (whole multiples of alignedClass).
+var alignedBuffers sync.Map // int -> *sync.Pool of *[]byte
+
+const alignedClass = 64 << 10
+
+// alignedBuffer returns a directAlign-aligned buffer of n bytes and the
+// function that gives it back.
+func alignedBuffer(n int) ([]byte, func()) {
+	class := (n + alignedClass - 1) / alignedClass
+	p, _ := alignedBuffers.LoadOrStore(class, &sync.Pool{New: func() any {
+		b := make([]byte, class*alignedClass+directAlign)
+		return &b
+	}})
+	pool := p.(*sync.Pool)
+	raw := pool.Get().(*[]byte)
+	off := 0
+	if r := int(uintptr(unsafe.Pointer(unsafe.SliceData(*raw))) % directAlign); r != 0 {
+		off = directAlign - r
+	}
+	return (*raw)[off : off+n], func() { pool.Put(raw) }
 }
 
 // putError wraps an error of Put, as ErrNoSpace when the filesystem is full
