@@ -189,6 +189,10 @@ bench-compare: build ## Strata (--dev and a 4+2 dev cluster) next to CNCF Distri
 bench-encryption: build ## What encryption at rest costs end to end: serve --dev with and without its keyring, same load (~5 min)
 	STRATA_BIN=$(STRATA) $(CURDIR)/deploy/scripts/bench-encryption.sh
 
+.PHONY: bench-memory
+bench-memory: build ## A frontend's peak RSS under 256 concurrent pulls (distinct and herd), default and large --read-memory (CPU heavy)
+	STRATA_BIN=$(STRATA) $(CURDIR)/deploy/scripts/bench-memory.sh
+
 .PHONY: generate
 generate: tools ## Regenerate protobuf/gRPC code from every *.proto (paths=source_relative)
 	$(if $(PROTO_FILES),protoc -I . \

@@ -39,7 +39,9 @@ func newTestRegistry(t *testing.T, k, m int) *testRegistry {
 	return newTestRegistryWith(t, k, m, Config{})
 }
 
-func newTestRegistryWith(t testing.TB, k, m int, cfg Config) *testRegistry {
+// newTestRegistryWith is newTestRegistry with the HTTP layer's configuration,
+// and tweaks to the blob store's.
+func newTestRegistryWith(t testing.TB, k, m int, cfg Config, blobCfg ...func(*blobstore.Config)) *testRegistry {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := metastore.Open(filepath.Join(dir, "pebble"))
@@ -65,7 +67,11 @@ func newTestRegistryWith(t testing.TB, k, m int, cfg Config) *testRegistry {
 		t.Cleanup(func() { ls.Close() })
 		nodes = append(nodes, blobstore.Node{Info: blobstore.NodeInfo{ID: ls.NodeID(), Zone: ls.NodeID(), Free: 1 << 40}, Shards: ls})
 	}
-	blobs, err := blobstore.New(blobstore.Config{K: k, M: m, SegmentSize: 1 << 20}, func() []blobstore.Node { return nodes })
+	bcfg := blobstore.Config{K: k, M: m, SegmentSize: 1 << 20}
+	for _, f := range blobCfg {
+		f(&bcfg)
+	}
+	blobs, err := blobstore.New(bcfg, func() []blobstore.Node { return nodes })
 	if err != nil {
 		t.Fatal(err)
 	}

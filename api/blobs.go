@@ -52,22 +52,56 @@ func (s *Server) getBlob(w http.ResponseWriter, r *http.Request, name, ref strin
 		}
 	}
 	h.Set("Content-Length", strconv.FormatInt(length, 10))
+	status := http.StatusOK
 	if partial {
 		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end, size))
-		w.WriteHeader(http.StatusPartialContent)
-	} else {
-		w.WriteHeader(http.StatusOK)
+		status = http.StatusPartialContent
 	}
 	if r.Method == http.MethodHead || length == 0 {
+		w.WriteHeader(status)
 		return nil
 	}
-	if err := s.blobstore().ReadRangeWith(r.Context(), w, layout.Segments, start, length, blobstore.ReadOptions{Sealer: sealer}); err != nil {
-		// The status line is gone; all that is left is to cut the body
-		// short so the client sees a truncated transfer, never wrong bytes.
-		s.log.Error("blob read failed mid-response", "repo", name, "digest", dgst, "err", err)
-		panic(http.ErrAbortHandler)
+	// The status line goes out with the first byte of the body. Until then
+	// the read may still be refused (no read memory for its first segment
+	// within dataAdmitWait: 429, as when every data slot is taken) or fail
+	// (a first segment that cannot be read), and the client gets an error
+	// response instead of a 200 cut short.
+	bw := &bodyWriter{w: w, status: status}
+	err = s.blobstore().ReadRangeWith(r.Context(), bw, layout.Segments, start, length,
+		blobstore.ReadOptions{Sealer: sealer, AdmitWait: dataAdmitWait})
+	if err == nil {
+		return nil
 	}
-	return nil
+	if !bw.started && r.Context().Err() == nil {
+		for _, k := range []string{"Content-Length", "Content-Range", "Accept-Ranges", "Cache-Control", "ETag", "Docker-Content-Digest"} {
+			h.Del(k) // they describe the blob, not the error
+		}
+		if errors.Is(err, blobstore.ErrReadBudget) {
+			s.metrics.throttled.Inc()
+			return errTooManyRequests
+		}
+		return err
+	}
+	// The status line is gone; all that is left is to cut the body short
+	// so the client sees a truncated transfer, never wrong bytes.
+	s.log.Error("blob read failed mid-response", "repo", name, "digest", dgst, "err", err)
+	panic(http.ErrAbortHandler)
+}
+
+// bodyWriter writes a response's status line (with the headers set so far)
+// before the first byte of its body.
+type bodyWriter struct {
+	w       http.ResponseWriter
+	status  int
+	started bool
+}
+
+func (b *bodyWriter) Write(p []byte) (int, error) {
+	if !b.started {
+		b.started = true
+		b.w.WriteHeader(b.status)
+	}
+	return b.w.Write(p)
 }
 
 // deleteBlob unlinks a blob from a repository. Its bytes go when nothing

@@ -38,7 +38,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "strata_http_requests_in_flight", Help: "HTTP requests being served.",
 		}),
 		throttled: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "strata_http_requests_throttled_total", Help: "Requests refused with 429 because too many were moving blob data.",
+			Name: "strata_http_requests_throttled_total", Help: "Requests refused with 429 because too many were moving blob data, or no read memory was free for a blob GET.",
 		}),
 	}
 	reg.MustRegister(m.requests, m.latency, m.bytesIn, m.bytesOut, m.inflight, m.throttled)

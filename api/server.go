@@ -58,9 +58,11 @@ type Config struct {
 	// admin API create, rotate, retire and destroy them.
 	KeyManager keys.Manager
 	// MaxDataRequests bounds the requests that move blob bytes at once (blob
-	// GETs and upload bodies): each holds segment buffers, so this bounds
-	// memory. Beyond it, clients get 429 TOOMANYREQUESTS with Retry-After.
-	// Default 256.
+	// GETs and upload bodies). Beyond it, clients get 429 TOOMANYREQUESTS
+	// with Retry-After. Default 256. The memory of blob reads is bounded in
+	// bytes by the blob store's read budget (blobstore.Config.ReadBudget): a
+	// blob GET whose first segment gets no read memory within the same
+	// short wait gets the same 429.
 	MaxDataRequests int
 	// AdminRemote lets clients that are not on loopback use the admin API
 	// (/admin/v1/). Off by default until access control lands.
@@ -274,6 +276,11 @@ func (s *Server) serveV2(w http.ResponseWriter, r *http.Request) {
 // minority partition gets its 503 promptly.
 const defaultRequestTimeout = 10 * time.Second
 
+// dataAdmitWait is how long a request that moves blob bytes waits for a
+// data-request slot, and a blob GET for the read memory of its first
+// segment, before it is refused with 429 TOOMANYREQUESTS.
+const dataAdmitWait = 200 * time.Millisecond
+
 // acquireData takes a data-request slot, waiting briefly for one to free.
 func (s *Server) acquireData(r *http.Request) (release func(), ok bool) {
 	select {
@@ -281,7 +288,7 @@ func (s *Server) acquireData(r *http.Request) (release func(), ok bool) {
 		return func() { <-s.dataSlots }, true
 	default:
 	}
-	t := time.NewTimer(200 * time.Millisecond)
+	t := time.NewTimer(dataAdmitWait)
 	defer t.Stop()
 	select {
 	case s.dataSlots <- struct{}{}:

@@ -44,14 +44,27 @@ type cacheSeg struct {
 	size   int64
 }
 
+// segCall is one fetch of a segment, shared by every reader that asks for
+// the segment while it runs.
 type segCall struct {
-	done   chan struct{}
+	done   chan struct{} // closed when pieces and err are set
 	pieces [][]byte
 	err    error
+
+	// admitted is closed once the fetch holds its read memory (or has
+	// failed to get it).
+	admitted chan struct{}
+	stopWait context.CancelFunc // ends the fetch's wait for read memory
+
+	// Guarded by the cache's mu.
+	refs     int    // the fetch itself, and readers waiting for or writing out the pieces
+	reserved bool   // the fetch has stopped waiting for read memory
+	release  func() // gives the fetch's read memory back; run when refs drops to 0
 }
 
-// segmentFetchTimeout bounds a shared fetch: it runs on behalf of every
-// reader waiting for it, so it does not end when the first one goes away.
+// segmentFetchTimeout bounds a shared fetch (once it has its read memory):
+// it runs on behalf of every reader waiting for it, so it does not end when
+// the first one goes away.
 const segmentFetchTimeout = 2 * time.Minute
 
 // NewSegmentCache returns a cache of at most maxBytes of segments; its
@@ -80,8 +93,18 @@ func sealerKeyID(seal Sealer) string {
 }
 
 // get returns the opened segment, from the cache or from fetch, which it
-// calls at most once at a time per segment and key.
-func (c *SegmentCache) get(ctx context.Context, seg *metastorepb.Segment, seal Sealer, at uint64, fetch func(context.Context) ([][]byte, error)) ([][]byte, error) {
+// calls at most once at a time per segment and key, after reserve has
+// granted the fetch its read memory. The reader that starts a fetch and
+// every reader that joins it share that one reservation: it is given back
+// once the fetch has ended and every one of them has called the returned
+// done (after writing the pieces out) or gone away. A cache hit reserves
+// nothing, and its done does nothing.
+//
+// With admit > 0 the reader waits at most admit for the fetch to get its
+// read memory, then leaves with ErrReadBudget (the fetch goes on waiting for
+// the other readers, if any; with none left, it is dropped).
+func (c *SegmentCache) get(ctx context.Context, seg *metastorepb.Segment, seal Sealer, at uint64, admit time.Duration,
+	reserve func(context.Context) (func(), error), fetch func(context.Context) ([][]byte, error)) (pieces [][]byte, done func(), err error) {
 	key := fmt.Sprintf("%s\x00%s\x00%d\x00%d", seg.GetId(), sealerKeyID(seal), at, seg.GetLength())
 	c.mu.Lock()
 	if el, ok := c.entries[key]; ok {
@@ -89,34 +112,102 @@ func (c *SegmentCache) get(ctx context.Context, seg *metastorepb.Segment, seal S
 		pieces := el.Value.(*cacheSeg).pieces
 		c.mu.Unlock()
 		c.hits.Inc()
-		return pieces, nil
+		return pieces, func() {}, nil
 	}
 	call, ok := c.inflight[key]
 	if ok {
 		c.shared.Inc()
+		call.refs++
 	} else {
 		c.misses.Inc()
-		call = &segCall{done: make(chan struct{})}
+		wctx, stopWait := context.WithCancel(context.WithoutCancel(ctx))
+		call = &segCall{done: make(chan struct{}), admitted: make(chan struct{}), stopWait: stopWait, refs: 2}
 		c.inflight[key] = call
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), segmentFetchTimeout)
-		go func() {
-			defer cancel()
-			call.pieces, call.err = fetch(fctx)
-			c.mu.Lock()
-			delete(c.inflight, key)
-			if call.err == nil {
-				c.addLocked(key, call.pieces)
-			}
-			c.mu.Unlock()
-			close(call.done)
-		}()
+		go c.run(wctx, key, call, reserve, fetch)
 	}
 	c.mu.Unlock()
+	leave := func() { c.unref(key, call) }
+
+	if admit > 0 {
+		select {
+		case <-call.admitted:
+		default:
+			t := time.NewTimer(admit)
+			select {
+			case <-call.admitted:
+				t.Stop()
+			case <-t.C:
+				leave()
+				return nil, nil, ErrReadBudget
+			case <-ctx.Done():
+				t.Stop()
+				leave()
+				return nil, nil, ctx.Err()
+			}
+		}
+	}
 	select {
 	case <-call.done:
-		return call.pieces, call.err
+		if call.err != nil {
+			leave()
+			return nil, nil, call.err
+		}
+		return call.pieces, leave, nil
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		leave()
+		return nil, nil, ctx.Err()
+	}
+}
+
+// run is the fetch of call: it waits for its read memory (while wctx
+// lasts), fetches on behalf of every reader waiting for it (so it does not
+// end when the first one goes away), and caches what it got.
+func (c *SegmentCache) run(wctx context.Context, key string, call *segCall,
+	reserve func(context.Context) (func(), error), fetch func(context.Context) ([][]byte, error)) {
+	release, err := reserve(wctx)
+	call.stopWait()
+	c.mu.Lock()
+	call.reserved, call.release = true, release
+	c.mu.Unlock()
+	close(call.admitted)
+	if err == nil {
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(wctx), segmentFetchTimeout)
+		call.pieces, err = fetch(fctx)
+		cancel()
+	}
+	call.err = err
+	c.mu.Lock()
+	if c.inflight[key] == call {
+		delete(c.inflight, key)
+	}
+	if err == nil {
+		c.addLocked(key, call.pieces)
+	}
+	c.mu.Unlock()
+	close(call.done)
+	c.unref(key, call)
+}
+
+// unref drops one reference to call: the fetch's, or a reader's. The last
+// one gives the read memory back. When every reader has gone while the
+// fetch still waits for read memory, nobody wants it any more: its wait
+// ends, and later readers start a fetch of their own.
+func (c *SegmentCache) unref(key string, call *segCall) {
+	c.mu.Lock()
+	call.refs--
+	var release func()
+	switch {
+	case call.refs == 0:
+		release, call.release = call.release, nil
+	case call.refs == 1 && !call.reserved: // only the fetch is left
+		call.stopWait()
+		if c.inflight[key] == call {
+			delete(c.inflight, key)
+		}
+	}
+	c.mu.Unlock()
+	if release != nil {
+		release()
 	}
 }
 

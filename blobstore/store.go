@@ -84,6 +84,11 @@ type Config struct {
 	// concurrent reads of one segment share one fetch. Nil: every read
 	// fetches its shards.
 	SegmentCache *SegmentCache
+	// ReadBudget bounds the memory ReadRange holds for segment data, over
+	// every read of the Store and of every other Store given the same
+	// budget (those WithGeometry makes share it). Nil: a budget of
+	// DefaultReadMemory of the Store's own.
+	ReadBudget *ReadBudget
 	// OnNoSpace, if set, is called (synchronously) with the id of every
 	// node that refused a shard for lack of space (ErrNoSpace), so that the
 	// node source can count it full until it reports room again.
@@ -172,6 +177,9 @@ func New(cfg Config, nodes func() []Node) (*Store, error) {
 	if nodes == nil {
 		return nil, errors.New("blobstore: nil node source")
 	}
+	if cfg.ReadBudget == nil {
+		cfg.ReadBudget = NewReadBudget(DefaultReadMemory, nil)
+	}
 	s := &Store{cfg: cfg, nodes: nodes}
 	var err error
 	if s.large, err = s.codec(cfg.K, cfg.M); err != nil {
@@ -199,9 +207,9 @@ func New(cfg Config, nodes func() []Node) (*Store, error) {
 // Config returns the configuration in use, defaults applied.
 func (s *Store) Config() Config { return s.cfg }
 
-// WithGeometry returns a Store over the same nodes that writes segments at
-// k+m (a repository's durability class). Reads need no such Store: every
-// layout records its own geometry.
+// WithGeometry returns a Store over the same nodes, segment cache and read
+// budget that writes segments at k+m (a repository's durability class).
+// Reads need no such Store: every layout records its own geometry.
 func (s *Store) WithGeometry(k, m int) (*Store, error) {
 	cfg := s.cfg
 	cfg.K, cfg.M = k, m
@@ -525,7 +533,10 @@ func (s *Store) nodeMap() map[string]ShardStore {
 
 // ReadRange writes bytes [off, off+length) of the blob made of segs to w. It
 // reads only the segments the range overlaps, fetching a segment's next while
-// writing the current one (so at most two segments are in memory). For each
+// writing the current one (so at most two segments are in memory). Each
+// segment fetch first reserves its memory in the Store's ReadBudget, waiting
+// for it while ctx lasts, and gives it back once the segment is written out
+// (see ReadBudget; reads served from the SegmentCache reserve nothing). For each
 // segment it fetches the k data shards in parallel and checks each against
 // its ShardRef's BLAKE3; for a shard that is missing, unreachable, corrupt or
 // slow (HedgeAfter) it fetches parity shards instead and reconstructs. When
@@ -541,6 +552,13 @@ type ReadOptions struct {
 	// blob: NewAESGCMSealer with the blob's data key, unwrapped from the
 	// layout.
 	Sealer Sealer
+	// AdmitWait, when positive, bounds the wait for the read memory of the
+	// first segment of the range (Config.ReadBudget): when it is not free
+	// within AdmitWait, ReadRangeWith fails with ErrReadBudget having
+	// written nothing. Later segments wait as long as ctx lasts, since
+	// their bytes follow ones already written. Zero: every segment waits as
+	// long as ctx lasts.
+	AdmitWait time.Duration
 }
 
 // ReadRangeWith is ReadRange with per-call options: the sealer (the blob's
@@ -584,18 +602,26 @@ func (s *Store) ReadRangeWith(ctx context.Context, w io.Writer, segs []*metastor
 	nodes := s.nodeMap()
 	ctx, cancel := context.WithCancel(ctx)
 	type fetched struct {
-		part   part
-		pieces [][]byte
-		err    error
+		part    part
+		pieces  [][]byte
+		release func() // the segment's read memory
+		err     error
 	}
 	ch := make(chan fetched) // unbuffered: one segment written, one waiting
 	go func() {
 		defer close(ch)
-		for _, p := range parts {
-			pieces, err := s.readSegment(ctx, nodes, p.seg, seal, uint64(p.at))
+		for i, p := range parts {
+			var admit time.Duration
+			if i == 0 {
+				admit = opts.AdmitWait
+			}
+			pieces, release, err := s.readSegment(ctx, nodes, p.seg, seal, uint64(p.at), admit)
 			select {
-			case ch <- fetched{p, pieces, err}:
+			case ch <- fetched{p, pieces, release, err}:
 			case <-ctx.Done():
+				if release != nil {
+					release()
+				}
 				return
 			}
 			if err != nil {
@@ -605,7 +631,10 @@ func (s *Store) ReadRangeWith(ctx context.Context, w io.Writer, segs []*metastor
 	}()
 	defer func() {
 		cancel()
-		for range ch { // let the fetcher finish before returning
+		for f := range ch { // let the fetcher finish before returning
+			if f.release != nil {
+				f.release()
+			}
 		}
 	}()
 
@@ -614,7 +643,9 @@ func (s *Store) ReadRangeWith(ctx context.Context, w io.Writer, segs []*metastor
 		if f.err != nil {
 			return f.err
 		}
-		if err := writeRange(w, f.pieces, f.part.from, f.part.to); err != nil {
+		err := writeRange(w, f.pieces, f.part.from, f.part.to)
+		f.release()
+		if err != nil {
 			return err
 		}
 		written++
@@ -664,7 +695,11 @@ type shardResult struct {
 
 // readSegment fetches enough good shards of seg, reconstructs missing data
 // shards, and returns the segment's plaintext, opened with seal (at offset at
-// in the blob), as pieces.
+// in the blob), as pieces, and the function that gives back the read memory
+// they hold (to be called once they are written out). A fetch first reserves
+// its memory in the read budget, waiting while ctx lasts, or at most admit
+// when admit > 0 (then ErrReadBudget); a read served from the segment cache
+// reserves nothing.
 //
 // Every shard is checked against its BLAKE3 in the layout, except those of
 // a sealed segment: AES-GCM authenticates the whole decoded segment end to
@@ -673,16 +708,25 @@ type shardResult struct {
 // such a segment does not authenticate, it is read again with every shard
 // verified, so that a damaged shard is found, reported and replaced by
 // parity, and only a segment that still fails is refused.
-func (s *Store) readSegment(ctx context.Context, nodes map[string]ShardStore, seg *metastorepb.Segment, seal Sealer, at uint64) ([][]byte, error) {
-	if c := s.cfg.SegmentCache; c != nil {
-		if err := checkSegment(seg); err != nil {
-			return nil, err
-		}
-		return c.get(ctx, seg, seal, at, func(ctx context.Context) ([][]byte, error) {
-			return s.fetchSegment(ctx, nodes, seg, seal, at)
-		})
+func (s *Store) readSegment(ctx context.Context, nodes map[string]ShardStore, seg *metastorepb.Segment, seal Sealer, at uint64,
+	admit time.Duration) (pieces [][]byte, release func(), err error) {
+	if err := checkSegment(seg); err != nil {
+		return nil, nil, err
 	}
-	return s.fetchSegment(ctx, nodes, seg, seal, at)
+	budget, size := s.cfg.ReadBudget, readFootprint(seg)
+	if c := s.cfg.SegmentCache; c != nil {
+		return c.get(ctx, seg, seal, at, admit,
+			func(ctx context.Context) (func(), error) { return budget.reserve(ctx, size) },
+			func(ctx context.Context) ([][]byte, error) { return s.fetchSegment(ctx, nodes, seg, seal, at) })
+	}
+	if release, err = budget.reserveWithin(ctx, size, admit); err != nil {
+		return nil, nil, err
+	}
+	if pieces, err = s.fetchSegment(ctx, nodes, seg, seal, at); err != nil {
+		release()
+		return nil, nil, err
+	}
+	return pieces, release, nil
 }
 
 // fetchSegment is readSegment without the cache.

@@ -207,6 +207,7 @@ type benchResult struct {
 
 	Ops        int64   `json:"ops"`
 	Errors     int64   `json:"errors"`
+	Throttled  int64   `json:"throttled"` // 429 answers retried after their Retry-After
 	FirstError string  `json:"first_error,omitempty"`
 	Seconds    float64 `json:"seconds"`
 	OpsPerSec  float64 `json:"ops_per_s"`
@@ -298,7 +299,9 @@ func newBenchCmd() *cobra.Command {
 Each scenario first creates the data it needs (untimed: images for the pull and
 manifest scenarios, tags, blobs), then runs --concurrency workers for --duration
 (or --count operations, bounded by --timeout) and prints one JSON line on stdout:
-operations/s, MB/s (10^6 bytes), p50/p90/p99/max latency in ms, errors, and with
+operations/s, MB/s (10^6 bytes), p50/p90/p99/max latency in ms, errors, throttled
+(429 Too Many Requests answers, each retried after its Retry-After: an operation's
+latency includes its waits), and with
 --server-pid the CPU seconds and peak RSS of the server processes during the
 timed part. A progress bar goes to stderr when it is a terminal (or --progress);
 --summary prints a table on stderr at the end.
@@ -669,7 +672,7 @@ func runBenchScenario(ctx context.Context, o *benchOptions, pl benchPlanned, cli
 	rctx, cancel := context.WithTimeout(ctx, o.timeout)
 	defer cancel()
 	watch := startProcWatcher(pids, o.sampleRSS)
-	cpu0 := clientCPUSeconds()
+	cpu0, throttled0 := clientCPUSeconds(), benchThrottled(clients)
 	start := time.Now()
 	r.Start = start.UTC().Format(time.RFC3339)
 	prog.run(start)
@@ -712,6 +715,7 @@ func runBenchScenario(ctx context.Context, o *benchOptions, pl benchPlanned, cli
 	elapsed := time.Since(start)
 	procs := watch.finish()
 	r.ClientCPU = roundTo(clientCPUSeconds()-cpu0, 2)
+	r.Throttled = benchThrottled(clients) - throttled0
 	prog.stop()
 
 	var lat []time.Duration
@@ -725,6 +729,15 @@ func runBenchScenario(ctx context.Context, o *benchOptions, pl benchPlanned, cli
 	}
 	fillBenchResult(&r, lat, elapsed, procs)
 	return r
+}
+
+// benchThrottled is how many 429 answers the clients have retried.
+func benchThrottled(clients []*benchClient) int64 {
+	var n int64
+	for _, c := range clients {
+		n += c.throttled.Load()
+	}
+	return n
 }
 
 // fillBenchResult computes the rates, latencies and server figures.
@@ -882,6 +895,9 @@ func printBenchSummary(w io.Writer, results []benchResult) {
 			r.Ops, r.Errors, r.OpsPerSec, r.MBPerSec, r.P50, r.P99, r.Max, cpu, rss)
 		if r.FirstError != "" {
 			fmt.Fprintf(w, "%-18s first error: %s\n", "", r.FirstError)
+		}
+		if r.Throttled > 0 {
+			fmt.Fprintf(w, "%-18s %d answers of 429 Too Many Requests, retried after their Retry-After\n", "", r.Throttled)
 		}
 	}
 }

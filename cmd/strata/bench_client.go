@@ -10,11 +10,13 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -32,6 +34,8 @@ type benchClient struct {
 
 	mu     sync.Mutex
 	tokens map[string]string // "<repo> pull|push" -> bearer token
+
+	throttled atomic.Int64 // 429 answers retried after their Retry-After
 }
 
 // benchClientOptions configures the HTTP side of a benchClient.
@@ -87,7 +91,9 @@ type benchRequest struct {
 	length int64 // Content-Length; -1 streams the body (chunked transfer encoding)
 }
 
-// do sends r, answering one auth challenge. The caller closes the body.
+// do sends r, answering one auth challenge, and sending it again after the
+// Retry-After of every 429 Too Many Requests (a registry shedding load) for
+// as long as ctx lasts. The caller closes the body.
 func (c *benchClient) do(ctx context.Context, r benchRequest) (*http.Response, error) {
 	target, err := c.base.Parse(r.url)
 	if err != nil {
@@ -98,7 +104,8 @@ func (c *benchClient) do(ctx context.Context, r benchRequest) (*http.Response, e
 		access = "push"
 	}
 	key := r.repo + " " + access
-	for attempt := 0; ; attempt++ {
+	authed := false
+	for {
 		var body io.Reader
 		if r.body != nil {
 			body = r.body()
@@ -129,9 +136,23 @@ func (c *benchClient) do(ctx context.Context, r benchRequest) (*http.Response, e
 		if err != nil {
 			return nil, err
 		}
-		if resp.StatusCode != http.StatusUnauthorized || attempt > 0 {
+		if resp.StatusCode == http.StatusTooManyRequests {
+			wait := retryAfter(resp.Header.Get("Retry-After"), time.Now())
+			drain(resp)
+			c.throttled.Add(1)
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, fmt.Errorf("%s %s: 429, retrying: %w", r.method, target.Path, ctx.Err())
+			case <-t.C:
+			}
+			continue
+		}
+		if resp.StatusCode != http.StatusUnauthorized || authed {
 			return resp, nil
 		}
+		authed = true
 		challenge := resp.Header.Get("WWW-Authenticate")
 		drain(resp)
 		scheme, params := parseChallenge(challenge)
@@ -153,6 +174,24 @@ func (c *benchClient) do(ctx context.Context, r benchRequest) (*http.Response, e
 			return nil, fmt.Errorf("%s %s: 401 with challenge %q", r.method, target.Path, challenge)
 		}
 	}
+}
+
+// retryAfter is how long to wait before sending a request refused with 429:
+// its Retry-After (seconds or an HTTP date; 1s when absent or unreadable,
+// at most a minute), plus up to a fifth more at random so that clients
+// refused together do not all come back at once.
+func retryAfter(h string, now time.Time) time.Duration {
+	d := time.Second
+	if secs, err := strconv.Atoi(strings.TrimSpace(h)); err == nil {
+		d = time.Duration(secs) * time.Second
+	} else if t, err := http.ParseTime(h); err == nil {
+		d = t.Sub(now)
+	}
+	d = min(max(d, 0), time.Minute)
+	if j := d / 5; j > 0 {
+		d += rand.N(j)
+	}
+	return d
 }
 
 // fetchToken asks the challenge's realm for a token (docker's token protocol:

@@ -87,7 +87,7 @@ func TestBenchResultJSONShape(t *testing.T) {
 	want := map[string]any{
 		"scenario": "pull-herd", "case": "herd", "target": "strata", "url": "http://x", "concurrency": 4.0,
 		"duration": "1s", "size": float64(1 << 20), "verify": true,
-		"ops": 4.0, "errors": 0.0, "seconds": 2.0, "ops_per_s": 2.0, "bytes": float64(4 << 20), "mb_per_s": 2.1,
+		"ops": 4.0, "errors": 0.0, "throttled": 0.0, "seconds": 2.0, "ops_per_s": 2.0, "bytes": float64(4 << 20), "mb_per_s": 2.1,
 		"p50_ms": 20.0, "p90_ms": 40.0, "p99_ms": 40.0, "max_ms": 40.0, "mean_ms": 25.0,
 		"server_cpu_s": 0.75, "server_peak_rss_mib": 400.0, "frontend_peak_rss_mib": 100.0,
 		"setup_s": 0.0, "client_cpu_s": 0.0,
@@ -217,6 +217,13 @@ func TestPlanBench(t *testing.T) {
 // tokens it issued.
 func newBenchTestRegistry(t *testing.T) (string, *atomic.Int64) {
 	t.Helper()
+	return newBenchTestRegistryWith(t, nil)
+}
+
+// newBenchTestRegistryWith is newBenchTestRegistry with wrap, if not nil,
+// around the registry's handler (behind the token gate).
+func newBenchTestRegistryWith(t *testing.T, wrap func(http.Handler) http.Handler) (string, *atomic.Int64) {
+	t.Helper()
 	dir := t.TempDir()
 	st, err := metastore.Open(filepath.Join(dir, "pebble"))
 	if err != nil {
@@ -250,6 +257,9 @@ func newBenchTestRegistry(t *testing.T) (string, *atomic.Int64) {
 		t.Fatal(err)
 	}
 	inner := api.New(api.Config{}, meta, blobs).Handler()
+	if wrap != nil {
+		inner = wrap(inner)
+	}
 	var issued atomic.Int64
 	var hs *httptest.Server
 	hs = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -366,5 +376,69 @@ func TestBenchWrongCredentials(t *testing.T) {
 	err := runBench(context.Background(), o)
 	if err == nil || !strings.Contains(err.Error(), "401") {
 		t.Errorf("err %v", err)
+	}
+}
+
+// A registry shedding load answers 429 with Retry-After: the bench waits and
+// sends the request again, and counts those answers (throttled) instead of
+// failing the operation.
+func TestBenchRetriesTooManyRequests(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a registry")
+	}
+	var gets, refused atomic.Int64
+	url, _ := newBenchTestRegistryWith(t, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/sha256:") && gets.Add(1)%3 != 0 {
+				refused.Add(1)
+				w.Header().Set("Retry-After", "0")
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusTooManyRequests)
+				fmt.Fprint(w, `{"errors":[{"code":"TOOMANYREQUESTS","message":"retry shortly"}]}`)
+				return
+			}
+			next.ServeHTTP(w, r)
+		})
+	})
+	var out, errb bytes.Buffer
+	o := &benchOptions{
+		urls: []string{url}, username: "bench", password: "secret",
+		scenarios: []string{"pull-herd:size=300KiB", "pull-distinct:size=100KiB"},
+		repo:      "bench-429", timeout: time.Minute, maxOps: 1000, summary: true, sampleRSS: 10 * time.Millisecond,
+		params: defaultBenchParams(), stdout: &out, stderr: &errb,
+		changed: map[string]string{"count": "6", "concurrency": "3"},
+	}
+	if err := runBench(context.Background(), o); err != nil {
+		t.Fatalf("%v\n%s\n%s", err, out.String(), errb.String())
+	}
+	var throttled int64
+	for line := range strings.Lines(strings.TrimSpace(out.String())) {
+		var r benchResult
+		if err := json.Unmarshal([]byte(line), &r); err != nil {
+			t.Fatal(err)
+		}
+		if r.Ops != 6 || r.Errors != 0 || r.Throttled < 6 {
+			t.Errorf("%s: %s", r.Scenario, line)
+		}
+		throttled += r.Throttled
+	}
+	if throttled != refused.Load() {
+		t.Errorf("the JSON lines count %d throttled answers, the registry sent %d", throttled, refused.Load())
+	}
+	if !strings.Contains(errb.String(), "429 Too Many Requests") {
+		t.Errorf("no throttled note in the summary:\n%s", errb.String())
+	}
+}
+
+func TestRetryAfter(t *testing.T) {
+	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	for h, want := range map[string]time.Duration{
+		"": time.Second, "junk": time.Second, "0": 0, "-3": 0, "2": 2 * time.Second, "86400": time.Minute,
+		now.Add(5 * time.Second).Format(http.TimeFormat): 5 * time.Second,
+		now.Add(-time.Hour).Format(http.TimeFormat):      0,
+	} {
+		if got := retryAfter(h, now); got < want || got > want+want/5 {
+			t.Errorf("Retry-After %q: wait %v, want %v plus up to a fifth", h, got, want)
+		}
 	}
 }

@@ -49,6 +49,7 @@ type serveOptions struct {
 	k, m            int
 	segmentSize     int
 	segmentCache    int64
+	readMemory      int64
 	strict          bool
 	readConsistency string
 	maxStaleness    time.Duration
@@ -135,7 +136,8 @@ flags win over the environment, which wins over the file.`,
 	f.IntVar(&o.k, "k", 0, "erasure data shards per segment (default: 1 in --dev; in a cluster the best fit: 4+2 with 6 or more storage nodes, 2+1 with 3 to 5)")
 	f.IntVar(&o.m, "m", -1, "erasure parity shards per segment (default: see --k)")
 	f.IntVar(&o.segmentSize, "segment-size", blobstore.DefaultSegmentSize, "bytes per segment")
-	f.Int64Var(&o.segmentCache, "segment-cache", 256<<20, "api role: bytes of decoded segments a frontend keeps in memory; concurrent pulls of one blob share one fetch of each segment (0: no cache)")
+	f.Var(newSizeFlag(&o.segmentCache, 256<<20), "segment-cache", "api role: bytes of decoded segments a frontend keeps in memory; concurrent pulls of one blob share one fetch of each segment (0: no cache)")
+	f.Var(newSizeFlag(&o.readMemory, blobstore.DefaultReadMemory), "read-memory", "api role: bytes of segment data a frontend's blob reads may hold at once (shards fetched and decoded segments not yet sent); a blob GET that gets none for its first segment within 200ms is refused with 429 TOOMANYREQUESTS (-1: no bound)")
 	f.BoolVar(&o.strict, "strict-manifests", false, "refuse image manifests whose layers are not all in the repository (default: sparse manifests are accepted)")
 	f.StringVar(&o.readConsistency, "read-consistency", "linearizable", "tag and listing reads: linearizable, or stale (served by any replica within --max-staleness)")
 	f.DurationVar(&o.maxStaleness, "max-staleness", 5*time.Second, "bound on the staleness of reads with --read-consistency=stale")
@@ -495,6 +497,8 @@ func serveHTTP(ctx context.Context, o *serveOptions, ln net.Listener, meta *clus
 	if o.segmentCache > 0 {
 		blobCfg.SegmentCache = blobstore.NewSegmentCache(o.segmentCache, reg)
 	}
+	// One budget for every pipeline this frontend makes (SetBlobs, WithGeometry).
+	blobCfg.ReadBudget = blobstore.NewReadBudget(o.readMemory, reg)
 	var blobs *blobstore.Store
 	var storage *cluster.StorageView
 	var err error
@@ -644,3 +648,38 @@ func openKeyring(o *serveOptions, fresh bool) (*keys.Keyring, error) {
 	}
 	return ring, nil
 }
+
+// sizeFlag is a flag of bytes, given as 1073741824, 1GiB, 512MiB or 1.5GB
+// (parseBenchSize); a leading "-" makes it negative.
+type sizeFlag struct{ p *int64 }
+
+func newSizeFlag(p *int64, def int64) *sizeFlag {
+	*p = def
+	return &sizeFlag{p}
+}
+
+func (f *sizeFlag) String() string {
+	switch {
+	case f.p == nil || *f.p == 0:
+		return "0"
+	case *f.p < 0:
+		return "-" + fmtBenchSize(-*f.p)
+	}
+	return fmtBenchSize(*f.p)
+}
+
+func (f *sizeFlag) Set(s string) error {
+	s = strings.TrimSpace(s)
+	neg := strings.HasPrefix(s, "-")
+	n, err := parseBenchSize(strings.TrimPrefix(s, "-"))
+	if err != nil {
+		return err
+	}
+	if neg {
+		n = -n
+	}
+	*f.p = n
+	return nil
+}
+
+func (f *sizeFlag) Type() string { return "size" }
