@@ -38,6 +38,8 @@
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=bench-lib.sh
+. "$REPO_ROOT/deploy/scripts/bench-lib.sh"
 STRATA_BIN="${STRATA_BIN:-$REPO_ROOT/bin/strata}"
 TOOLS_DIR="$REPO_ROOT/bin/tools"
 DISTRIBUTION_VERSION="${DISTRIBUTION_VERSION:-v3.1.2}"
@@ -174,22 +176,6 @@ start_strata_dev() {
     wait "$pid" 2>/dev/null || true
   done
   fail "strata serve --dev did not start"
-}
-
-# cluster_nodes prints "name pid http" per node of cluster.json (name: api-a1, meta-m1,
-# storage-s1), without needing jq.
-cluster_nodes() {
-  awk '
-    /"id":/    { v = $2; gsub(/[",]/, "", v); id = v; roles = ""; http = "-" }
-    /"roles":/ { inroles = 1; next }
-    inroles && /\]/ { inroles = 0; next }
-    inroles    { v = $0; gsub(/[ ",]/, "", v); roles = roles " " v; next }
-    /"pid":/   { v = $2; gsub(/,/, "", v); pid = v }
-    /"http":/  { v = $2; gsub(/[",]/, "", v); http = v }
-    /"grpc":/  {
-      kind = roles ~ /api/ ? "api" : (roles ~ /meta/ ? "meta" : "storage")
-      print kind "-" id, pid, http
-    }' "$1"
 }
 
 start_strata_cluster() {

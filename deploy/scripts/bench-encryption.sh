@@ -9,8 +9,13 @@
 # ops/s) of each, the server CPU per operation, and the cost of encryption as the median
 # and geometric mean of the paired (same round) ratios of CPU per operation.
 #
+# With CLUSTER=1 the two servers are `strata dev cluster --meta 1 --storage 6 --api 1
+# --k 4 --m 2` (erasure coded 4+2 across six storage processes, one frontend), with
+# its keyring and with --keyring off, and the CPU is that of all eight processes.
+#
 # Environment:
 #   STRATA_BIN   strata binary (default: <repo>/bin/strata)
+#   CLUSTER      1: a 4+2 dev cluster instead of serve --dev
 #   ROUNDS       runs of each case per server (default 3)
 #   DURATION     timed part of each run (default 8s)
 #   CASES_OVERRIDE  "id|scenario spec;..." to run other cases
@@ -21,7 +26,10 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 STRATA_BIN="${STRATA_BIN:-$REPO_ROOT/bin/strata}"
 ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-8s}"
+CLUSTER="${CLUSTER:-0}"
 RESULTS_DIR="${RESULTS_DIR:-${TMPDIR:-/tmp}/strata-bench-encryption-$(date +%Y%m%d-%H%M%S)}"
+# shellcheck source=bench-lib.sh
+. "$REPO_ROOT/deploy/scripts/bench-lib.sh"
 [ -x "$STRATA_BIN" ] || { echo "bench-encryption: no strata binary at $STRATA_BIN (make build)" >&2; exit 2; }
 command -v curl >/dev/null || { echo "bench-encryption: curl is required" >&2; exit 2; }
 mkdir -p "$RESULTS_DIR"
@@ -39,23 +47,47 @@ if [ -n "${CASES_OVERRIDE:-}" ]; then IFS=';' read -r -a CASES <<<"$CASES_OVERRI
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# start_target target dir: starts the server(s), sets URLS, PIDS (--server-pid args), PID.
+start_target() {
+  local target=$1 dir=$2 port
+  if [ "$CLUSTER" = 1 ]; then
+    local args=(dev cluster --meta 1 --storage 6 --api 1 --k 4 --m 2 --dir "$dir/data" --log-level warn)
+    [ "$target" = plain ] && args+=(--keyring off)
+    "$STRATA_BIN" "${args[@]}" >"$dir/serve.log" 2>&1 &
+    PID=$!
+    for _ in $(seq 1 600); do [ -f "$dir/data/cluster.json" ] && break; sleep 0.1; done
+    URLS="" PIDS=""
+    local name pid http
+    while read -r name pid http; do
+      PIDS+=" --server-pid $name=$pid"
+      [ "$http" = "-" ] || URLS+=" --url $http"
+    done < <(cluster_nodes "$dir/data/cluster.json")
+  else
+    port=$(free_port)
+    local args=(serve --dev --data-dir "$dir/data" --http-addr "127.0.0.1:$port" --log-level warn)
+    [ "$target" = plain ] && args+=(--keyring off)
+    "$STRATA_BIN" "${args[@]}" >"$dir/serve.log" 2>&1 &
+    PID=$!
+    URLS=" --url http://127.0.0.1:$port" PIDS=" --server-pid $PID"
+  fi
+  local url=${URLS# --url }
+  url=${url%% *}
+  for _ in $(seq 1 300); do curl -fsS "$url/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+}
+
 run_target() { # target round
-  local target=$1 round=$2 port dir pid
-  port=$(free_port)
+  local target=$1 round=$2 dir
   dir=$(mktemp -d "$RESULTS_DIR/$target-XXXX")
-  local args=(serve --dev --data-dir "$dir/data" --http-addr "127.0.0.1:$port" --log-level warn)
-  [ "$target" = plain ] && args+=(--keyring off)
-  "$STRATA_BIN" "${args[@]}" >"$dir/serve.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 200); do curl -fsS "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+  start_target "$target" "$dir"
   for c in "${CASES[@]}"; do
     local id=${c%%|*} spec=${c#*|}
     echo "bench-encryption: round $round, $target, $id" >&2
-    "$STRATA_BIN" bench --url "http://127.0.0.1:$port" --scenario "$spec" --duration "$DURATION" \
-      --server-pid "$pid" --case "$id" --target "$target" >>"$RESULTS" 2>>"$dir/bench.log" ||
+    # shellcheck disable=SC2086 # URLS and PIDS are lists of arguments
+    "$STRATA_BIN" bench $URLS --scenario "$spec" --duration "$DURATION" \
+      $PIDS --case "$id" --target "$target" >>"$RESULTS" 2>>"$dir/bench.log" ||
       echo "bench-encryption: $target $id failed (see $dir/bench.log)" >&2
   done
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  kill "$PID"; wait "$PID" 2>/dev/null || true
   rm -rf "$dir/data"
 }
 
