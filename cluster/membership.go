@@ -16,6 +16,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/experimental"
 
 	"github.com/strata-registry/strata/blobstore"
 	cpb "github.com/strata-registry/strata/cluster/clusterpb"
@@ -321,7 +322,8 @@ func LoadTLS(certFile, keyFile, caFile string) (*tls.Config, error) {
 
 // ServerOptions are the gRPC server options of a node.
 func ServerOptions(tlsConf *tls.Config) []grpc.ServerOption {
-	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageSize), grpc.MaxSendMsgSize(MaxMessageSize)}
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageSize), grpc.MaxSendMsgSize(MaxMessageSize),
+		experimental.BufferPool(grpcBuffers)}
 	if tlsConf != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(tlsConf)))
 	}
