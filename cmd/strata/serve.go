@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
@@ -50,6 +51,7 @@ type serveOptions struct {
 	segmentSize     int
 	segmentCache    int64
 	readMemory      int64
+	memoryLimit     int64
 	strict          bool
 	readConsistency string
 	maxStaleness    time.Duration
@@ -79,8 +81,10 @@ type serveOptions struct {
 	adminRemote                                        bool
 }
 
-func newServeCmd() *cobra.Command {
-	o := &serveOptions{}
+func newServeCmd() *cobra.Command { return newServeCmdFor(&serveOptions{}) }
+
+// newServeCmdFor is newServeCmd parsing into o.
+func newServeCmdFor(o *serveOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run a Strata node (every role in one process with --dev)",
@@ -137,6 +141,7 @@ flags win over the environment, which wins over the file.`,
 	f.IntVar(&o.m, "m", -1, "erasure parity shards per segment (default: see --k)")
 	f.IntVar(&o.segmentSize, "segment-size", blobstore.DefaultSegmentSize, "bytes per segment")
 	f.Var(newSizeFlag(&o.segmentCache, 256<<20), "segment-cache", "api role: bytes of decoded segments a frontend keeps in memory; concurrent pulls of one blob share one fetch of each segment (0: no cache)")
+	f.Var(newSizeFlag(&o.memoryLimit, 0), "memory-limit", "soft limit of the process's memory for Go's garbage collector (0: derived from the roles, --read-memory and --segment-cache; -1: none; GOMEMLIMIT, when set, wins)")
 	f.Var(newSizeFlag(&o.readMemory, blobstore.DefaultReadMemory), "read-memory", "api role: bytes of segment data a frontend's blob reads may hold at once (shards fetched and decoded segments not yet sent); a blob GET that gets none for its first segment within 200ms is refused with 429 TOOMANYREQUESTS (-1: no bound)")
 	f.BoolVar(&o.strict, "strict-manifests", false, "refuse image manifests whose layers are not all in the repository (default: sparse manifests are accepted)")
 	f.StringVar(&o.readConsistency, "read-consistency", "linearizable", "tag and listing reads: linearizable, or stale (served by any replica within --max-staleness)")
@@ -246,6 +251,9 @@ func serve(ctx context.Context, o *serveOptions) error {
 		return err
 	}
 	slog.SetDefault(log)
+	if limit, source := o.setMemoryLimit(); limit > 0 {
+		log.Info("memory limit", "bytes", limit, "size", fmtBenchSize(limit), "from", source)
+	}
 	if err := os.MkdirAll(o.dataDir, 0o750); err != nil {
 		return err
 	}
@@ -647,6 +655,47 @@ func openKeyring(o *serveOptions, fresh bool) (*keys.Keyring, error) {
 		return nil, fmt.Errorf("keyring %s: %w", path, err)
 	}
 	return ring, nil
+}
+
+// Memory a node needs besides the budgets it is configured with, per role,
+// for the automatic --memory-limit.
+const memoryPerRole = 256 << 20
+
+// autoMemoryLimit is the soft memory limit of a node with o's roles and
+// budgets: memoryPerRole for each role, and for the api role the read
+// budget and the segment cache on top.
+func (o *serveOptions) autoMemoryLimit() int64 {
+	limit := int64(len(o.roles)) * memoryPerRole
+	if o.has(cluster.RoleAPI) {
+		limit += max(o.readMemory, 0) + max(o.segmentCache, 0)
+		if o.readMemory < 0 {
+			return 0 // reads are not bounded: neither is the process
+		}
+	}
+	return limit
+}
+
+// setMemoryLimit gives Go's garbage collector a soft limit (GOMEMLIMIT) and
+// returns it and where it came from; 0 when there is none. Without one the
+// heap may grow to twice the live data between collections, and a frontend
+// streaming many segments allocates fast: 8 clients pulling images from a
+// 4+2 cluster took a frontend's RSS to 2.4 GiB with 0.4 GiB live. With the
+// limit the collector runs sooner as the heap nears it (it is soft: live data
+// above it is never refused, the collector then uses at most about half the
+// CPU), so the process stays near what its budgets allow.
+func (o *serveOptions) setMemoryLimit() (int64, string) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return debug.SetMemoryLimit(-1), "GOMEMLIMIT"
+	}
+	limit, source := o.memoryLimit, "--memory-limit"
+	if limit == 0 {
+		limit, source = o.autoMemoryLimit(), "roles and budgets"
+	}
+	if limit <= 0 {
+		return 0, ""
+	}
+	debug.SetMemoryLimit(limit)
+	return limit, source
 }
 
 // sizeFlag is a flag of bytes, given as 1073741824, 1GiB, 512MiB or 1.5GB
