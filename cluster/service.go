@@ -90,6 +90,7 @@ func NewService(meta *Meta, deadAfter time.Duration, log *slog.Logger) (*Service
 func (s *Service) Register(g *grpc.Server) { cpb.RegisterClusterServer(g, s) }
 
 func (s *Service) Propose(ctx context.Context, req *cpb.ProposeRequest) (*cpb.ProposeResponse, error) {
+	s.meta.nameLeader(ctx)
 	err := s.meta.propose(ctx, req.Command, nil, req.Hops)
 	if err != nil && metastore.ErrorCode(err) == "" {
 		return nil, toStatus(err)
@@ -98,6 +99,7 @@ func (s *Service) Propose(ctx context.Context, req *cpb.ProposeRequest) (*cpb.Pr
 }
 
 func (s *Service) Read(ctx context.Context, req *cpb.ReadRequest) (*cpb.ReadResponse, error) {
+	s.meta.nameLeader(ctx)
 	resp, err := s.meta.readOnce(ctx, req)
 	if err != nil {
 		return nil, toStatus(err)
