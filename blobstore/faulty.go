@@ -81,7 +81,7 @@ type faultState struct {
 	left int // remaining firings when Times > 0
 }
 
-var _ ShardStore = (*Faulty)(nil)
+var _ ShardReaderInto = (*Faulty)(nil)
 
 // NewFaulty wraps s.
 func NewFaulty(s ShardStore) *Faulty { return &Faulty{ShardStore: s} }
@@ -200,6 +200,26 @@ func (f *Faulty) Get(ctx context.Context, id ShardID) ([]byte, error) {
 	if err == nil && fault != nil && fault.Corrupt && len(b) > 0 {
 		b = append([]byte(nil), b...)
 		b[len(b)/2] ^= 0x5a
+	}
+	return b, err
+}
+
+// GetInto implements ShardReaderInto, with the faults of Get: the wrapped
+// store's GetInto when it has one, else its Get copied into dst.
+func (f *Faulty) GetInto(ctx context.Context, id ShardID, dst []byte) ([]byte, error) {
+	fault := f.match(OpGet, &id)
+	if pass, err := f.before(ctx, fault, OpGet); !pass {
+		return nil, err
+	}
+	var b []byte
+	var err error
+	if r, ok := f.ShardStore.(ShardReaderInto); ok {
+		b, err = r.GetInto(ctx, id, dst)
+	} else if b, err = f.ShardStore.Get(ctx, id); err == nil {
+		b = append(dst[:0], b...)
+	}
+	if err == nil && fault != nil && fault.Corrupt && len(b) > 0 {
+		b[len(b)/2] ^= 0x5a // the caller's buffer: corrupt it in place
 	}
 	return b, err
 }

@@ -68,7 +68,7 @@ type LocalStore struct {
 	used  atomic.Int64
 }
 
-var _ ShardStore = (*LocalStore)(nil)
+var _ ShardReaderInto = (*LocalStore)(nil)
 
 // OpenLocal opens (creating if needed) the shard directory dir of node
 // nodeID. It takes an exclusive lock on dir, refuses a directory that belongs
@@ -362,28 +362,54 @@ func putError(id ShardID, err error) error {
 	return fmt.Errorf("blobstore: put %s: %w", id, err)
 }
 
-// Get implements ShardStore with one whole-file read. The header is checked
-// (its CRC, index and length); the payload is not hashed: the reader checks
-// it end to end (see ShardStore.Get), and Verify checks it at rest.
+// Get implements ShardStore: GetInto a buffer of the payload's size.
 func (s *LocalStore) Get(ctx context.Context, id ShardID) ([]byte, error) {
+	return s.GetInto(ctx, id, nil)
+}
+
+// GetInto implements ShardReaderInto. The header is checked (its CRC, index
+// and length); the payload is not hashed: the reader checks it end to end
+// (see ShardStore.Get), and Verify checks it at rest.
+func (s *LocalStore) GetInto(ctx context.Context, id ShardID, dst []byte) ([]byte, error) {
 	if err := s.check(ctx, &id); err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(s.ShardPath(id))
+	f, err := os.Open(s.ShardPath(id))
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s on %s", ErrShardNotFound, id, s.nodeID)
 		}
 		return nil, fmt.Errorf("blobstore: get %s: %w", id, err)
 	}
-	h, err := decodeShardHeader(b)
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("blobstore: get %s: %w", id, err)
+	}
+	var hb [shardHeaderSize]byte
+	n, err := io.ReadFull(f, hb[:])
+	if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
+		return nil, fmt.Errorf("blobstore: get %s: %w", id, err)
+	}
+	h, err := decodeShardHeader(hb[:n])
 	if err == nil {
-		err = checkHeader(h, id, int64(len(b)))
+		err = checkHeader(h, id, fi.Size())
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get %s on %s: %w", id, s.nodeID, err)
 	}
-	return b[shardHeaderSize:], nil
+	size := int(h.Length)
+	if cap(dst) < size {
+		dst = make([]byte, size)
+	}
+	dst = dst[:size]
+	if _, err := io.ReadFull(f, dst); err != nil {
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return nil, fmt.Errorf("%w: get %s on %s: file shorter than its header says", ErrShardCorrupt, id, s.nodeID)
+		}
+		return nil, fmt.Errorf("blobstore: get %s: %w", id, err)
+	}
+	return dst, nil
 }
 
 // checkHeader checks a decoded header against the shard it should describe

@@ -420,7 +420,7 @@ func (f *fetcher) gather(cands []*metastorepb.ShardRef, need int, own bool) {
 					return
 				}
 			}
-			results <- f.s.fetchShard(f.ctx, f.stores, f.seg, ref, true)
+			results <- f.s.fetchShard(f.ctx, f.stores, f.seg, ref, true, nil)
 		}()
 		return true
 	}

@@ -142,6 +142,17 @@ type ShardStore interface {
 	Usage(ctx context.Context) (Usage, error)
 }
 
+// ShardReaderInto is a ShardStore that can read a shard's payload into a
+// buffer of the caller's (LocalStore, RemoteStore, Faulty over either). Store
+// reads the data shards of a segment side by side into one buffer with it, so
+// that a sealed segment opens in place instead of being copied together first.
+type ShardReaderInto interface {
+	ShardStore
+	// GetInto is Get with the payload appended to dst[:0]: when cap(dst)
+	// holds it, nothing is allocated and the result aliases dst.
+	GetInto(ctx context.Context, id ShardID, dst []byte) ([]byte, error)
+}
+
 // DefaultListLimit is the page size of List when limit <= 0.
 const DefaultListLimit = 1000
 

@@ -106,9 +106,17 @@ func (r *RemoteStore) Put(ctx context.Context, id ShardID, data []byte, sum [32]
 	return nil
 }
 
-// Get implements ShardStore: the whole payload, verified by the node.
+var _ ShardReaderInto = (*RemoteStore)(nil)
+
+// Get implements ShardStore: the whole payload (checked by the caller).
 func (r *RemoteStore) Get(ctx context.Context, id ShardID) ([]byte, error) {
-	return r.GetRange(ctx, id, 0, 0)
+	return r.getRange(ctx, id, 0, 0, nil)
+}
+
+// GetInto implements ShardReaderInto: the chunks are appended to dst[:0]
+// as they arrive.
+func (r *RemoteStore) GetInto(ctx context.Context, id ShardID, dst []byte) ([]byte, error) {
+	return r.getRange(ctx, id, 0, 0, dst[:0])
 }
 
 // GetRange returns length bytes of the payload of shard id from offset (to
@@ -116,6 +124,12 @@ func (r *RemoteStore) Get(ctx context.Context, id ShardID) ([]byte, error) {
 // offset past the end is ErrInvalidRange). Like LocalStore.Get, the node
 // does not hash the payload: the caller checks it end to end.
 func (r *RemoteStore) GetRange(ctx context.Context, id ShardID, offset, length int64) ([]byte, error) {
+	return r.getRange(ctx, id, offset, length, nil)
+}
+
+// getRange is GetRange appending to dst (nil: a buffer of the announced
+// length).
+func (r *RemoteStore) getRange(ctx context.Context, id ShardID, offset, length int64, dst []byte) ([]byte, error) {
 	cctx, err := r.begin(ctx, "get", &id)
 	if err != nil {
 		return nil, err
@@ -131,7 +145,7 @@ func (r *RemoteStore) GetRange(ctx context.Context, id ShardID, offset, length i
 	}
 	// RecvMsg into a getChunk: wireCodec appends each message's data to
 	// one buffer straight out of gRPC's (see wirecodec.go).
-	var chunk getChunk
+	chunk := getChunk{Buf: dst}
 	if err := stream.RecvMsg(&chunk); err == io.EOF {
 		return nil, fmt.Errorf("blobstore: get %s on %s: empty response", id, r.nodeID)
 	} else if err != nil {

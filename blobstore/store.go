@@ -11,6 +11,7 @@ import (
 	"slices"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/zeebo/blake3"
 
@@ -688,6 +689,7 @@ func checkSegment(seg *metastorepb.Segment) error {
 }
 
 type shardResult struct {
+	into bool // the fetch was given a region of the segment's buffer
 	ref  *metastorepb.ShardRef
 	data []byte
 	err  error
@@ -765,16 +767,36 @@ func (s *Store) readSegmentOnce(ctx context.Context, nodes map[string]ShardStore
 	defer cancel() // stops fetches still running once k shards are in
 	results := make(chan shardResult, len(cands))
 	shards := make([][]byte, k+m)
+
+	// With k > 1, the data shards are read side by side into one buffer
+	// (stores that can: ShardReaderInto), so that the segment is one piece
+	// when they all arrive: a sealed segment then opens in place instead of
+	// being copied together. Each data shard's region is written by one
+	// fetch at a time (busy); a second fetch of the same index (a doubled
+	// shard, a retry while the first is still running) gets its own buffer,
+	// and a fetch still running when k shards are in writes only to its own
+	// region, which is then not used.
+	size := int(seg.GetShardSize())
+	var side []byte
+	var busy []bool
+	if k > 1 {
+		side, busy = make([]byte, k*size), make([]bool, k)
+	}
 	next, inflight, good := 0, 0, 0
 	launch := func() bool {
 		for next < len(cands) {
 			ref := cands[next]
 			next++
-			if shards[ref.GetIndex()] != nil {
+			idx := int(ref.GetIndex())
+			if shards[idx] != nil {
 				continue
 			}
+			var dst []byte
+			if idx < len(busy) && !busy[idx] {
+				dst, busy[idx] = side[idx*size:idx*size:(idx+1)*size], true
+			}
 			inflight++
-			go func() { results <- s.fetchShard(ctx, nodes, seg, ref, verify) }()
+			go func() { results <- s.fetchShard(ctx, nodes, seg, ref, verify, dst) }()
 			return true
 		}
 		return false
@@ -796,6 +818,9 @@ func (s *Store) readSegmentOnce(ctx context.Context, nodes map[string]ShardStore
 		case res := <-results:
 			inflight--
 			idx := res.ref.GetIndex()
+			if res.into {
+				busy[idx] = false
+			}
 			switch {
 			case res.err != nil:
 				errs = append(errs, res.err)
@@ -806,6 +831,10 @@ func (s *Store) readSegmentOnce(ctx context.Context, nodes map[string]ShardStore
 			case shards[idx] == nil:
 				shards[idx] = res.data
 				good++
+			default:
+				// A second copy of a shard already in (a doubled shard):
+				// it counts for nothing, so ask for another.
+				launch()
 			}
 		case <-hedge:
 			for range inflight {
@@ -818,28 +847,40 @@ func (s *Store) readSegmentOnce(ctx context.Context, nodes map[string]ShardStore
 	if good < k {
 		return nil, fmt.Errorf("%w: %s: %d of %d needed shards: %w", ErrSegmentUnreadable, seg.GetId(), good, k, errors.Join(errs...))
 	}
+	whole := side != nil
 	for i := 0; i < k; i++ {
 		if shards[i] == nil {
 			if err := codec.Reconstruct(shards); err != nil {
 				return nil, fmt.Errorf("%w: %s: %w", ErrSegmentUnreadable, seg.GetId(), err)
 			}
+			whole = false
 			break
 		}
+		whole = whole && len(shards[i]) == size && unsafe.SliceData(shards[i]) == &side[i*size]
+	}
+	if whole {
+		return seal.Open(seg, at, [][]byte{side})
 	}
 	return seal.Open(seg, at, shards[:k])
 }
 
 // fetchShard gets one shard and checks its size and (with verify) its
 // checksum.
-func (s *Store) fetchShard(ctx context.Context, nodes map[string]ShardStore, seg *metastorepb.Segment, ref *metastorepb.ShardRef, verify bool) shardResult {
-	res := shardResult{ref: ref}
+func (s *Store) fetchShard(ctx context.Context, nodes map[string]ShardStore, seg *metastorepb.Segment, ref *metastorepb.ShardRef, verify bool, dst []byte) shardResult {
+	res := shardResult{ref: ref, into: dst != nil}
 	id := ShardID{Segment: seg.GetId(), Index: ref.GetIndex()}
 	store, ok := nodes[ref.GetNode()]
 	if !ok {
 		res.err = fmt.Errorf("%w: shard %s on %q", ErrNodeUnavailable, id, ref.GetNode())
 		return res
 	}
-	data, err := store.Get(ctx, id)
+	var data []byte
+	var err error
+	if r, ok := store.(ShardReaderInto); ok && dst != nil {
+		data, err = r.GetInto(ctx, id, dst)
+	} else {
+		data, err = store.Get(ctx, id)
+	}
 	switch {
 	case err != nil:
 		res.err = fmt.Errorf("shard %s on %s: %w", id, ref.GetNode(), err)

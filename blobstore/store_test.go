@@ -14,6 +14,8 @@ import (
 	"testing/iotest"
 	"time"
 
+	"github.com/zeebo/blake3"
+
 	"github.com/strata-registry/strata/blobstore"
 	"github.com/strata-registry/strata/metastore/metastorepb"
 )
@@ -671,5 +673,61 @@ func TestConfig(t *testing.T) {
 	}
 	if blobstore.WriteQuorum(4, 2) != 4 || blobstore.WriteQuorum(2, 2) != 3 || blobstore.WriteQuorum(3, 0) != 3 || blobstore.WriteQuorum(1, 2) != 1 {
 		t.Fatal("WriteQuorum")
+	}
+}
+
+// A segment's data shards are read side by side into one buffer, one fetch
+// per shard's region. A doubled shard (two refs of one index, as repair
+// leaves for a while) whose first copy is slow is read from the second copy
+// into a buffer of its own, while the slow fetch later finishes writing into
+// its region: the read returns the right bytes, and (under -race) nothing it
+// returns shares memory with the late write.
+func TestReadDoubledShardWithSlowFirstCopy(t *testing.T) {
+	for _, sealed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sealed=%v", sealed), func(t *testing.T) {
+			c := newCluster(t, 6)
+			var seal blobstore.Sealer = blobstore.Plain
+			if sealed {
+				key := randomData(77, blobstore.DataKeySize)
+				var err error
+				if seal, err = blobstore.NewAESGCMSealer(key); err != nil {
+					t.Fatal(err)
+				}
+			}
+			s := newStore(t, c, 4, 2, func(cfg *blobstore.Config) { cfg.HedgeAfter = 20 * time.Millisecond; cfg.Sealer = seal })
+			data := randomData(31, 2*testSeg)
+			segs := write(t, s, data)
+			for _, seg := range segs {
+				var orig, parity *metastorepb.ShardRef
+				for _, ref := range seg.Shards {
+					switch ref.Index {
+					case 1:
+						orig = ref
+					case 5:
+						parity = ref
+					}
+				}
+				id := blobstore.ShardID{Segment: seg.Id, Index: 1}
+				b, err := c.local[c.byNode(orig.Node)].Get(bg, id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := c.local[c.byNode(parity.Node)].Put(bg, id, b, blake3.Sum256(b)); err != nil {
+					t.Fatal(err)
+				}
+				seg.Shards = append(seg.Shards, &metastorepb.ShardRef{Index: 1, Node: parity.Node, Blake3: orig.Blake3})
+				c.faulty[c.byNode(orig.Node)].Inject(blobstore.Fault{Op: blobstore.OpGet, Delay: 300 * time.Millisecond, Match: blobstore.ShardIs(id)})
+			}
+			if got := readAll(t, s, segs, len(data)); !bytes.Equal(got, data) {
+				t.Fatal("read with a slow first copy of a doubled shard differs")
+			}
+			time.Sleep(400 * time.Millisecond) // the slow fetches finish writing
+			for _, f := range c.faulty {
+				f.Clear()
+			}
+			if got := readAll(t, s, segs, len(data)); !bytes.Equal(got, data) {
+				t.Fatal("read of every data shard side by side differs")
+			}
+		})
 	}
 }
