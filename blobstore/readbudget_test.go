@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -122,26 +121,11 @@ func TestReadBudgetBoundsConcurrentReads(t *testing.T) {
 	}
 
 	// Ungated, with ranges across segments: still exact, still bounded.
-	var wg sync.WaitGroup
-	errs := make(chan error, 32)
-	for r := range 32 {
-		wg.Go(func() {
-			i := r % len(blobs)
-			off, n := int64(r*1000), int64(2*testSeg+r)
-			got, err := readSealed(s, blobstore.Plain, segs[i], off, n)
-			if err == nil && !bytes.Equal(got, blobs[i][off:off+n]) {
-				err = fmt.Errorf("blob %d [%d, +%d): wrong bytes", i, off, n)
-			}
-			errs <- err
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	readConcurrently(t, 32, func(r int) error {
+		i := r % len(blobs)
+		off, n := int64(r*1000), int64(2*testSeg+r)
+		return readsAs(s, blobstore.Plain, segs[i], off, n, blobs[i][off:off+n])(r)
+	})
 	if budget.Peak() > budget.Limit() || budget.Reserved() != 0 {
 		t.Fatalf("peak %d, now %d bytes reserved, budget %d", budget.Peak(), budget.Reserved(), budget.Limit())
 	}
@@ -228,24 +212,7 @@ func TestReadBudgetSmallAndUnlimited(t *testing.T) {
 	s := newStore(t, c, 2, 1, func(cfg *blobstore.Config) { cfg.ReadBudget = tiny })
 	data := randomData(9, 3*testSeg+17)
 	segs := write(t, s, data)
-	var wg sync.WaitGroup
-	errs := make(chan error, 4)
-	for range 4 {
-		wg.Go(func() {
-			got, err := readSealed(s, blobstore.Plain, segs, 0, int64(len(data)))
-			if err == nil && !bytes.Equal(got, data) {
-				err = errors.New("wrong bytes")
-			}
-			errs <- err
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	readConcurrently(t, 4, readsAs(s, blobstore.Plain, segs, 0, int64(len(data)), data))
 	if tiny.Peak() != 1000 || tiny.Reserved() != 0 {
 		t.Fatalf("tiny budget: peak %d, now %d", tiny.Peak(), tiny.Reserved())
 	}

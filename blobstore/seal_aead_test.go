@@ -14,6 +14,8 @@ import (
 	"github.com/zeebo/blake3"
 	"google.golang.org/protobuf/proto"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/strata-registry/strata/blobstore"
 	"github.com/strata-registry/strata/keys"
 	"github.com/strata-registry/strata/metastore/metastorepb"
@@ -42,6 +44,31 @@ func writeSealed(t *testing.T, s *blobstore.Store, sl blobstore.Sealer, data []b
 		t.Fatal("the hash did not see the plaintext")
 	}
 	return segs
+}
+
+// readConcurrently runs n readers at once, fn(i) for each, and fails the
+// test with the first error one returns.
+func readConcurrently(t *testing.T, n int, fn func(i int) error) {
+	t.Helper()
+	var g errgroup.Group
+	for i := range n {
+		g.Go(func() error { return fn(i) })
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readsAs returns a reader for readConcurrently that reads [off, off+n) of
+// segs and checks it against want.
+func readsAs(s *blobstore.Store, sl blobstore.Sealer, segs []*metastorepb.Segment, off, n int64, want []byte) func(int) error {
+	return func(int) error {
+		got, err := readSealed(s, sl, segs, off, n)
+		if err == nil && !bytes.Equal(got, want) {
+			err = fmt.Errorf("[%d, +%d): wrong bytes", off, n)
+		}
+		return err
+	}
 }
 
 func readSealed(s *blobstore.Store, sl blobstore.Sealer, segs []*metastorepb.Segment, off, n int64) ([]byte, error) {

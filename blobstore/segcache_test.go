@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"sync"
 	"testing"
 	"time"
 
@@ -36,26 +35,7 @@ func TestSegmentCacheHerdAndKeys(t *testing.T) {
 		f.Inject(blobstore.Fault{Op: blobstore.OpGet, Delay: 30 * time.Millisecond})
 	}
 	before := shardGets(c)
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			got, err := readSealed(s, sl, segs, 0, int64(len(data)))
-			if err == nil && !bytes.Equal(got, data) {
-				err = errors.New("wrong bytes")
-			}
-			errs <- err
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	readConcurrently(t, 16, readsAs(s, sl, segs, 0, int64(len(data)), data))
 	// Each segment fetched once: k shards, perhaps a few more from
 	// hedging; never 16 readers' worth.
 	need, most := 0, 0

@@ -94,15 +94,6 @@ install_distribution() {
 PIDS_TO_STOP=()
 CLUSTER_PID=""
 
-free_port() {
-  local p i
-  for ((i = 0; i < 200; i++)); do
-    p=$((20000 + RANDOM % 30000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
-  done
-  return 1
-}
-
 # wait_v2 URL PID LOG: wait until GET URL/v2/ answers 200 while PID lives.
 wait_v2() {
   local url="$1" pid="$2" log="$3" deadline=$((SECONDS + READY_TIMEOUT)) code

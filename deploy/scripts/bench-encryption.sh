@@ -30,11 +30,7 @@ CLUSTER="${CLUSTER:-0}"
 RESULTS_DIR="${RESULTS_DIR:-${TMPDIR:-/tmp}/strata-bench-encryption-$(date +%Y%m%d-%H%M%S)}"
 # shellcheck source=bench-lib.sh
 . "$REPO_ROOT/deploy/scripts/bench-lib.sh"
-[ -x "$STRATA_BIN" ] || { echo "bench-encryption: no strata binary at $STRATA_BIN (make build)" >&2; exit 2; }
-command -v curl >/dev/null || { echo "bench-encryption: curl is required" >&2; exit 2; }
-mkdir -p "$RESULTS_DIR"
-RESULTS="$RESULTS_DIR/results.jsonl"
-: >"$RESULTS"
+bench_setup bench-encryption
 
 # id | strata bench scenario spec (CASES_OVERRIDE replaces them)
 CASES=(
@@ -44,8 +40,6 @@ CASES=(
   "manifest-get|manifest-get:concurrency=16,images=100"
 )
 if [ -n "${CASES_OVERRIDE:-}" ]; then IFS=';' read -r -a CASES <<<"$CASES_OVERRIDE"; fi
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_target target dir: starts the server(s), sets URLS, PIDS (--server-pid args), PID.
 start_target() {

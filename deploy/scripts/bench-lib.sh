@@ -16,3 +16,23 @@ cluster_nodes() {
       print kind "-" id, pid, http
     }' "$1"
 }
+
+# bench_setup NAME: checks STRATA_BIN and curl, creates RESULTS_DIR and an empty
+# RESULTS (results.jsonl in it), exiting 2 with a message naming the script NAME.
+bench_setup() {
+  [ -x "$STRATA_BIN" ] || { echo "$1: no strata binary at $STRATA_BIN (make build)" >&2; exit 2; }
+  command -v curl >/dev/null || { echo "$1: curl is required" >&2; exit 2; }
+  mkdir -p "$RESULTS_DIR"
+  RESULTS="$RESULTS_DIR/results.jsonl"
+  : >"$RESULTS"
+}
+
+# free_port prints a TCP port on 127.0.0.1 that nothing listens on.
+free_port() {
+  local p i
+  for ((i = 0; i < 200; i++)); do
+    p=$((20000 + RANDOM % 30000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
+  done
+  return 1
+}

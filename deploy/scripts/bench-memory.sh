@@ -23,11 +23,9 @@ STRATA_BIN="${STRATA_BIN:-$REPO_ROOT/bin/strata}"
 DURATION="${DURATION:-10s}"
 LARGE_READ_MEMORY="${LARGE_READ_MEMORY:-64GiB}"
 RESULTS_DIR="${RESULTS_DIR:-${TMPDIR:-/tmp}/strata-bench-memory-$(date +%Y%m%d-%H%M%S)}"
-[ -x "$STRATA_BIN" ] || { echo "bench-memory: no strata binary at $STRATA_BIN (make build)" >&2; exit 2; }
-command -v curl >/dev/null || { echo "bench-memory: curl is required" >&2; exit 2; }
-mkdir -p "$RESULTS_DIR"
-RESULTS="$RESULTS_DIR/results.jsonl"
-: >"$RESULTS"
+# shellcheck source=bench-lib.sh
+. "$REPO_ROOT/deploy/scripts/bench-lib.sh"
+bench_setup bench-memory
 
 # target | extra serve flags
 TARGETS=(
@@ -39,8 +37,6 @@ CASES=(
   "pull-distinct-256|pull-distinct:concurrency=256,size=64MiB,blobs=64"
   "pull-herd-256|pull-herd:concurrency=256,size=64MiB"
 )
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 run_case() { # target flags id spec
   local target=$1 flags=$2 id=$3 spec=$4 port dir pid
