@@ -43,9 +43,9 @@ func (g *gatedWriter) Write(p []byte) (int, error) {
 // its exact bytes, and the budget is never exceeded.
 func TestReadMemoryBudget(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	// Two 1 MiB segments (shard and decoded bytes each), and a little
-	// room for a shard's padding: a transfer and its next segment.
-	budget := blobstore.NewReadBudget(2*(2<<20)+4096, reg)
+	// Two 1 MiB segments (k = 1, m = 0: one shard each, opened in place),
+	// and a little room: a transfer and its next segment.
+	budget := blobstore.NewReadBudget(2*(1<<20)+4096, reg)
 	r := newTestRegistryWith(t, 1, 0, Config{Registry: reg}, func(c *blobstore.Config) {
 		c.ReadBudget = budget
 		c.SegmentCache = blobstore.NewSegmentCache(64<<20, reg)
@@ -71,7 +71,7 @@ func TestReadMemoryBudget(t *testing.T) {
 		t.Fatal(err)
 	}
 	seg := layout.Segments[0]
-	footprint := int64(seg.K)*int64(seg.ShardSize) + int64(seg.Length)
+	footprint := blobstore.ReadFootprint(seg)
 
 	get := func(url string, d digest.Digest) (*http.Response, error) {
 		return http.Get(url + "/v2/mem/blobs/" + d.String())

@@ -15,9 +15,9 @@ import (
 
 // DefaultReadMemory is the read budget of a Store whose Config names none,
 // and of NewReadBudget(0): 1 GiB of segment data in flight. With 8 MiB
-// segments a fetch reserves about 16 MiB (see ReadBudget), so about 64
-// segments are fetched or written out at once, 32 pulls streaming with
-// their next segment fetched ahead.
+// segments a fetch reserves 8 MiB with k = 1 and m = 0 (--dev) and 12 MiB at
+// 4+2 (see ReadBudget), so 85 to 128 segments are fetched or written out at
+// once: 42 to 64 pulls streaming with their next segment fetched ahead.
 const DefaultReadMemory = 1 << 30
 
 // ErrReadBudget is returned by ReadRangeWith when the read memory for the
@@ -27,10 +27,10 @@ var ErrReadBudget = errors.New("blobstore: read memory budget exhausted")
 
 // ReadBudget bounds the memory that reads hold for segment data. Every
 // segment ReadRange fetches reserves, before fetching, what the fetch will
-// hold: the k data shards it fetches and the decoded segment (an upper
-// bound: with k = 1, or without encryption, the decoded bytes alias the
-// shards; extra parity shards fetched to hedge or reconstruct are not
-// counted). The reservation is given back once every reader of the segment
+// hold: the k data shards and the m parity shards it may fetch to hedge or
+// reconstruct (the decoded segment is the data shards themselves, opened in
+// place; only a degraded read of a sealed segment copies it together once
+// more, uncounted). The reservation is given back once every reader of the segment
 // has written it out, or dropped it on error or cancellation. A segment
 // larger than the whole budget reserves all of it, so it is still readable,
 // alone.
@@ -98,10 +98,15 @@ func (b *ReadBudget) Peak() int64 {
 	return b.peak
 }
 
-// readFootprint is what fetching seg holds: its k data shards and the
-// decoded segment. seg must have passed checkSegment.
-func readFootprint(seg *metastorepb.Segment) int64 {
-	return int64(seg.GetK())*int64(seg.GetShardSize()) + int64(seg.GetLength())
+// ReadFootprint is what fetching seg holds, and what a read reserves for it: the shards a read may fetch, its
+// k data shards and, to hedge around a slow node or to reconstruct, up to m
+// parity shards. The decoded segment is not counted again: it is the data
+// shards themselves (plain segments are their data shards; a sealed one is
+// opened in place in the buffer the data shards were read into side by
+// side). Only a degraded read of a sealed segment copies it together once
+// more.
+func ReadFootprint(seg *metastorepb.Segment) int64 {
+	return int64(seg.GetK()+seg.GetM()) * int64(seg.GetShardSize())
 }
 
 // reserve takes n bytes of the budget (all of it at most), waiting for them

@@ -34,11 +34,6 @@ func (g *gatedWriter) Write(p []byte) (int, error) {
 	return g.buf.Write(p)
 }
 
-// footprint is what a fetch of seg reserves (ReadBudget's doc).
-func footprint(seg *metastorepb.Segment) int64 {
-	return int64(seg.K)*int64(seg.ShardSize) + int64(seg.Length)
-}
-
 // waitFull waits until the budget has no room for one more fetch of fp
 // bytes.
 func waitFull(b *blobstore.ReadBudget, fp int64) {
@@ -61,7 +56,7 @@ func TestReadBudgetBoundsConcurrentReads(t *testing.T) {
 		blobs[i] = randomData(uint64(100+i), 4*testSeg)
 		segs[i] = write(t, s, blobs[i])
 	}
-	fp := footprint(segs[0][0])
+	fp := blobstore.ReadFootprint(segs[0][0])
 	budget := blobstore.NewReadBudget(3*fp, nil)
 	s = newStore(t, c, 2, 1, func(cfg *blobstore.Config) { cfg.ReadBudget = budget })
 
@@ -142,7 +137,7 @@ func TestReadBudgetHerdSharesFetches(t *testing.T) {
 	segs := write(t, s, data)
 	other := randomData(8, 2*testSeg)
 	otherSegs := write(t, s, other)
-	fp := footprint(segs[0])
+	fp := blobstore.ReadFootprint(segs[0])
 	budget := blobstore.NewReadBudget(2*fp, nil)
 	s = newStore(t, c, 1, 0, func(cfg *blobstore.Config) {
 		cfg.ReadBudget = budget
@@ -228,7 +223,7 @@ func TestReadBudgetSmallAndUnlimited(t *testing.T) {
 	if got, err := readSealed(s, blobstore.Plain, segs, 0, int64(len(data))); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("unlimited: %v", err)
 	}
-	if unlimited.Peak() < footprint(segs[0]) || unlimited.Reserved() != 0 {
+	if unlimited.Peak() < blobstore.ReadFootprint(segs[0]) || unlimited.Reserved() != 0 {
 		t.Fatalf("unlimited budget: peak %d, now %d", unlimited.Peak(), unlimited.Reserved())
 	}
 	if g, err := s.WithGeometry(1, 0); err != nil || g.Config().ReadBudget != unlimited {

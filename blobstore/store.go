@@ -715,7 +715,7 @@ func (s *Store) readSegment(ctx context.Context, nodes map[string]ShardStore, se
 	if err := checkSegment(seg); err != nil {
 		return nil, nil, err
 	}
-	budget, size := s.cfg.ReadBudget, readFootprint(seg)
+	budget, size := s.cfg.ReadBudget, ReadFootprint(seg)
 	if c := s.cfg.SegmentCache; c != nil {
 		return c.get(ctx, seg, seal, at, admit,
 			func(ctx context.Context) (func(), error) { return budget.reserve(ctx, size) },
