@@ -340,10 +340,13 @@ const alignedClass = 64 << 10
 // function that gives it back.
 func alignedBuffer(n int) ([]byte, func()) {
 	class := (n + alignedClass - 1) / alignedClass
-	p, _ := alignedBuffers.LoadOrStore(class, &sync.Pool{New: func() any {
-		b := make([]byte, class*alignedClass+directAlign)
-		return &b
-	}})
+	p, ok := alignedBuffers.Load(class)
+	if !ok {
+		p, _ = alignedBuffers.LoadOrStore(class, &sync.Pool{New: func() any {
+			b := make([]byte, class*alignedClass+directAlign)
+			return &b
+		}})
+	}
 	pool := p.(*sync.Pool)
 	raw := pool.Get().(*[]byte)
 	off := 0
