@@ -30,8 +30,8 @@ var ErrReadBudget = errors.New("blobstore: read memory budget exhausted")
 // hold: the k data shards and the m parity shards it may fetch to hedge or
 // reconstruct (the decoded segment is the data shards themselves, opened in
 // place; only a degraded read of a sealed segment copies it together once
-// more, uncounted). The reservation is given back once every reader of the segment
-// has written it out, or dropped it on error or cancellation. A segment
+// more, uncounted). The reservation is given back once every reader of the
+// segment has written it out, or dropped it on error or cancellation. A segment
 // larger than the whole budget reserves all of it, so it is still readable,
 // alone.
 //
@@ -65,7 +65,7 @@ func NewReadBudget(maxBytes int64, reg prometheus.Registerer) *ReadBudget {
 	b := &ReadBudget{
 		limit: maxBytes,
 		reservedGauge: prometheus.NewGauge(prometheus.GaugeOpts{Name: "strata_read_memory_reserved_bytes",
-			Help: "Bytes of segment data reserved by blob reads in flight on this frontend (fetched shards and decoded segments not yet written out)."}),
+			Help: "Bytes of segment data reserved by blob reads in flight on this frontend (fetched shards not yet written out)."}),
 		waits: prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_read_memory_waits_total",
 			Help: "Segment fetches that had to wait for read memory (--read-memory)."}),
 	}
@@ -98,9 +98,9 @@ func (b *ReadBudget) Peak() int64 {
 	return b.peak
 }
 
-// ReadFootprint is what fetching seg holds, and what a read reserves for it: the shards a read may fetch, its
-// k data shards and, to hedge around a slow node or to reconstruct, up to m
-// parity shards. The decoded segment is not counted again: it is the data
+// ReadFootprint is what fetching seg holds, and what a read reserves for
+// it: the shards a read may fetch, its k data shards and, to hedge around a
+// slow node or to reconstruct, up to m parity shards. The decoded segment is not counted again: it is the data
 // shards themselves (plain segments are their data shards; a sealed one is
 // opened in place in the buffer the data shards were read into side by
 // side). Only a degraded read of a sealed segment copies it together once

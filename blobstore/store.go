@@ -705,8 +705,8 @@ type shardResult struct {
 //
 // Every shard is checked against its BLAKE3 in the layout, except those of
 // a sealed segment: AES-GCM authenticates the whole decoded segment end to
-// end, so hashing each shard again here would only repeat that check (the
-// storage node has already checked the shard against its file header). If
+// end, so hashing each shard here would only repeat that check (the storage
+// node does not hash what it sends either). If
 // such a segment does not authenticate, it is read again with every shard
 // verified, so that a damaged shard is found, reported and replaced by
 // parity, and only a segment that still fails is refused.

@@ -142,7 +142,7 @@ flags win over the environment, which wins over the file.`,
 	f.IntVar(&o.segmentSize, "segment-size", blobstore.DefaultSegmentSize, "bytes per segment")
 	f.Var(newSizeFlag(&o.segmentCache, 256<<20), "segment-cache", "api role: bytes of decoded segments a frontend keeps in memory; concurrent pulls of one blob share one fetch of each segment (0: no cache)")
 	f.Var(newSizeFlag(&o.memoryLimit, 0), "memory-limit", "soft limit of the process's memory for Go's garbage collector (0: derived from the roles, --read-memory and --segment-cache; -1: none; GOMEMLIMIT, when set, wins)")
-	f.Var(newSizeFlag(&o.readMemory, blobstore.DefaultReadMemory), "read-memory", "api role: bytes of segment data a frontend's blob reads may hold at once (shards fetched and decoded segments not yet sent); a blob GET that gets none for its first segment within 200ms is refused with 429 TOOMANYREQUESTS (-1: no bound)")
+	f.Var(newSizeFlag(&o.readMemory, blobstore.DefaultReadMemory), "read-memory", "api role: bytes of segment data a frontend's blob reads may hold at once (shards fetched and not yet sent); a blob GET that gets none for its first segment within 200ms is refused with 429 TOOMANYREQUESTS (-1: no bound)")
 	f.BoolVar(&o.strict, "strict-manifests", false, "refuse image manifests whose layers are not all in the repository (default: sparse manifests are accepted)")
 	f.StringVar(&o.readConsistency, "read-consistency", "linearizable", "tag and listing reads: linearizable, or stale (served by any replica within --max-staleness)")
 	f.DurationVar(&o.maxStaleness, "max-staleness", 5*time.Second, "bound on the staleness of reads with --read-consistency=stale")
@@ -667,10 +667,10 @@ const memoryPerRole = 256 << 20
 func (o *serveOptions) autoMemoryLimit() int64 {
 	limit := int64(len(o.roles)) * memoryPerRole
 	if o.has(cluster.RoleAPI) {
-		limit += max(o.readMemory, 0) + max(o.segmentCache, 0)
 		if o.readMemory < 0 {
 			return 0 // reads are not bounded: neither is the process
 		}
+		limit += o.readMemory + max(o.segmentCache, 0)
 	}
 	return limit
 }
