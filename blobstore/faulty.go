@@ -190,22 +190,14 @@ func (f *Faulty) Put(ctx context.Context, id ShardID, data []byte, sum [32]byte)
 	return f.ShardStore.Put(ctx, id, data, sum)
 }
 
-// Get implements ShardStore.
+// Get implements ShardStore: GetInto a buffer of its own.
 func (f *Faulty) Get(ctx context.Context, id ShardID) ([]byte, error) {
-	fault := f.match(OpGet, &id)
-	if pass, err := f.before(ctx, fault, OpGet); !pass {
-		return nil, err
-	}
-	b, err := f.ShardStore.Get(ctx, id)
-	if err == nil && fault != nil && fault.Corrupt && len(b) > 0 {
-		b = append([]byte(nil), b...)
-		b[len(b)/2] ^= 0x5a
-	}
-	return b, err
+	return f.GetInto(ctx, id, nil)
 }
 
-// GetInto implements ShardReaderInto, with the faults of Get: the wrapped
-// store's GetInto when it has one, else its Get copied into dst.
+// GetInto implements ShardReaderInto, with the OpGet faults: the wrapped
+// store's GetInto when it has one, else its Get copied into dst (so a
+// corrupting fault never changes the wrapped store's bytes).
 func (f *Faulty) GetInto(ctx context.Context, id ShardID, dst []byte) ([]byte, error) {
 	fault := f.match(OpGet, &id)
 	if pass, err := f.before(ctx, fault, OpGet); !pass {

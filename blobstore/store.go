@@ -743,11 +743,8 @@ func (s *Store) fetchSegment(ctx context.Context, nodes map[string]ShardStore, s
 }
 
 // readSegmentOnce is readSegment with (verify) or without each shard's
-// checksum checked.
+// checksum checked. seg has passed checkSegment (in readSegment).
 func (s *Store) readSegmentOnce(ctx context.Context, nodes map[string]ShardStore, seg *metastorepb.Segment, seal Sealer, at uint64, verify bool) ([][]byte, error) {
-	if err := checkSegment(seg); err != nil {
-		return nil, err
-	}
 	k, m := int(seg.GetK()), int(seg.GetM())
 	codec, err := s.codec(k, m)
 	if err != nil {
