@@ -38,8 +38,8 @@
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-# shellcheck source=bench-lib.sh
-. "$REPO_ROOT/deploy/scripts/bench-lib.sh"
+# shellcheck source=lib.sh
+. "$REPO_ROOT/deploy/scripts/lib.sh"
 STRATA_BIN="${STRATA_BIN:-$REPO_ROOT/bin/strata}"
 TOOLS_DIR="$REPO_ROOT/bin/tools"
 DISTRIBUTION_VERSION="${DISTRIBUTION_VERSION:-v3.1.2}"

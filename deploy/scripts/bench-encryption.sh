@@ -28,8 +28,8 @@ ROUNDS="${ROUNDS:-3}"
 DURATION="${DURATION:-8s}"
 CLUSTER="${CLUSTER:-0}"
 RESULTS_DIR="${RESULTS_DIR:-${TMPDIR:-/tmp}/strata-bench-encryption-$(date +%Y%m%d-%H%M%S)}"
-# shellcheck source=bench-lib.sh
-. "$REPO_ROOT/deploy/scripts/bench-lib.sh"
+# shellcheck source=lib.sh
+. "$REPO_ROOT/deploy/scripts/lib.sh"
 bench_setup bench-encryption
 
 # id | strata bench scenario spec (CASES_OVERRIDE replaces them)

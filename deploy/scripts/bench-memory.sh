@@ -23,8 +23,8 @@ STRATA_BIN="${STRATA_BIN:-$REPO_ROOT/bin/strata}"
 DURATION="${DURATION:-10s}"
 LARGE_READ_MEMORY="${LARGE_READ_MEMORY:-64GiB}"
 RESULTS_DIR="${RESULTS_DIR:-${TMPDIR:-/tmp}/strata-bench-memory-$(date +%Y%m%d-%H%M%S)}"
-# shellcheck source=bench-lib.sh
-. "$REPO_ROOT/deploy/scripts/bench-lib.sh"
+# shellcheck source=lib.sh
+. "$REPO_ROOT/deploy/scripts/lib.sh"
 bench_setup bench-memory
 
 # target | extra serve flags

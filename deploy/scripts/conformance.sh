@@ -21,6 +21,8 @@
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=lib.sh
+. "$REPO_ROOT/deploy/scripts/lib.sh" # free_port
 CONFORMANCE_SCRIPT="${CONFORMANCE_SCRIPT:-$REPO_ROOT/../shared/tools/oci-conformance.sh}"
 STRATA_BIN="${STRATA_BIN:-$REPO_ROOT/bin/strata}"
 READY_TIMEOUT="${READY_TIMEOUT:-60}"
@@ -60,16 +62,6 @@ stop_server() {
 cleanup() { stop_server; rm -rf "$WORK"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-
-# free_port prints a TCP port on 127.0.0.1 that nothing listens on right now.
-free_port() {
-  local p i
-  for ((i = 0; i < 100; i++)); do
-    p=$((20000 + RANDOM % 30000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
-  done
-  return 1
-}
 
 # start_server starts strata on a free port and waits until GET /v2/ answers 200.
 # It retries on another port when the one picked was taken in the meantime.

@@ -1,4 +1,4 @@
-# bench-lib.sh - shell functions shared by the bench-*.sh scripts (sourced, not run).
+# lib.sh - shell functions shared by the scripts in deploy/scripts (sourced, not run).
 
 # cluster_nodes prints "name pid http" per node of a `strata dev cluster` cluster.json
 # (name: api-a1, meta-m1, storage-s1; http "-" for nodes without a frontend), without
