@@ -198,6 +198,7 @@ func TestBadInputGetsOCIErrorAndChangesNothing(t *testing.T) {
 		{"bad name", "GET", "/v2/App/tags/list", nil, nil, 400, "NAME_INVALID"},
 		{"bad name slashes", "GET", "/v2/a//b/manifests/latest", nil, nil, 400, "NAME_INVALID"},
 		{"unknown repo tags", "GET", "/v2/nope/tags/list", nil, nil, 404, "NAME_UNKNOWN"},
+		{"unknown repo tags, empty page", "GET", "/v2/nope/tags/list?n=0", nil, nil, 404, "NAME_UNKNOWN"},
 		{"bad n", "GET", "/v2/app/tags/list?n=-1", nil, nil, 400, "UNSUPPORTED"},
 		{"bad digest", "GET", "/v2/app/blobs/sha256:zzz", nil, nil, 400, "DIGEST_INVALID"},
 		{"unsupported digest", "GET", "/v2/app/blobs/md5:d41d8cd98f00b204e9800998ecf8427e", nil, nil, 400, "DIGEST_INVALID"},

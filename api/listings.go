@@ -52,15 +52,15 @@ func (s *Server) tagsList(w http.ResponseWriter, r *http.Request, name string) e
 	if err != nil {
 		return err
 	}
-	if _, err := s.meta.Repository(r.Context(), name); err != nil {
-		return err
-	}
 	tags := []string{}
 	more := false
 	if n > 0 {
+		// One read: the listing answers NAME_UNKNOWN itself.
 		if tags, more, err = s.meta.Tags(r.Context(), name, last, n); err != nil {
 			return err
 		}
+	} else if _, err := s.meta.Repository(r.Context(), name); err != nil {
+		return err
 	}
 	if more {
 		setNextLink(w, "/v2/"+name+"/tags/list", n, tags[len(tags)-1])

@@ -131,7 +131,16 @@ func (s *Store) Repository(repo string) (*pb.Repository, error) {
 
 // Tags lists up to n tags of repo in lexical order, starting after last.
 // more reports whether tags remain after the page. n <= 0 means no limit.
+// A repository that does not exist is ErrRepoUnknown, so that a listing
+// needs one read, not a second one for the repository.
 func (s *Store) Tags(repo, last string, n int) (tags []string, more bool, err error) {
+	ok, err := s.has(repoKey(repo))
+	if err != nil {
+		return nil, false, err
+	}
+	if !ok {
+		return nil, false, fmt.Errorf("%w: %s", ErrRepoUnknown, repo)
+	}
 	return s.page(tagPrefix(repo), last, n)
 }
 

@@ -216,6 +216,9 @@ func TestManifestsTagsAndRefcounts(t *testing.T) {
 	if fmt.Sprint(tags) != "[latest v1]" || more {
 		t.Fatalf("tags %v %v", tags, more)
 	}
+	if tags, _, err := h.st.Tags("absent", "", 0); !errors.Is(err, ErrRepoUnknown) {
+		t.Fatalf("tags of a repository that does not exist: %v %v, want ErrRepoUnknown", tags, err)
+	}
 	// Move latest to another manifest; history records both moves.
 	h.must(manifestCmd("r", dg(101), []string{"latest"}, dg(1)))
 	tr, _ := h.st.Tag("r", "latest")
