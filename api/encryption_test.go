@@ -2,6 +2,7 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -39,7 +40,9 @@ func TestNothingInTheClearOnAnyDisk(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blobs, err := blobstore.New(blobstore.Config{K: 2, M: 1, SegmentSize: 1 << 20}, st.BlobNodes)
+	// Small blobs (the config, the open upload's first chunk) are inline:
+	// sealed into the metadata, which must not hold them in the clear either.
+	blobs, err := blobstore.New(blobstore.Config{K: 2, M: 1, SegmentSize: 1 << 20, InlineMax: 16 << 10}, st.BlobNodes)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,6 +61,12 @@ func TestNothingInTheClearOnAnyDisk(t *testing.T) {
 		`"annotations":{"org.example.note":%q}}`, cd, len(cfg), ld, len(layer), marker))
 	md := digest.FromBytes(manifest)
 	expect(t, r.do("PUT", "/v2/enc/app/manifests/"+tag, manifest, "Content-Type", "application/vnd.oci.image.manifest.v1+json"), http.StatusCreated)
+	for dg, inline := range map[digest.Digest]bool{cd: true, ld: false} {
+		l, err := c.Nodes[1].Meta.Blob(context.Background(), dg.String())
+		if err != nil || len(l.Segments) == 0 || (l.Segments[0].Inline != nil) != inline || l.Segments[0].Format != blobstore.FormatAESGCM {
+			t.Fatalf("layout of %s (%d bytes): %v, want inline %v and sealed", dg, l.GetSize(), err, inline)
+		}
+	}
 	// A referrer whose annotations the referrers API serves.
 	empty := r.pushBlob("enc/app", []byte("{}"))
 	sig := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.example.sig",`+

@@ -81,6 +81,12 @@ func (s *Store) Rebuild(ctx context.Context, req RebuildRequest) (RebuildResult,
 	if err := checkSegment(seg); err != nil {
 		return res, err
 	}
+	if seg.GetInline() != nil {
+		if len(req.Indexes) == 0 {
+			return res, nil
+		}
+		return res, fmt.Errorf("%w: %s is inline: it has no shards to rebuild", ErrInvalidSegment, seg.GetId())
+	}
 	k, m := int(seg.GetK()), int(seg.GetM())
 	n := k + m
 	codec, err := s.codec(k, m)

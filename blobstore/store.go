@@ -1,6 +1,7 @@
 package blobstore
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -46,6 +47,9 @@ const (
 
 	// MaxSegmentSize bounds Config.SegmentSize.
 	MaxSegmentSize = 1 << 30
+	// MaxInline bounds Config.InlineMax: an inline segment travels in a
+	// Raft entry and lives in every meta node's database.
+	MaxInline = 64 << 10
 )
 
 // Config configures a Store. Zero fields take the defaults.
@@ -61,6 +65,14 @@ type Config struct {
 	// replicas (k = 1) instead, which costs little for small segments and
 	// spares them the fan-out. Default 256 KiB; negative turns it off.
 	SmallBlobThreshold int
+	// InlineMax: a blob shorter than this, written whole by one Write
+	// (offset 0), is not erasure coded: its one segment is inline, its
+	// sealed bytes kept in the layout itself (Segment.Inline, with their
+	// BLAKE3), so that the metadata's replication makes it durable and no
+	// storage node is involved. A small blob then costs bytes in one Raft
+	// entry instead of k+m shard files and their fsyncs. 0 (the default):
+	// never; at most MaxInline.
+	InlineMax int
 	// WriteConcurrency is how many segments Write puts at once while it
 	// reads the next. Memory is bounded by (WriteConcurrency+1) segment
 	// buffers. Default 2.
@@ -129,6 +141,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("blobstore: segment size %d out of range 1..%d", c.SegmentSize, MaxSegmentSize)
 	case c.K < 1 || c.M < 0 || c.K+c.M > erasure.MaxShards:
 		return fmt.Errorf("blobstore: erasure geometry %d+%d out of range", c.K, c.M)
+	case c.InlineMax < 0 || c.InlineMax > MaxInline:
+		return fmt.Errorf("blobstore: inline maximum %d out of range 0..%d", c.InlineMax, MaxInline)
 	case c.WriteConcurrency < 1:
 		return fmt.Errorf("blobstore: write concurrency %d < 1", c.WriteConcurrency)
 	case c.Sealer != nil && (c.Sealer.Overhead() < 0 || c.Sealer.Overhead() > MaxSealOverhead):
@@ -310,6 +324,18 @@ func (s *Store) WriteWith(ctx context.Context, r io.Reader, h hash.Hash, opts Wr
 		bp := s.bufs.Get().(*[]byte)
 		buf := *bp
 		n, rerr := io.ReadFull(r, buf[:s.cfg.SegmentSize])
+		if i == 0 && opts.Offset == 0 && n > 0 && n < s.cfg.InlineMax && (rerr == io.EOF || rerr == io.ErrUnexpectedEOF) {
+			// The whole blob, and small: inline.
+			if h != nil {
+				h.Write(buf[:n])
+			}
+			seg, err := inlineSegment(buf[:n:s.bufCap], seal)
+			s.bufs.Put(bp)
+			if err != nil {
+				return nil, 0, err
+			}
+			return []*metastorepb.Segment{seg}, int64(n), nil
+		}
 		if n > 0 {
 			if h != nil {
 				h.Write(buf[:n]) // a hash.Hash never returns an error
@@ -382,6 +408,28 @@ type putResult struct {
 	node  string
 	sum   [32]byte
 	err   error
+}
+
+// inlineSegment seals plain (a whole blob, at offset 0) into an inline
+// segment. plain must have seal's overhead in spare capacity.
+func inlineSegment(plain []byte, seal Sealer) (*metastorepb.Segment, error) {
+	seg := &metastorepb.Segment{Id: newSegmentID(), Length: uint64(len(plain))}
+	sealed, err := seal.Seal(seg, 0, plain)
+	if err != nil {
+		return nil, err
+	}
+	sum := blake3.Sum256(sealed)
+	seg.Inline, seg.InlineBlake3 = bytes.Clone(sealed), sum[:]
+	return seg, nil
+}
+
+// openInline checks and opens an inline segment (at offset at in its blob).
+func openInline(seg *metastorepb.Segment, seal Sealer, at uint64) ([][]byte, error) {
+	if sum := blake3.Sum256(seg.GetInline()); !bytes.Equal(sum[:], seg.GetInlineBlake3()) {
+		return nil, fmt.Errorf("%w: inline segment %s does not match its checksum", ErrSegmentUnreadable, seg.GetId())
+	}
+	// Opening may work in place: never on the layout's own bytes.
+	return seal.Open(seg, at, [][]byte{bytes.Clone(seg.GetInline())})
 }
 
 // writeSegment seals (with seal, at offset at in the blob), encodes and puts
@@ -678,6 +726,12 @@ func checkSegment(seg *metastorepb.Segment) error {
 	switch {
 	case seg == nil:
 		return fmt.Errorf("%w: nil", ErrInvalidSegment)
+	case seg.GetInline() != nil:
+		if k != 0 || m != 0 || len(seg.GetShards()) > 0 || seg.GetLength() == 0 || seg.GetLength() > uint64(len(seg.GetInline())) {
+			return fmt.Errorf("%w: inline segment %s: geometry %d+%d, %d shards, length %d of %d bytes",
+				ErrInvalidSegment, seg.GetId(), k, m, len(seg.GetShards()), seg.GetLength(), len(seg.GetInline()))
+		}
+		return nil
 	case k < 1 || m < 0 || k+m > erasure.MaxShards:
 		return fmt.Errorf("%w: %s: geometry %d+%d", ErrInvalidSegment, seg.GetId(), k, m)
 	case seg.GetLength() == 0 || seg.GetShardSize() == 0 || seg.GetShardSize() > MaxSegmentSize:
@@ -714,6 +768,10 @@ func (s *Store) readSegment(ctx context.Context, nodes map[string]ShardStore, se
 	admit time.Duration) (pieces [][]byte, release func(), err error) {
 	if err := checkSegment(seg); err != nil {
 		return nil, nil, err
+	}
+	if seg.GetInline() != nil { // already here: no fetch, no read memory
+		pieces, err := openInline(seg, seal, at)
+		return pieces, func() {}, err
 	}
 	budget, size := s.cfg.ReadBudget, ReadFootprint(seg)
 	if c := s.cfg.SegmentCache; c != nil {

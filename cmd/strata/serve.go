@@ -49,6 +49,7 @@ type serveOptions struct {
 	shardDirs       []string
 	k, m            int
 	segmentSize     int
+	inlineMax       int64
 	segmentCache    int64
 	readMemory      int64
 	memoryLimit     int64
@@ -140,6 +141,7 @@ flags win over the environment, which wins over the file.`,
 	f.IntVar(&o.k, "k", 0, "erasure data shards per segment (default: 1 in --dev; in a cluster the best fit: 4+2 with 6 or more storage nodes, 2+1 with 3 to 5)")
 	f.IntVar(&o.m, "m", -1, "erasure parity shards per segment (default: see --k)")
 	f.IntVar(&o.segmentSize, "segment-size", blobstore.DefaultSegmentSize, "bytes per segment")
+	f.Var(newSizeFlag(&o.inlineMax, 16<<10), "inline-max", "api role: a blob shorter than this, written whole (or the first chunk of a chunked upload), is kept sealed in the replicated metadata instead of as erasure-coded shards on storage nodes (0: never; at most 64KiB)")
 	f.Var(newSizeFlag(&o.segmentCache, 256<<20), "segment-cache", "api role: bytes of decoded segments a frontend keeps in memory; concurrent pulls of one blob share one fetch of each segment (0: no cache)")
 	f.Var(newSizeFlag(&o.memoryLimit, 0), "memory-limit", "soft limit of the process's memory for Go's garbage collector (0: derived from the roles, --read-memory and --segment-cache; -1: none; GOMEMLIMIT, when set, wins)")
 	f.Var(newSizeFlag(&o.readMemory, blobstore.DefaultReadMemory), "read-memory", "api role: bytes of segment data a frontend's blob reads may hold at once (shards fetched and not yet sent); a blob GET that gets none for its first segment within 200ms is refused with 429 TOOMANYREQUESTS (-1: no bound)")
@@ -501,7 +503,7 @@ func joinCluster(ctx context.Context, o *serveOptions, meta *cluster.Meta, svc *
 // serveHTTP runs the OCI API until ctx ends.
 func serveHTTP(ctx context.Context, o *serveOptions, ln net.Listener, meta *cluster.Meta, local []blobstore.Node,
 	peers *cluster.Peers, nodeID string, reg *prometheus.Registry, reporter *cluster.ShardReporter, log *slog.Logger) error {
-	blobCfg := blobstore.Config{K: o.k, M: o.m, SegmentSize: o.segmentSize, OnShardError: reporter.OnShardError}
+	blobCfg := blobstore.Config{K: o.k, M: o.m, SegmentSize: o.segmentSize, InlineMax: int(o.inlineMax), OnShardError: reporter.OnShardError}
 	if o.segmentCache > 0 {
 		blobCfg.SegmentCache = blobstore.NewSegmentCache(o.segmentCache, reg)
 	}

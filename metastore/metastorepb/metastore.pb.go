@@ -1386,7 +1386,9 @@ func (x *ShardRef) GetBlake3() []byte {
 
 // Segment is a contiguous run of a blob's bytes, sealed and erasure coded as
 // a unit. Segments may have different lengths (each upload request ends its
-// own last segment).
+// own last segment). A segment of a small blob may instead be inline: its
+// sealed bytes are kept here, in the replicated metadata, with k = m = 0,
+// no shards and no shard files.
 type Segment struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`                                 // unique id, stem of the shard files
@@ -1395,8 +1397,10 @@ type Segment struct {
 	M             uint32                 `protobuf:"varint,4,opt,name=m,proto3" json:"m,omitempty"`                                  // parity shards
 	ShardSize     uint64                 `protobuf:"varint,5,opt,name=shard_size,json=shardSize,proto3" json:"shard_size,omitempty"` // bytes per shard payload
 	Shards        []*ShardRef            `protobuf:"bytes,6,rep,name=shards,proto3" json:"shards,omitempty"`
-	Format        uint32                 `protobuf:"varint,7,opt,name=format,proto3" json:"format,omitempty"`           // segment format version
-	KeyId         string                 `protobuf:"bytes,8,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"` // encryption key id; empty = not encrypted
+	Format        uint32                 `protobuf:"varint,7,opt,name=format,proto3" json:"format,omitempty"`                                 // segment format version
+	KeyId         string                 `protobuf:"bytes,8,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`                       // encryption key id; empty = not encrypted
+	Inline        []byte                 `protobuf:"bytes,9,opt,name=inline,proto3" json:"inline,omitempty"`                                  // an inline segment's sealed bytes
+	InlineBlake3  []byte                 `protobuf:"bytes,10,opt,name=inline_blake3,json=inlineBlake3,proto3" json:"inline_blake3,omitempty"` // BLAKE3-256 of inline
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1485,6 +1489,20 @@ func (x *Segment) GetKeyId() string {
 		return x.KeyId
 	}
 	return ""
+}
+
+func (x *Segment) GetInline() []byte {
+	if x != nil {
+		return x.Inline
+	}
+	return nil
+}
+
+func (x *Segment) GetInlineBlake3() []byte {
+	if x != nil {
+		return x.InlineBlake3
+	}
+	return nil
 }
 
 // BlobLayout is where a blob's bytes live. Stored under blob/<digest>.
@@ -3437,7 +3455,7 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\bShardRef\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\rR\x05index\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x16\n" +
-	"\x06blake3\x18\x03 \x01(\fR\x06blake3\"\xd2\x01\n" +
+	"\x06blake3\x18\x03 \x01(\fR\x06blake3\"\x8f\x02\n" +
 	"\aSegment\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06length\x18\x02 \x01(\x04R\x06length\x12\f\n" +
@@ -3447,7 +3465,10 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"shard_size\x18\x05 \x01(\x04R\tshardSize\x125\n" +
 	"\x06shards\x18\x06 \x03(\v2\x1d.strata.metastore.v1.ShardRefR\x06shards\x12\x16\n" +
 	"\x06format\x18\a \x01(\rR\x06format\x12\x15\n" +
-	"\x06key_id\x18\b \x01(\tR\x05keyId\"\xd3\x01\n" +
+	"\x06key_id\x18\b \x01(\tR\x05keyId\x12\x16\n" +
+	"\x06inline\x18\t \x01(\fR\x06inline\x12#\n" +
+	"\rinline_blake3\x18\n" +
+	" \x01(\fR\finlineBlake3\"\xd3\x01\n" +
 	"\n" +
 	"BlobLayout\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12\x12\n" +
