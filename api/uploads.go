@@ -107,7 +107,7 @@ func (s *Server) pushWhole(w http.ResponseWriter, r *http.Request, name string, 
 	if err != nil {
 		return err
 	}
-	segs, n, err := store.WriteWith(r.Context(), r.Body, h, blobstore.WriteOptions{Sealer: sealer})
+	segs, n, err := store.WriteWith(r.Context(), r.Body, h, blobstore.WriteOptions{Sealer: sealer, Size: r.ContentLength})
 	if err != nil {
 		return err
 	}
@@ -219,7 +219,7 @@ func (s *Server) writeChunk(r *http.Request, u *pb.Upload) (*chunk, error) {
 	if err != nil {
 		return nil, err
 	}
-	segs, n, err := store.WriteWith(r.Context(), r.Body, h, blobstore.WriteOptions{Sealer: sealer, Offset: int64(u.Offset)})
+	segs, n, err := store.WriteWith(r.Context(), r.Body, h, blobstore.WriteOptions{Sealer: sealer, Offset: int64(u.Offset), Size: r.ContentLength})
 	if err != nil {
 		return nil, err
 	}

@@ -98,3 +98,36 @@ func TestInlineSegments(t *testing.T) {
 		t.Fatal("an inline maximum above MaxInline was accepted")
 	}
 }
+
+// With WriteOptions.Size (a request's Content-Length) segments are cut the
+// same as without, from buffers sized to the data; a reader holding more
+// than it declared is refused, and one holding less writes what it held.
+func TestWriteWithDeclaredSize(t *testing.T) {
+	c := newCluster(t, 3)
+	s := newStore(t, c, 2, 1)
+	for _, size := range []int{1, 5000, testSeg - 1, testSeg, testSeg + 1, 3*testSeg + 17} {
+		data := randomData(uint64(size), size)
+		segs, n, err := s.WriteWith(bg, bytes.NewReader(data), nil, blobstore.WriteOptions{Size: int64(size)})
+		if err != nil || n != int64(size) {
+			t.Fatalf("%d bytes declared and sent: %v, wrote %d", size, err, n)
+		}
+		if want := (size + testSeg - 1) / testSeg; len(segs) != want {
+			t.Fatalf("%d bytes: %d segments, want %d", size, len(segs), want)
+		}
+		if got := readAll(t, s, segs, size); !bytes.Equal(got, data) {
+			t.Fatalf("%d bytes: read differs", size)
+		}
+	}
+	before := c.shardCount(t)
+	data := randomData(30, testSeg+10)
+	if _, _, err := s.WriteWith(bg, bytes.NewReader(data), nil, blobstore.WriteOptions{Size: testSeg + 9}); err == nil {
+		t.Fatal("a body longer than declared was accepted")
+	}
+	if n := c.shardCount(t); n != before {
+		t.Fatalf("a refused write left %d shard files", n-before)
+	}
+	segs, n, err := s.WriteWith(bg, bytes.NewReader(data[:100]), nil, blobstore.WriteOptions{Size: 1000})
+	if err != nil || n != 100 || len(segs) != 1 {
+		t.Fatalf("a body shorter than declared: %v, wrote %d in %d segments", err, n, len(segs))
+	}
+}

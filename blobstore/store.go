@@ -177,9 +177,14 @@ type Store struct {
 	small *erasure.Codec // 1+M, for segments under SmallBlobThreshold
 
 	codecs sync.Map // [2]int{k, m} -> *erasure.Codec, for reading any geometry
-	bufCap int
-	bufs   sync.Pool // *[]byte of cap bufCap
+	// Write buffers by size class: class i holds segments of up to
+	// minBufClass<<i bytes, the last class whole segments (bufClasses).
+	bufClasses []int
+	bufs       []sync.Pool // *[]byte, one pool per class
 }
+
+// minBufClass is the smallest class of write buffers.
+const minBufClass = 64 << 10
 
 // New returns a Store. nodes is called for every segment written and every
 // read or delete, and returns the storage nodes to use now (the healthy
@@ -203,21 +208,43 @@ func New(cfg Config, nodes func() []Node) (*Store, error) {
 	if s.small, err = s.codec(1, cfg.M); err != nil {
 		return nil, err
 	}
-	// A buffer holds a segment, its seal overhead (room for any sealer's),
-	// its zero padding and its parity, so that sealing and encoding allocate
-	// nothing.
-	ov := MaxSealOverhead
-	s.bufCap = max(cfg.SegmentSize+ov, s.large.EncodedSize(cfg.SegmentSize+ov))
-	if cfg.SmallBlobThreshold > 0 {
-		smallMax := min(cfg.SegmentSize, cfg.SmallBlobThreshold-1)
-		s.bufCap = max(s.bufCap, s.small.EncodedSize(smallMax+ov))
+	for c := minBufClass; ; c *= 2 {
+		s.bufClasses = append(s.bufClasses, min(c, cfg.SegmentSize))
+		if c >= cfg.SegmentSize {
+			break
+		}
 	}
-	s.bufs.New = func() any {
-		b := make([]byte, s.bufCap)
-		return &b
+	s.bufs = make([]sync.Pool, len(s.bufClasses))
+	for i, n := range s.bufClasses {
+		size := s.bufSize(n)
+		s.bufs[i].New = func() any {
+			b := make([]byte, size)
+			return &b
+		}
 	}
 	return s, nil
 }
+
+// bufSize is the capacity of a write buffer for segments of up to n bytes:
+// the segment, its seal overhead (room for any sealer's), its zero padding
+// and its parity, so that sealing and encoding allocate nothing.
+func (s *Store) bufSize(n int) int {
+	ov := MaxSealOverhead
+	size := max(n+ov, s.large.EncodedSize(n+ov))
+	if s.cfg.SmallBlobThreshold > 0 {
+		size = max(size, s.small.EncodedSize(min(n, s.cfg.SmallBlobThreshold-1)+ov))
+	}
+	return size
+}
+
+// getBuf returns a pooled write buffer for a segment of up to n bytes (at
+// most SegmentSize), and the class to give it back to (putBuf).
+func (s *Store) getBuf(n int) (*[]byte, int) {
+	i, _ := slices.BinarySearch(s.bufClasses, n)
+	return s.bufs[i].Get().(*[]byte), i
+}
+
+func (s *Store) putBuf(bp *[]byte, class int) { s.bufs[class].Put(bp) }
 
 // Config returns the configuration in use, defaults applied.
 func (s *Store) Config() Config { return s.cfg }
@@ -278,6 +305,10 @@ type WriteOptions struct {
 	// Sealer seals every segment written; nil means Config.Sealer. For an
 	// encrypted blob: NewAESGCMSealer with the blob's (upload's) data key.
 	Sealer Sealer
+	// Size, when positive, is how many bytes r holds (a request's
+	// Content-Length): segment buffers are then sized to the data rather
+	// than to whole segments, and r must end there.
+	Size int64
 	// Offset is the position in the blob of the first byte read from r: the
 	// upload's offset before this request (0 for a whole blob). Sealers
 	// that bind a segment's position (AESGCMSealer) seal each segment at
@@ -321,16 +352,30 @@ func (s *Store) WriteWith(ctx context.Context, r io.Reader, h hash.Hash, opts Wr
 	slots := make(chan struct{}, s.cfg.WriteConcurrency)
 
 	for i := 0; ctx.Err() == nil; i++ {
-		bp := s.bufs.Get().(*[]byte)
+		want := s.cfg.SegmentSize
+		if opts.Size > 0 {
+			want = int(max(min(int64(want), opts.Size-total), 1))
+		}
+		bp, class := s.getBuf(want)
 		buf := *bp
-		n, rerr := io.ReadFull(r, buf[:s.cfg.SegmentSize])
+		n, rerr := io.ReadFull(r, buf[:want])
+		if opts.Size > 0 && rerr == nil && total+int64(n) == opts.Size {
+			// Every declared byte is in: r must be at its end.
+			var probe [1]byte
+			if m, _ := io.ReadFull(r, probe[:]); m > 0 {
+				s.putBuf(bp, class)
+				fail(fmt.Errorf("blobstore: read: more than the %d bytes declared", opts.Size))
+				break
+			}
+			rerr = io.EOF
+		}
 		if i == 0 && opts.Offset == 0 && n > 0 && n < s.cfg.InlineMax && (rerr == io.EOF || rerr == io.ErrUnexpectedEOF) {
 			// The whole blob, and small: inline.
 			if h != nil {
 				h.Write(buf[:n])
 			}
-			seg, err := inlineSegment(buf[:n:s.bufCap], seal)
-			s.bufs.Put(bp)
+			seg, err := inlineSegment(buf[:n:cap(buf)], seal)
+			s.putBuf(bp, class)
 			if err != nil {
 				return nil, 0, err
 			}
@@ -345,7 +390,7 @@ func (s *Store) WriteWith(ctx context.Context, r io.Reader, h hash.Hash, opts Wr
 			select {
 			case slots <- struct{}{}:
 			case <-ctx.Done():
-				s.bufs.Put(bp)
+				s.putBuf(bp, class)
 				continue // the loop ends: ctx is done
 			}
 			mu.Lock()
@@ -355,7 +400,7 @@ func (s *Store) WriteWith(ctx context.Context, r io.Reader, h hash.Hash, opts Wr
 			go func(i, n int) {
 				defer wg.Done()
 				seg, err := s.writeSegment(ctx, buf, n, seal, at)
-				s.bufs.Put(bp) // writeSegment has waited for every Put
+				s.putBuf(bp, class) // writeSegment has waited for every Put
 				<-slots
 				if err != nil {
 					fail(fmt.Errorf("segment %d: %w", i, err))
@@ -366,7 +411,7 @@ func (s *Store) WriteWith(ctx context.Context, r io.Reader, h hash.Hash, opts Wr
 				mu.Unlock()
 			}(i, n)
 		} else {
-			s.bufs.Put(bp)
+			s.putBuf(bp, class)
 		}
 		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
 			break
@@ -433,7 +478,8 @@ func openInline(seg *metastorepb.Segment, seal Sealer, at uint64) ([][]byte, err
 }
 
 // writeSegment seals (with seal, at offset at in the blob), encodes and puts
-// one segment whose n bytes are at the start of buf (of capacity s.bufCap).
+// one segment whose n bytes are at the start of buf (of capacity
+// s.bufSize(n) or more).
 // It returns only after every Put it started has returned, so buf may then
 // be reused.
 func (s *Store) writeSegment(ctx context.Context, buf []byte, n int, seal Sealer, at uint64) (*metastorepb.Segment, error) {
@@ -444,7 +490,7 @@ func (s *Store) writeSegment(ctx context.Context, buf []byte, n int, seal Sealer
 	k, m := codec.K(), codec.M()
 	seg := &metastorepb.Segment{Id: newSegmentID(), Length: uint64(n), K: uint32(k), M: uint32(m)}
 
-	sealed, err := seal.Seal(seg, at, buf[:n:s.bufCap])
+	sealed, err := seal.Seal(seg, at, buf[:n:cap(buf)])
 	if err != nil {
 		return nil, err
 	}
