@@ -61,6 +61,7 @@ var errorTable = []struct {
 
 	// State.
 	{metastore.ErrUploadUnknown, ociCode{"BLOB_UPLOAD_UNKNOWN", http.StatusNotFound}},
+	{metastore.ErrUploadNotStarted, ociCode{"BLOB_UPLOAD_UNKNOWN", http.StatusNotFound}},
 	{metastore.ErrBlobUnknown, ociCode{"BLOB_UNKNOWN", http.StatusNotFound}},
 	{metastore.ErrManifestBlobUnknown, ociCode{"MANIFEST_BLOB_UNKNOWN", http.StatusBadRequest}},
 	{metastore.ErrManifestUnknown, ociCode{"MANIFEST_UNKNOWN", http.StatusNotFound}},

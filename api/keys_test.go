@@ -141,10 +141,13 @@ func TestKeyRotationUnderLoadLosesNothing(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// An upload session opened before the rotation and finished after it.
+	// An upload session opened (by its first chunk) before the rotation and
+	// finished after it.
 	resp := r.do("POST", "/v2/rot/open/blobs/uploads/", nil)
 	expect(t, resp, http.StatusAccepted)
 	openLoc := resp.Header.Get("Location")
+	first := []byte("started before the rotation, ")
+	expect(t, r.do("PATCH", openLoc, first, "Content-Range", fmt.Sprintf("0-%d", len(first)-1)), http.StatusAccepted)
 
 	for w := 0; w < 4; w++ {
 		wg.Add(1)
@@ -206,7 +209,8 @@ func TestKeyRotationUnderLoadLosesNothing(t *testing.T) {
 		t.Fatalf("open upload session after the pass: %v, %v", u, err)
 	}
 	chunk := []byte("finished after the rotation")
-	expect(t, r.do("PUT", openLoc+"?digest="+digest.FromBytes(chunk).String(), chunk), http.StatusCreated)
+	whole := append(append([]byte(nil), first...), chunk...)
+	expect(t, r.do("PUT", openLoc+"?digest="+digest.FromBytes(whole).String(), chunk), http.StatusCreated)
 	r.admin("RetireKeyVersion", map[string]any{"keyName": keys.DefaultKeyName, "keyVersion": "1"}, nil)
 	if v := versions(t, r.st, keys.DefaultKeyName); v["1"] != 0 || v["2"] == 0 {
 		t.Fatalf("copies by version after retiring 1: %v", v)
@@ -220,7 +224,7 @@ func TestKeyRotationUnderLoadLosesNothing(t *testing.T) {
 			t.Fatalf("after retiring version 1: %v", err)
 		}
 	}
-	if got := expect(t, r.do("GET", "/v2/rot/open/blobs/"+digest.FromBytes(chunk).String(), nil), 200); !bytes.Equal(got, chunk) {
+	if got := expect(t, r.do("GET", "/v2/rot/open/blobs/"+digest.FromBytes(whole).String(), nil), 200); !bytes.Equal(got, whole) {
 		t.Fatal("late upload reads back wrong")
 	}
 	// The current version cannot be retired.

@@ -64,6 +64,10 @@ type Config struct {
 	// blob GET whose first segment gets no read memory within the same
 	// short wait gets the same 429.
 	MaxDataRequests int
+	// UploadIdle is how long an upload session may go untouched (the
+	// collector cancels recorded ones after it); a deferred session that
+	// has had no write is unknown this long after it was issued. Default 24h.
+	UploadIdle time.Duration
 	// AdminRemote lets clients that are not on loopback use the admin API
 	// (/admin/v1/). Off by default until access control lands.
 	AdminRemote bool
@@ -102,6 +106,9 @@ func New(cfg Config, meta Metadata, blobs *blobstore.Store) *Server {
 	}
 	if cfg.MaxListPage <= 0 {
 		cfg.MaxListPage = 10000
+	}
+	if cfg.UploadIdle <= 0 {
+		cfg.UploadIdle = 24 * time.Hour
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -5,10 +5,13 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding"
+	"errors"
 	"fmt"
 	"hash"
 	"net/http"
 	"strconv"
+	"strings"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/opencontainers/go-digest"
@@ -25,6 +28,15 @@ import (
 // pipeline, then commits the new offset, the SHA-256 state and the segments
 // it wrote through Raft. A request whose commit is refused (another request
 // moved the session first) leaves its segments unreferenced.
+//
+// Sessions are deferred: POST records nothing and returns an id that carries
+// the time it was issued (deferredID); the session's first write records it
+// (UpdateUpload with open, or a CommitBlob marked deferred when one PUT is
+// the whole upload, the common POST + PUT push). The state machine records
+// the end of every session (committed, cancelled, expired), so an id that
+// has ended is unknown from then on, and one that was never written is an
+// empty session until --upload-idle after it was issued. A push then costs
+// one Raft command per request that carries bytes, not one more for POST.
 
 func uploadLocation(name, id string) string { return "/v2/" + name + "/blobs/uploads/" + id }
 func blobLocation(name string, d digest.Digest) string {
@@ -78,19 +90,33 @@ func (s *Server) startUpload(w http.ResponseWriter, r *http.Request, name string
 		}
 		return s.pushWhole(w, r, name, dgst)
 	}
-	id := uuid.NewString()
-	_, wk, err := s.newBlobKey(ctx, name)
-	if err != nil {
-		return err
-	}
-	if err := s.propose(ctx, &pb.Command{Op: &pb.Command_OpenUpload{
-		OpenUpload: &pb.OpenUpload{Id: id, Repo: name, Key: wk},
-	}}); err != nil {
-		return err
-	}
+	id := newDeferredID(time.Now())
 	setUploadHeaders(w, name, id, 0)
 	w.WriteHeader(http.StatusAccepted)
 	return nil
+}
+
+// newDeferredID is the id of a deferred session issued at t: 16 hex digits
+// of t in Unix nanoseconds, "-", and a random UUID.
+func newDeferredID(t time.Time) string {
+	return fmt.Sprintf("%016x-%s", t.UnixNano(), uuid.NewString())
+}
+
+// deferredIssued returns when a deferred session id was issued; false for
+// an id of another form.
+func deferredIssued(id string) (time.Time, bool) {
+	hexTime, rest, ok := strings.Cut(id, "-")
+	if !ok || len(hexTime) != 16 {
+		return time.Time{}, false
+	}
+	if _, err := uuid.Parse(rest); err != nil {
+		return time.Time{}, false
+	}
+	ns, err := strconv.ParseUint(hexTime, 16, 63)
+	if err != nil {
+		return time.Time{}, false
+	}
+	return time.Unix(0, int64(ns)), true
 }
 
 // pushWhole stores a blob sent in one request with no session.
@@ -138,20 +164,29 @@ func blobCreated(w http.ResponseWriter, name string, dgst digest.Digest) error {
 	return nil
 }
 
-// session loads an upload and checks it belongs to name.
-func (s *Server) session(ctx context.Context, name, id string) (*pb.Upload, error) {
-	u, err := s.meta.Upload(ctx, id)
+// session loads an upload and checks it belongs to name. A deferred
+// session that has had no write yet is an empty upload of name, not
+// recorded (deferred): it exists until --upload-idle after it was issued.
+func (s *Server) session(ctx context.Context, name, id string) (u *pb.Upload, deferred bool, err error) {
+	u, err = s.meta.Upload(ctx, id)
+	if errors.Is(err, metastore.ErrUploadNotStarted) {
+		issued, ok := deferredIssued(id)
+		if age := time.Since(issued); !ok || age > s.cfg.UploadIdle || age < -time.Hour {
+			return nil, false, fmt.Errorf("%w: %s", metastore.ErrUploadUnknown, id)
+		}
+		return &pb.Upload{Id: id, Repo: name}, true, nil
+	}
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if u.Repo != name {
-		return nil, fmt.Errorf("%w: %s in %s", metastore.ErrUploadUnknown, id, name)
+		return nil, false, fmt.Errorf("%w: %s in %s", metastore.ErrUploadUnknown, id, name)
 	}
-	return u, nil
+	return u, false, nil
 }
 
 func (s *Server) uploadStatus(w http.ResponseWriter, r *http.Request, name, id string) error {
-	u, err := s.session(r.Context(), name, id)
+	u, _, err := s.session(r.Context(), name, id)
 	if err != nil {
 		return err
 	}
@@ -187,16 +222,26 @@ type chunk struct {
 	// data key when it has one).
 	sealer blobstore.Sealer
 	state  []byte
+	// key is the data key drawn for a deferred session's first write,
+	// wrapped, to be recorded with it (nil: the session's own, or none).
+	key *pb.WrappedKey
 }
 
 // writeChunk streams the request body into the pipeline after the session's
-// bytes, continuing its SHA-256, sealed with the session's data key.
-func (s *Server) writeChunk(r *http.Request, u *pb.Upload) (*chunk, error) {
+// bytes, continuing its SHA-256, sealed with the session's data key (for a
+// deferred session's first write, a new one).
+func (s *Server) writeChunk(r *http.Request, u *pb.Upload, deferred bool) (*chunk, error) {
 	want, err := checkChunkStart(r, u.Offset)
 	if err != nil {
 		return nil, err
 	}
-	dk, err := s.dataKey(r.Context(), u.Key)
+	var dk []byte
+	var newKey *pb.WrappedKey
+	if deferred {
+		dk, newKey, err = s.newDataKey(r.Context(), u.Repo)
+	} else {
+		dk, err = s.dataKey(r.Context(), u.Key)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -228,7 +273,7 @@ func (s *Server) writeChunk(r *http.Request, u *pb.Upload) (*chunk, error) {
 		s.discard(segs, err)
 		return nil, err
 	}
-	c := &chunk{segs: segs, n: n, h: h, sealer: sealer}
+	c := &chunk{segs: segs, n: n, h: h, sealer: sealer, key: newKey}
 	if state, err = h.(encoding.BinaryMarshaler).MarshalBinary(); err == nil {
 		c.state, err = sealHashState(dk, u.Id, state)
 	}
@@ -240,13 +285,17 @@ func (s *Server) writeChunk(r *http.Request, u *pb.Upload) (*chunk, error) {
 }
 
 func (s *Server) patchUpload(w http.ResponseWriter, r *http.Request, name, id string) error {
-	u, err := s.session(r.Context(), name, id)
+	u, deferred, err := s.session(r.Context(), name, id)
 	if err != nil {
 		return err
 	}
-	c, err := s.writeChunk(r, u)
+	c, err := s.writeChunk(r, u, deferred)
 	if err != nil {
 		return err
+	}
+	var open *pb.OpenUpload
+	if deferred {
+		open = &pb.OpenUpload{Id: id, Repo: name, Key: c.key}
 	}
 	newOffset := u.Offset + uint64(c.n)
 	if failpoint.Enabled {
@@ -255,7 +304,7 @@ func (s *Server) patchUpload(w http.ResponseWriter, r *http.Request, name, id st
 		}
 	}
 	err = s.propose(r.Context(), &pb.Command{Op: &pb.Command_UpdateUpload{UpdateUpload: &pb.UpdateUpload{
-		Id: id, ExpectOffset: u.Offset, NewOffset: newOffset, Sha256State: c.state, Segments: c.segs,
+		Id: id, ExpectOffset: u.Offset, NewOffset: newOffset, Sha256State: c.state, Segments: c.segs, Open: open,
 	}}})
 	if err != nil {
 		s.discard(c.segs, err)
@@ -271,11 +320,11 @@ func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, name, id s
 	if err != nil {
 		return err
 	}
-	u, err := s.session(r.Context(), name, id)
+	u, deferred, err := s.session(r.Context(), name, id)
 	if err != nil {
 		return err
 	}
-	c, err := s.writeChunk(r, u)
+	c, err := s.writeChunk(r, u, deferred)
 	if err != nil {
 		return err
 	}
@@ -303,7 +352,7 @@ func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, name, id s
 	}
 	err = s.propose(r.Context(), &pb.Command{Op: &pb.Command_CommitBlob{CommitBlob: &pb.CommitBlob{
 		Repo: name, UploadId: id, ExpectOffset: u.Offset, Segments: segs,
-		Digest: dgst.String(), Size: u.Offset + uint64(n),
+		Digest: dgst.String(), Size: u.Offset + uint64(n), Deferred: deferred, Key: c.key,
 	}}})
 	if err != nil {
 		s.discard(segs, err)
@@ -313,11 +362,12 @@ func (s *Server) finishUpload(w http.ResponseWriter, r *http.Request, name, id s
 }
 
 func (s *Server) cancelUpload(w http.ResponseWriter, r *http.Request, name, id string) error {
-	if _, err := s.session(r.Context(), name, id); err != nil {
+	_, deferred, err := s.session(r.Context(), name, id)
+	if err != nil {
 		return err
 	}
 	if err := s.propose(r.Context(), &pb.Command{Op: &pb.Command_CancelUpload{
-		CancelUpload: &pb.CancelUpload{Id: id},
+		CancelUpload: &pb.CancelUpload{Id: id, Deferred: deferred},
 	}}); err != nil {
 		return err
 	}

@@ -432,7 +432,7 @@ func (m *Meta) readVia(ctx context.Context, req *cpb.ReadRequest, relay bool) (*
 // replica that may lag cannot give it on its own authority.
 func notFound(r *pb.ApplyResult) bool {
 	switch r.ErrorCode {
-	case "BLOB_UNKNOWN", "MANIFEST_UNKNOWN", "UPLOAD_UNKNOWN", "TAG_UNKNOWN", "REPO_UNKNOWN", "NODE_UNKNOWN":
+	case "BLOB_UNKNOWN", "MANIFEST_UNKNOWN", "UPLOAD_UNKNOWN", "UPLOAD_NOT_STARTED", "TAG_UNKNOWN", "REPO_UNKNOWN", "NODE_UNKNOWN":
 		return true
 	}
 	return false

@@ -224,6 +224,27 @@ func (c *Collector) run(ctx context.Context, grace time.Duration, sweep bool) er
 		}
 		c.update(func(s *Stats) { s.UploadsCancelled++ })
 	}
+	// Records of uploads that ended before the idle limit (and an hour of
+	// clock slack): their ids are refused by age without them.
+	endCutoff := now.Add(-c.cfg.UploadIdle - time.Hour).UnixNano()
+	for range 64 {
+		n, err := c.store.UploadEndsBefore(endCutoff, c.cfg.Batch)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			break
+		}
+		err = c.meta.Propose(ctx, &pb.Command{Op: &pb.Command_DropUploadEnds{DropUploadEnds: &pb.DropUploadEnds{
+			BeforeUnixNano: endCutoff, Limit: uint32(c.cfg.Batch)}}})
+		if err != nil {
+			fail(fmt.Errorf("drop records of ended uploads: %w", err))
+			break
+		}
+		if n < c.cfg.Batch {
+			break
+		}
+	}
 
 	// 2. Blobs no manifest has referenced since before the cutoff.
 	c.update(func(s *Stats) { s.Phase = "blobs" })

@@ -132,6 +132,8 @@ func (t *txn) apply(cmd *pb.Command) error {
 		return t.createRepository(op.CreateRepository)
 	case *pb.Command_SetWrappedKeys:
 		return t.setWrappedKeys(op.SetWrappedKeys)
+	case *pb.Command_DropUploadEnds:
+		return t.dropUploadEnds(op.DropUploadEnds)
 	case nil:
 		return fmt.Errorf("%w: empty command", ErrCommandInvalid)
 	default:
@@ -254,17 +256,70 @@ func segmentsLength(segs []*pb.Segment) uint64 {
 // ---- uploads ----
 
 func (t *txn) openUpload(c *pb.OpenUpload) error {
+	u, err := t.newUpload(c)
+	if err != nil {
+		return err
+	}
+	return t.put(uploadKey(c.Id), u)
+}
+
+// newUpload checks that c may open an upload (a new id, never ended) and
+// returns it.
+func (t *txn) newUpload(c *pb.OpenUpload) (*pb.Upload, error) {
 	if c.Id == "" || c.Repo == "" {
-		return fmt.Errorf("%w: upload needs an id and a repository", ErrCommandInvalid)
+		return nil, fmt.Errorf("%w: upload needs an id and a repository", ErrCommandInvalid)
 	}
 	if ok, err := t.has(uploadKey(c.Id)); err != nil {
-		return err
+		return nil, err
 	} else if ok {
-		return fmt.Errorf("%w: upload %s exists", ErrCommandInvalid, c.Id)
+		return nil, fmt.Errorf("%w: upload %s exists", ErrCommandInvalid, c.Id)
 	}
-	return t.put(uploadKey(c.Id), &pb.Upload{
-		Id: c.Id, Repo: c.Repo, StartedUnixNano: t.now, UpdatedUnixNano: t.now, Key: c.Key,
-	})
+	if err := t.checkNotEnded(c.Id); err != nil {
+		return nil, err
+	}
+	return &pb.Upload{Id: c.Id, Repo: c.Repo, StartedUnixNano: t.now, UpdatedUnixNano: t.now, Key: c.Key}, nil
+}
+
+// checkNotEnded refuses an upload id that has ended.
+func (t *txn) checkNotEnded(id string) error {
+	if ended, err := t.has(upEndKey(id)); err != nil {
+		return err
+	} else if ended {
+		return fmt.Errorf("%w: %s has ended", ErrUploadUnknown, id)
+	}
+	return nil
+}
+
+// endUpload records that upload id has ended.
+func (t *txn) endUpload(id string) error {
+	if err := t.b.Set(upEndKey(id), be64(nil, uint64(max(t.now, 0))), nil); err != nil {
+		return err
+	}
+	return t.set(upEndTimeKey(t.now, id))
+}
+
+func (t *txn) dropUploadEnds(c *pb.DropUploadEnds) error {
+	pfx := []byte(pfxUpEndT)
+	it, err := t.b.NewIter(&pebble.IterOptions{LowerBound: pfx, UpperBound: upEndTimeKey(c.BeforeUnixNano, "")})
+	if err != nil {
+		return err
+	}
+	var keys [][]byte
+	for ok := it.First(); ok && len(keys) < int(max(c.Limit, 1)); ok = it.Next() {
+		keys = append(keys, append([]byte(nil), it.Key()...))
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	for _, key := range keys {
+		if err := t.del(upEndKey(string(key[len(pfx)+9:]))); err != nil {
+			return err
+		}
+		if err := t.del(key); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (t *txn) loadUpload(id string) (*pb.Upload, error) {
@@ -281,6 +336,13 @@ func (t *txn) loadUpload(id string) (*pb.Upload, error) {
 
 func (t *txn) updateUpload(c *pb.UpdateUpload) error {
 	u, err := t.loadUpload(c.Id)
+	if errors.Is(err, ErrUploadUnknown) && c.Open != nil {
+		// A deferred session's first write opens it.
+		if c.Open.Id != c.Id {
+			return fmt.Errorf("%w: opening upload %s for %s", ErrCommandInvalid, c.Open.Id, c.Id)
+		}
+		u, err = t.newUpload(c.Open)
+	}
 	if err != nil {
 		return err
 	}
@@ -304,7 +366,17 @@ func (t *txn) updateUpload(c *pb.UpdateUpload) error {
 
 func (t *txn) cancelUpload(c *pb.CancelUpload) error {
 	u, err := t.loadUpload(c.Id)
+	if errors.Is(err, ErrUploadUnknown) && c.Deferred && c.Id != "" {
+		// A deferred session cancelled before its first write.
+		if err := t.checkNotEnded(c.Id); err != nil {
+			return err
+		}
+		return t.endUpload(c.Id)
+	}
 	if err != nil {
+		return err
+	}
+	if err := t.endUpload(c.Id); err != nil {
 		return err
 	}
 	for _, s := range u.Segments {
@@ -342,11 +414,24 @@ func (t *txn) commitBlob(c *pb.CommitBlob) error {
 	segs := c.Segments
 	key := c.Key
 	var u *pb.Upload
+	deferred := false // a deferred session's only request
 	if c.UploadId != "" {
 		var err error
-		if u, err = t.loadUpload(c.UploadId); err != nil {
+		u, err = t.loadUpload(c.UploadId)
+		if errors.Is(err, ErrUploadUnknown) && c.Deferred {
+			if err := t.checkNotEnded(c.UploadId); err != nil {
+				return err
+			}
+			if c.ExpectOffset != 0 {
+				return fmt.Errorf("%w: upload %s is at 0, request started at %d", ErrUploadOffset, c.UploadId, c.ExpectOffset)
+			}
+			deferred, err = true, nil
+		}
+		if err != nil {
 			return err
 		}
+	}
+	if u != nil {
 		if u.Repo != c.Repo {
 			return fmt.Errorf("%w: upload %s belongs to another repository", ErrUploadUnknown, c.UploadId)
 		}
@@ -369,7 +454,15 @@ func (t *txn) commitBlob(c *pb.CommitBlob) error {
 		return err
 	}
 	// Checks done; write.
+	if deferred {
+		if err := t.endUpload(c.UploadId); err != nil {
+			return err
+		}
+	}
 	if u != nil {
+		if err := t.endUpload(u.Id); err != nil {
+			return err
+		}
 		if err := t.del(uploadKey(u.Id)); err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@ import (
 // code so that a result can cross the wire when a proposal is forwarded.
 var (
 	ErrUploadUnknown       = errors.New("metastore: upload unknown")
+	ErrUploadNotStarted    = errors.New("metastore: upload not started") // never recorded, never ended: a deferred session not written yet (see api), or an id nobody issued
 	ErrUploadOffset        = errors.New("metastore: upload offset mismatch")
 	ErrBlobUnknown         = errors.New("metastore: blob unknown")
 	ErrSizeInvalid         = errors.New("metastore: size invalid")
@@ -27,6 +28,7 @@ var (
 
 var errorCodes = map[string]error{
 	"UPLOAD_UNKNOWN":        ErrUploadUnknown,
+	"UPLOAD_NOT_STARTED":    ErrUploadNotStarted,
 	"UPLOAD_OFFSET":         ErrUploadOffset,
 	"BLOB_UNKNOWN":          ErrBlobUnknown,
 	"SIZE_INVALID":          ErrSizeInvalid,

@@ -352,6 +352,20 @@ func (s *Store) IdleUploads(cutoff int64, limit int) ([]*pb.Upload, error) {
 	return out, err
 }
 
+// UploadEndsBefore counts, up to limit, the records of ended uploads made
+// before before (what DropUploadEnds would drop).
+func (s *Store) UploadEndsBefore(before int64, limit int) (int, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte(pfxUpEndT), UpperBound: upEndTimeKey(before, "")})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for ok := it.First(); ok && n < limit; ok = it.Next() {
+		n++
+	}
+	return n, it.Close()
+}
+
 // SegmentReferenced reports whether anything still refers to a segment id: a
 // blob layout, an open upload, or an orphan record awaiting deletion.
 func (s *Store) SegmentReferenced(id string) (bool, error) {

@@ -62,6 +62,8 @@ const (
 	pfxReq      = "req/"
 	pfxReqTime  = "req-by-time/"
 	pfxKeyNeed  = "keyneed/"
+	pfxUpEnd    = "upend/"
+	pfxUpEndT   = "upend-by-time/"
 )
 
 func k(parts ...string) []byte {
@@ -116,6 +118,17 @@ func gcqKey(since int64, dgst string) []byte {
 	return append(be64([]byte(pfxGCQueue), uint64(since)), append([]byte{0}, dgst...)...)
 }
 func reqKey(id string) []byte { return k(pfxReq, id) }
+
+// upEndKey records that upload id has ended (committed, cancelled or
+// expired), so that its id is not taken for a deferred session that has not
+// started; upEndTimeKey orders those records by time, for DropUploadEnds.
+func upEndKey(id string) []byte { return k(pfxUpEnd, id) }
+func upEndTimeKey(t int64, id string) []byte {
+	if t < 0 {
+		t = 0
+	}
+	return append(be64([]byte(pfxUpEndT), uint64(t)), append([]byte{0}, id...)...)
+}
 
 // reqTimeKey orders request ids by proposer time (negative times sort first).
 func reqTimeKey(t int64, id string) []byte {

@@ -84,10 +84,19 @@ func (s *Store) RefCount(dgst string) (*pb.RefCount, error) {
 	return &rc, nil
 }
 
-// Upload returns an open upload session.
+// Upload returns an open upload session: ErrUploadUnknown when one was and
+// has ended, ErrUploadNotStarted when none was ever recorded under id.
 func (s *Store) Upload(id string) (*pb.Upload, error) {
 	var u pb.Upload
-	if err := s.load(uploadKey(id), &u, fmt.Errorf("%w: %s", ErrUploadUnknown, id)); err != nil {
+	err := s.load(uploadKey(id), &u, fmt.Errorf("%w: %s", ErrUploadUnknown, id))
+	if errors.Is(err, ErrUploadUnknown) {
+		if ended, herr := s.has(upEndKey(id)); herr != nil {
+			return nil, herr
+		} else if !ended {
+			return nil, fmt.Errorf("%w: %s", ErrUploadNotStarted, id)
+		}
+	}
+	if err != nil {
 		return nil, err
 	}
 	return &u, nil

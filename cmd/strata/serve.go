@@ -524,7 +524,7 @@ func serveHTTP(ctx context.Context, o *serveOptions, ln net.Listener, meta *clus
 	}
 	srv := api.New(api.Config{
 		Registry: reg, Logger: log, StrictManifests: o.strict, AdminRemote: o.adminRemote, MaxDataRequests: o.maxData,
-		Keys: o.keyProvider, KeyManager: o.keyManager, KeyName: o.keyName,
+		Keys: o.keyProvider, KeyManager: o.keyManager, KeyName: o.keyName, UploadIdle: o.uploadIdle,
 		Ready: func(ctx context.Context) error { return meta.Ready(ctx) },
 	}, meta, blobs)
 	if storage != nil {

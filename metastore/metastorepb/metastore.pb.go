@@ -60,6 +60,7 @@ type Command struct {
 	//	*Command_RecordPulls
 	//	*Command_CreateRepository
 	//	*Command_SetWrappedKeys
+	//	*Command_DropUploadEnds
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -305,6 +306,15 @@ func (x *Command) GetSetWrappedKeys() *SetWrappedKeys {
 	return nil
 }
 
+func (x *Command) GetDropUploadEnds() *DropUploadEnds {
+	if x != nil {
+		if x, ok := x.Op.(*Command_DropUploadEnds); ok {
+			return x.DropUploadEnds
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -393,6 +403,10 @@ type Command_SetWrappedKeys struct {
 	SetWrappedKeys *SetWrappedKeys `protobuf:"bytes,30,opt,name=set_wrapped_keys,json=setWrappedKeys,proto3,oneof"`
 }
 
+type Command_DropUploadEnds struct {
+	DropUploadEnds *DropUploadEnds `protobuf:"bytes,31,opt,name=drop_upload_ends,json=dropUploadEnds,proto3,oneof"`
+}
+
 func (*Command_OpenUpload) isCommand_Op() {}
 
 func (*Command_UpdateUpload) isCommand_Op() {}
@@ -434,6 +448,8 @@ func (*Command_RecordPulls) isCommand_Op() {}
 func (*Command_CreateRepository) isCommand_Op() {}
 
 func (*Command_SetWrappedKeys) isCommand_Op() {}
+
+func (*Command_DropUploadEnds) isCommand_Op() {}
 
 // CollectBlob garbage-collects a blob that no manifest has referenced since
 // before cutoff: its links go (leaving tombstones, so a racing manifest push
@@ -2244,11 +2260,14 @@ type UpdateUpload struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// (segments written by this request are indexed under upseg/ until the
 	// upload commits or is cancelled, so sweepers never take them)
-	Id            string     `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	ExpectOffset  uint64     `protobuf:"varint,2,opt,name=expect_offset,json=expectOffset,proto3" json:"expect_offset,omitempty"` // offset the frontend started from; must match
-	NewOffset     uint64     `protobuf:"varint,3,opt,name=new_offset,json=newOffset,proto3" json:"new_offset,omitempty"`
-	Sha256State   []byte     `protobuf:"bytes,4,opt,name=sha256_state,json=sha256State,proto3" json:"sha256_state,omitempty"`
-	Segments      []*Segment `protobuf:"bytes,5,rep,name=segments,proto3" json:"segments,omitempty"` // segments written by this request
+	Id           string     `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	ExpectOffset uint64     `protobuf:"varint,2,opt,name=expect_offset,json=expectOffset,proto3" json:"expect_offset,omitempty"` // offset the frontend started from; must match
+	NewOffset    uint64     `protobuf:"varint,3,opt,name=new_offset,json=newOffset,proto3" json:"new_offset,omitempty"`
+	Sha256State  []byte     `protobuf:"bytes,4,opt,name=sha256_state,json=sha256State,proto3" json:"sha256_state,omitempty"`
+	Segments     []*Segment `protobuf:"bytes,5,rep,name=segments,proto3" json:"segments,omitempty"` // segments written by this request
+	// open, for a deferred session (POST recorded nothing): opens the upload
+	// first when it was never recorded and has not ended.
+	Open          *OpenUpload `protobuf:"bytes,6,opt,name=open,proto3" json:"open,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2318,9 +2337,20 @@ func (x *UpdateUpload) GetSegments() []*Segment {
 	return nil
 }
 
+func (x *UpdateUpload) GetOpen() *OpenUpload {
+	if x != nil {
+		return x.Open
+	}
+	return nil
+}
+
+// CancelUpload ends an upload and orphans its segments. deferred: the upload
+// may never have been recorded (a deferred session cancelled before any
+// write); then only its end is recorded.
 type CancelUpload struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Deferred      bool                   `protobuf:"varint,2,opt,name=deferred,proto3" json:"deferred,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2362,24 +2392,89 @@ func (x *CancelUpload) GetId() string {
 	return ""
 }
 
+func (x *CancelUpload) GetDeferred() bool {
+	if x != nil {
+		return x.Deferred
+	}
+	return false
+}
+
+// DropUploadEnds forgets up to limit records of ended uploads (upend/) made
+// before before_unix_nano: sessions that old are past their idle limit, so
+// their ids are refused without them.
+type DropUploadEnds struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	BeforeUnixNano int64                  `protobuf:"varint,1,opt,name=before_unix_nano,json=beforeUnixNano,proto3" json:"before_unix_nano,omitempty"`
+	Limit          uint32                 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DropUploadEnds) Reset() {
+	*x = DropUploadEnds{}
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DropUploadEnds) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DropUploadEnds) ProtoMessage() {}
+
+func (x *DropUploadEnds) ProtoReflect() protoreflect.Message {
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DropUploadEnds.ProtoReflect.Descriptor instead.
+func (*DropUploadEnds) Descriptor() ([]byte, []int) {
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *DropUploadEnds) GetBeforeUnixNano() int64 {
+	if x != nil {
+		return x.BeforeUnixNano
+	}
+	return 0
+}
+
+func (x *DropUploadEnds) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
 // CommitBlob ends an upload (or a monolithic push with no session) and makes
 // the blob visible in the repository.
 type CommitBlob struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Repo          string                 `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
-	UploadId      string                 `protobuf:"bytes,2,opt,name=upload_id,json=uploadId,proto3" json:"upload_id,omitempty"`              // empty for a single-request push
-	ExpectOffset  uint64                 `protobuf:"varint,3,opt,name=expect_offset,json=expectOffset,proto3" json:"expect_offset,omitempty"` // session offset the final request started from
-	Segments      []*Segment             `protobuf:"bytes,4,rep,name=segments,proto3" json:"segments,omitempty"`                              // segments written by the final request
-	Digest        string                 `protobuf:"bytes,5,opt,name=digest,proto3" json:"digest,omitempty"`
-	Size          uint64                 `protobuf:"varint,6,opt,name=size,proto3" json:"size,omitempty"`
-	Key           *WrappedKey            `protobuf:"bytes,7,opt,name=key,proto3" json:"key,omitempty"` // for a single-request push: its data key, wrapped
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Repo         string                 `protobuf:"bytes,1,opt,name=repo,proto3" json:"repo,omitempty"`
+	UploadId     string                 `protobuf:"bytes,2,opt,name=upload_id,json=uploadId,proto3" json:"upload_id,omitempty"`              // empty for a single-request push
+	ExpectOffset uint64                 `protobuf:"varint,3,opt,name=expect_offset,json=expectOffset,proto3" json:"expect_offset,omitempty"` // session offset the final request started from
+	Segments     []*Segment             `protobuf:"bytes,4,rep,name=segments,proto3" json:"segments,omitempty"`                              // segments written by the final request
+	Digest       string                 `protobuf:"bytes,5,opt,name=digest,proto3" json:"digest,omitempty"`
+	Size         uint64                 `protobuf:"varint,6,opt,name=size,proto3" json:"size,omitempty"`
+	Key          *WrappedKey            `protobuf:"bytes,7,opt,name=key,proto3" json:"key,omitempty"` // for a single-request push: its data key, wrapped
+	// deferred: upload_id names a deferred session that was never recorded
+	// (its only request is this one): segments and key are all of it.
+	Deferred      bool `protobuf:"varint,8,opt,name=deferred,proto3" json:"deferred,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CommitBlob) Reset() {
 	*x = CommitBlob{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[28]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2391,7 +2486,7 @@ func (x *CommitBlob) String() string {
 func (*CommitBlob) ProtoMessage() {}
 
 func (x *CommitBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[28]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2404,7 +2499,7 @@ func (x *CommitBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitBlob.ProtoReflect.Descriptor instead.
 func (*CommitBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{28}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CommitBlob) GetRepo() string {
@@ -2456,6 +2551,13 @@ func (x *CommitBlob) GetKey() *WrappedKey {
 	return nil
 }
 
+func (x *CommitBlob) GetDeferred() bool {
+	if x != nil {
+		return x.Deferred
+	}
+	return false
+}
+
 // MountBlob links an existing blob into a repository.
 type MountBlob struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -2472,7 +2574,7 @@ type MountBlob struct {
 
 func (x *MountBlob) Reset() {
 	*x = MountBlob{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[29]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2484,7 +2586,7 @@ func (x *MountBlob) String() string {
 func (*MountBlob) ProtoMessage() {}
 
 func (x *MountBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[29]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2497,7 +2599,7 @@ func (x *MountBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountBlob.ProtoReflect.Descriptor instead.
 func (*MountBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{29}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *MountBlob) GetRepo() string {
@@ -2538,7 +2640,7 @@ type UnlinkBlob struct {
 
 func (x *UnlinkBlob) Reset() {
 	*x = UnlinkBlob{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[30]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2550,7 +2652,7 @@ func (x *UnlinkBlob) String() string {
 func (*UnlinkBlob) ProtoMessage() {}
 
 func (x *UnlinkBlob) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[30]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2563,7 +2665,7 @@ func (x *UnlinkBlob) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnlinkBlob.ProtoReflect.Descriptor instead.
 func (*UnlinkBlob) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{30}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *UnlinkBlob) GetRepo() string {
@@ -2608,7 +2710,7 @@ type PutManifest struct {
 
 func (x *PutManifest) Reset() {
 	*x = PutManifest{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[31]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2620,7 +2722,7 @@ func (x *PutManifest) String() string {
 func (*PutManifest) ProtoMessage() {}
 
 func (x *PutManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[31]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2633,7 +2735,7 @@ func (x *PutManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutManifest.ProtoReflect.Descriptor instead.
 func (*PutManifest) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{31}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PutManifest) GetRepo() string {
@@ -2745,7 +2847,7 @@ type DeleteManifest struct {
 
 func (x *DeleteManifest) Reset() {
 	*x = DeleteManifest{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[32]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2757,7 +2859,7 @@ func (x *DeleteManifest) String() string {
 func (*DeleteManifest) ProtoMessage() {}
 
 func (x *DeleteManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[32]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2770,7 +2872,7 @@ func (x *DeleteManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteManifest.ProtoReflect.Descriptor instead.
 func (*DeleteManifest) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{32}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DeleteManifest) GetRepo() string {
@@ -2804,7 +2906,7 @@ type DeleteTag struct {
 
 func (x *DeleteTag) Reset() {
 	*x = DeleteTag{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[33]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2816,7 +2918,7 @@ func (x *DeleteTag) String() string {
 func (*DeleteTag) ProtoMessage() {}
 
 func (x *DeleteTag) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[33]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2829,7 +2931,7 @@ func (x *DeleteTag) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteTag.ProtoReflect.Descriptor instead.
 func (*DeleteTag) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{33}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DeleteTag) GetRepo() string {
@@ -2858,7 +2960,7 @@ type ApplyResult struct {
 
 func (x *ApplyResult) Reset() {
 	*x = ApplyResult{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[34]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2870,7 +2972,7 @@ func (x *ApplyResult) String() string {
 func (*ApplyResult) ProtoMessage() {}
 
 func (x *ApplyResult) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[34]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2883,7 +2985,7 @@ func (x *ApplyResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResult.ProtoReflect.Descriptor instead.
 func (*ApplyResult) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{34}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ApplyResult) GetErrorCode() string {
@@ -2932,7 +3034,7 @@ type Repository struct {
 
 func (x *Repository) Reset() {
 	*x = Repository{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[35]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2944,7 +3046,7 @@ func (x *Repository) String() string {
 func (*Repository) ProtoMessage() {}
 
 func (x *Repository) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[35]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2957,7 +3059,7 @@ func (x *Repository) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Repository.ProtoReflect.Descriptor instead.
 func (*Repository) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{35}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Repository) GetName() string {
@@ -3053,7 +3155,7 @@ type Descriptor struct {
 
 func (x *Descriptor) Reset() {
 	*x = Descriptor{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[36]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3065,7 +3167,7 @@ func (x *Descriptor) String() string {
 func (*Descriptor) ProtoMessage() {}
 
 func (x *Descriptor) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[36]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3078,7 +3180,7 @@ func (x *Descriptor) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Descriptor.ProtoReflect.Descriptor instead.
 func (*Descriptor) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{36}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Descriptor) GetMediaType() string {
@@ -3141,7 +3243,7 @@ type CreateRepository struct {
 
 func (x *CreateRepository) Reset() {
 	*x = CreateRepository{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[37]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3153,7 +3255,7 @@ func (x *CreateRepository) String() string {
 func (*CreateRepository) ProtoMessage() {}
 
 func (x *CreateRepository) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[37]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3166,7 +3268,7 @@ func (x *CreateRepository) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateRepository.ProtoReflect.Descriptor instead.
 func (*CreateRepository) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{37}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CreateRepository) GetRepo() string {
@@ -3233,7 +3335,7 @@ type SetWrappedKeys struct {
 
 func (x *SetWrappedKeys) Reset() {
 	*x = SetWrappedKeys{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[38]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3245,7 +3347,7 @@ func (x *SetWrappedKeys) String() string {
 func (*SetWrappedKeys) ProtoMessage() {}
 
 func (x *SetWrappedKeys) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[38]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3258,7 +3360,7 @@ func (x *SetWrappedKeys) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetWrappedKeys.ProtoReflect.Descriptor instead.
 func (*SetWrappedKeys) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{38}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SetWrappedKeys) GetChanges() []*KeyChange {
@@ -3285,7 +3387,7 @@ type KeyChange struct {
 
 func (x *KeyChange) Reset() {
 	*x = KeyChange{}
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[39]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3297,7 +3399,7 @@ func (x *KeyChange) String() string {
 func (*KeyChange) ProtoMessage() {}
 
 func (x *KeyChange) ProtoReflect() protoreflect.Message {
-	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[39]
+	mi := &file_metastore_metastorepb_metastore_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3310,7 +3412,7 @@ func (x *KeyChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyChange.ProtoReflect.Descriptor instead.
 func (*KeyChange) Descriptor() ([]byte, []int) {
-	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{39}
+	return file_metastore_metastorepb_metastore_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *KeyChange) GetKind() string {
@@ -3352,7 +3454,7 @@ var File_metastore_metastorepb_metastore_proto protoreflect.FileDescriptor
 
 const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\n" +
-	"%metastore/metastorepb/metastore.proto\x12\x13strata.metastore.v1\"\xe9\f\n" +
+	"%metastore/metastorepb/metastore.proto\x12\x13strata.metastore.v1\"\xba\r\n" +
 	"\aCommand\x12$\n" +
 	"\x0etime_unix_nano\x18\x01 \x01(\x03R\ftimeUnixNano\x12\x1d\n" +
 	"\n" +
@@ -3384,7 +3486,8 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\x15set_repository_policy\x18\x1b \x01(\v2(.strata.metastore.v1.SetRepositoryPolicyH\x00R\x13setRepositoryPolicy\x12E\n" +
 	"\frecord_pulls\x18\x1c \x01(\v2 .strata.metastore.v1.RecordPullsH\x00R\vrecordPulls\x12T\n" +
 	"\x11create_repository\x18\x1d \x01(\v2%.strata.metastore.v1.CreateRepositoryH\x00R\x10createRepository\x12O\n" +
-	"\x10set_wrapped_keys\x18\x1e \x01(\v2#.strata.metastore.v1.SetWrappedKeysH\x00R\x0esetWrappedKeysB\x04\n" +
+	"\x10set_wrapped_keys\x18\x1e \x01(\v2#.strata.metastore.v1.SetWrappedKeysH\x00R\x0esetWrappedKeys\x12O\n" +
+	"\x10drop_upload_ends\x18\x1f \x01(\v2#.strata.metastore.v1.DropUploadEndsH\x00R\x0edropUploadEndsB\x04\n" +
 	"\x02op\"O\n" +
 	"\vCollectBlob\x12\x16\n" +
 	"\x06digest\x18\x01 \x01(\tR\x06digest\x12(\n" +
@@ -3539,16 +3642,21 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"OpenUpload\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04repo\x18\x02 \x01(\tR\x04repo\x121\n" +
-	"\x03key\x18\x03 \x01(\v2\x1f.strata.metastore.v1.WrappedKeyR\x03key\"\xbf\x01\n" +
+	"\x03key\x18\x03 \x01(\v2\x1f.strata.metastore.v1.WrappedKeyR\x03key\"\xf4\x01\n" +
 	"\fUpdateUpload\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
 	"\rexpect_offset\x18\x02 \x01(\x04R\fexpectOffset\x12\x1d\n" +
 	"\n" +
 	"new_offset\x18\x03 \x01(\x04R\tnewOffset\x12!\n" +
 	"\fsha256_state\x18\x04 \x01(\fR\vsha256State\x128\n" +
-	"\bsegments\x18\x05 \x03(\v2\x1c.strata.metastore.v1.SegmentR\bsegments\"\x1e\n" +
+	"\bsegments\x18\x05 \x03(\v2\x1c.strata.metastore.v1.SegmentR\bsegments\x123\n" +
+	"\x04open\x18\x06 \x01(\v2\x1f.strata.metastore.v1.OpenUploadR\x04open\":\n" +
 	"\fCancelUpload\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xfb\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
+	"\bdeferred\x18\x02 \x01(\bR\bdeferred\"P\n" +
+	"\x0eDropUploadEnds\x12(\n" +
+	"\x10before_unix_nano\x18\x01 \x01(\x03R\x0ebeforeUnixNano\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\rR\x05limit\"\x97\x02\n" +
 	"\n" +
 	"CommitBlob\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x1b\n" +
@@ -3557,7 +3665,8 @@ const file_metastore_metastorepb_metastore_proto_rawDesc = "" +
 	"\bsegments\x18\x04 \x03(\v2\x1c.strata.metastore.v1.SegmentR\bsegments\x12\x16\n" +
 	"\x06digest\x18\x05 \x01(\tR\x06digest\x12\x12\n" +
 	"\x04size\x18\x06 \x01(\x04R\x04size\x121\n" +
-	"\x03key\x18\a \x01(\v2\x1f.strata.metastore.v1.WrappedKeyR\x03key\"f\n" +
+	"\x03key\x18\a \x01(\v2\x1f.strata.metastore.v1.WrappedKeyR\x03key\x12\x1a\n" +
+	"\bdeferred\x18\b \x01(\bR\bdeferred\"f\n" +
 	"\tMountBlob\x12\x12\n" +
 	"\x04repo\x18\x01 \x01(\tR\x04repo\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x12\n" +
@@ -3647,7 +3756,7 @@ func file_metastore_metastorepb_metastore_proto_rawDescGZIP() []byte {
 	return file_metastore_metastorepb_metastore_proto_rawDescData
 }
 
-var file_metastore_metastorepb_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_metastore_metastorepb_metastore_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_metastore_metastorepb_metastore_proto_goTypes = []any{
 	(*Command)(nil),             // 0: strata.metastore.v1.Command
 	(*CollectBlob)(nil),         // 1: strata.metastore.v1.CollectBlob
@@ -3677,30 +3786,31 @@ var file_metastore_metastorepb_metastore_proto_goTypes = []any{
 	(*OpenUpload)(nil),          // 25: strata.metastore.v1.OpenUpload
 	(*UpdateUpload)(nil),        // 26: strata.metastore.v1.UpdateUpload
 	(*CancelUpload)(nil),        // 27: strata.metastore.v1.CancelUpload
-	(*CommitBlob)(nil),          // 28: strata.metastore.v1.CommitBlob
-	(*MountBlob)(nil),           // 29: strata.metastore.v1.MountBlob
-	(*UnlinkBlob)(nil),          // 30: strata.metastore.v1.UnlinkBlob
-	(*PutManifest)(nil),         // 31: strata.metastore.v1.PutManifest
-	(*DeleteManifest)(nil),      // 32: strata.metastore.v1.DeleteManifest
-	(*DeleteTag)(nil),           // 33: strata.metastore.v1.DeleteTag
-	(*ApplyResult)(nil),         // 34: strata.metastore.v1.ApplyResult
-	(*Repository)(nil),          // 35: strata.metastore.v1.Repository
-	(*Descriptor)(nil),          // 36: strata.metastore.v1.Descriptor
-	(*CreateRepository)(nil),    // 37: strata.metastore.v1.CreateRepository
-	(*SetWrappedKeys)(nil),      // 38: strata.metastore.v1.SetWrappedKeys
-	(*KeyChange)(nil),           // 39: strata.metastore.v1.KeyChange
-	nil,                         // 40: strata.metastore.v1.WrappedKey.AnnotationsEntry
+	(*DropUploadEnds)(nil),      // 28: strata.metastore.v1.DropUploadEnds
+	(*CommitBlob)(nil),          // 29: strata.metastore.v1.CommitBlob
+	(*MountBlob)(nil),           // 30: strata.metastore.v1.MountBlob
+	(*UnlinkBlob)(nil),          // 31: strata.metastore.v1.UnlinkBlob
+	(*PutManifest)(nil),         // 32: strata.metastore.v1.PutManifest
+	(*DeleteManifest)(nil),      // 33: strata.metastore.v1.DeleteManifest
+	(*DeleteTag)(nil),           // 34: strata.metastore.v1.DeleteTag
+	(*ApplyResult)(nil),         // 35: strata.metastore.v1.ApplyResult
+	(*Repository)(nil),          // 36: strata.metastore.v1.Repository
+	(*Descriptor)(nil),          // 37: strata.metastore.v1.Descriptor
+	(*CreateRepository)(nil),    // 38: strata.metastore.v1.CreateRepository
+	(*SetWrappedKeys)(nil),      // 39: strata.metastore.v1.SetWrappedKeys
+	(*KeyChange)(nil),           // 40: strata.metastore.v1.KeyChange
+	nil,                         // 41: strata.metastore.v1.WrappedKey.AnnotationsEntry
 }
 var file_metastore_metastorepb_metastore_proto_depIdxs = []int32{
 	25, // 0: strata.metastore.v1.Command.open_upload:type_name -> strata.metastore.v1.OpenUpload
 	26, // 1: strata.metastore.v1.Command.update_upload:type_name -> strata.metastore.v1.UpdateUpload
 	27, // 2: strata.metastore.v1.Command.cancel_upload:type_name -> strata.metastore.v1.CancelUpload
-	28, // 3: strata.metastore.v1.Command.commit_blob:type_name -> strata.metastore.v1.CommitBlob
-	29, // 4: strata.metastore.v1.Command.mount_blob:type_name -> strata.metastore.v1.MountBlob
-	30, // 5: strata.metastore.v1.Command.unlink_blob:type_name -> strata.metastore.v1.UnlinkBlob
-	31, // 6: strata.metastore.v1.Command.put_manifest:type_name -> strata.metastore.v1.PutManifest
-	32, // 7: strata.metastore.v1.Command.delete_manifest:type_name -> strata.metastore.v1.DeleteManifest
-	33, // 8: strata.metastore.v1.Command.delete_tag:type_name -> strata.metastore.v1.DeleteTag
+	29, // 3: strata.metastore.v1.Command.commit_blob:type_name -> strata.metastore.v1.CommitBlob
+	30, // 4: strata.metastore.v1.Command.mount_blob:type_name -> strata.metastore.v1.MountBlob
+	31, // 5: strata.metastore.v1.Command.unlink_blob:type_name -> strata.metastore.v1.UnlinkBlob
+	32, // 6: strata.metastore.v1.Command.put_manifest:type_name -> strata.metastore.v1.PutManifest
+	33, // 7: strata.metastore.v1.Command.delete_manifest:type_name -> strata.metastore.v1.DeleteManifest
+	34, // 8: strata.metastore.v1.Command.delete_tag:type_name -> strata.metastore.v1.DeleteTag
 	11, // 9: strata.metastore.v1.Command.register_node:type_name -> strata.metastore.v1.RegisterNode
 	12, // 10: strata.metastore.v1.Command.remove_node:type_name -> strata.metastore.v1.RemoveNode
 	13, // 11: strata.metastore.v1.Command.set_node_state:type_name -> strata.metastore.v1.SetNodeState
@@ -3711,32 +3821,34 @@ var file_metastore_metastorepb_metastore_proto_depIdxs = []int32{
 	3,  // 16: strata.metastore.v1.Command.delete_repository:type_name -> strata.metastore.v1.DeleteRepository
 	4,  // 17: strata.metastore.v1.Command.set_repository_policy:type_name -> strata.metastore.v1.SetRepositoryPolicy
 	5,  // 18: strata.metastore.v1.Command.record_pulls:type_name -> strata.metastore.v1.RecordPulls
-	37, // 19: strata.metastore.v1.Command.create_repository:type_name -> strata.metastore.v1.CreateRepository
-	38, // 20: strata.metastore.v1.Command.set_wrapped_keys:type_name -> strata.metastore.v1.SetWrappedKeys
-	6,  // 21: strata.metastore.v1.RecordPulls.pulls:type_name -> strata.metastore.v1.Pull
-	10, // 22: strata.metastore.v1.RegisterNode.node:type_name -> strata.metastore.v1.NodeRecord
-	34, // 23: strata.metastore.v1.RequestRecord.result:type_name -> strata.metastore.v1.ApplyResult
-	15, // 24: strata.metastore.v1.Segment.shards:type_name -> strata.metastore.v1.ShardRef
-	16, // 25: strata.metastore.v1.BlobLayout.segments:type_name -> strata.metastore.v1.Segment
-	18, // 26: strata.metastore.v1.BlobLayout.keys:type_name -> strata.metastore.v1.WrappedKey
-	40, // 27: strata.metastore.v1.WrappedKey.annotations:type_name -> strata.metastore.v1.WrappedKey.AnnotationsEntry
-	16, // 28: strata.metastore.v1.Upload.segments:type_name -> strata.metastore.v1.Segment
-	18, // 29: strata.metastore.v1.Upload.key:type_name -> strata.metastore.v1.WrappedKey
-	18, // 30: strata.metastore.v1.ManifestRecord.key:type_name -> strata.metastore.v1.WrappedKey
-	18, // 31: strata.metastore.v1.OpenUpload.key:type_name -> strata.metastore.v1.WrappedKey
-	16, // 32: strata.metastore.v1.UpdateUpload.segments:type_name -> strata.metastore.v1.Segment
-	16, // 33: strata.metastore.v1.CommitBlob.segments:type_name -> strata.metastore.v1.Segment
-	18, // 34: strata.metastore.v1.CommitBlob.key:type_name -> strata.metastore.v1.WrappedKey
-	18, // 35: strata.metastore.v1.PutManifest.key:type_name -> strata.metastore.v1.WrappedKey
-	18, // 36: strata.metastore.v1.Descriptor.key:type_name -> strata.metastore.v1.WrappedKey
-	39, // 37: strata.metastore.v1.SetWrappedKeys.changes:type_name -> strata.metastore.v1.KeyChange
-	18, // 38: strata.metastore.v1.KeyChange.old:type_name -> strata.metastore.v1.WrappedKey
-	18, // 39: strata.metastore.v1.KeyChange.new:type_name -> strata.metastore.v1.WrappedKey
-	40, // [40:40] is the sub-list for method output_type
-	40, // [40:40] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	38, // 19: strata.metastore.v1.Command.create_repository:type_name -> strata.metastore.v1.CreateRepository
+	39, // 20: strata.metastore.v1.Command.set_wrapped_keys:type_name -> strata.metastore.v1.SetWrappedKeys
+	28, // 21: strata.metastore.v1.Command.drop_upload_ends:type_name -> strata.metastore.v1.DropUploadEnds
+	6,  // 22: strata.metastore.v1.RecordPulls.pulls:type_name -> strata.metastore.v1.Pull
+	10, // 23: strata.metastore.v1.RegisterNode.node:type_name -> strata.metastore.v1.NodeRecord
+	35, // 24: strata.metastore.v1.RequestRecord.result:type_name -> strata.metastore.v1.ApplyResult
+	15, // 25: strata.metastore.v1.Segment.shards:type_name -> strata.metastore.v1.ShardRef
+	16, // 26: strata.metastore.v1.BlobLayout.segments:type_name -> strata.metastore.v1.Segment
+	18, // 27: strata.metastore.v1.BlobLayout.keys:type_name -> strata.metastore.v1.WrappedKey
+	41, // 28: strata.metastore.v1.WrappedKey.annotations:type_name -> strata.metastore.v1.WrappedKey.AnnotationsEntry
+	16, // 29: strata.metastore.v1.Upload.segments:type_name -> strata.metastore.v1.Segment
+	18, // 30: strata.metastore.v1.Upload.key:type_name -> strata.metastore.v1.WrappedKey
+	18, // 31: strata.metastore.v1.ManifestRecord.key:type_name -> strata.metastore.v1.WrappedKey
+	18, // 32: strata.metastore.v1.OpenUpload.key:type_name -> strata.metastore.v1.WrappedKey
+	16, // 33: strata.metastore.v1.UpdateUpload.segments:type_name -> strata.metastore.v1.Segment
+	25, // 34: strata.metastore.v1.UpdateUpload.open:type_name -> strata.metastore.v1.OpenUpload
+	16, // 35: strata.metastore.v1.CommitBlob.segments:type_name -> strata.metastore.v1.Segment
+	18, // 36: strata.metastore.v1.CommitBlob.key:type_name -> strata.metastore.v1.WrappedKey
+	18, // 37: strata.metastore.v1.PutManifest.key:type_name -> strata.metastore.v1.WrappedKey
+	18, // 38: strata.metastore.v1.Descriptor.key:type_name -> strata.metastore.v1.WrappedKey
+	40, // 39: strata.metastore.v1.SetWrappedKeys.changes:type_name -> strata.metastore.v1.KeyChange
+	18, // 40: strata.metastore.v1.KeyChange.old:type_name -> strata.metastore.v1.WrappedKey
+	18, // 41: strata.metastore.v1.KeyChange.new:type_name -> strata.metastore.v1.WrappedKey
+	42, // [42:42] is the sub-list for method output_type
+	42, // [42:42] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_metastore_metastorepb_metastore_proto_init() }
@@ -3766,6 +3878,7 @@ func file_metastore_metastorepb_metastore_proto_init() {
 		(*Command_RecordPulls)(nil),
 		(*Command_CreateRepository)(nil),
 		(*Command_SetWrappedKeys)(nil),
+		(*Command_DropUploadEnds)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3773,7 +3886,7 @@ func file_metastore_metastorepb_metastore_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_metastore_metastorepb_metastore_proto_rawDesc), len(file_metastore_metastorepb_metastore_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   41,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
