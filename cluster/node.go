@@ -386,7 +386,7 @@ func (n *Node) LinearizableRead(ctx context.Context) error {
 			n.readyTerm.Store(term)
 		}
 	}
-	if err := n.raft.VerifyLeader().Error(); err != nil {
+	if err := waitFuture(ctx, n.raft.VerifyLeader()); err != nil {
 		return raftErr(err)
 	}
 	if n.raft.CurrentTerm() != term || n.readyTerm.Load() != term {
@@ -401,6 +401,21 @@ func (n *Node) LinearizableRead(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// waitFuture waits for f while ctx lasts. A verification of leadership can
+// stay unanswered for good when Raft shuts down with it in flight (a
+// follower's vote then finds no leader loop to hand it to), and a read must
+// not hang with it.
+func waitFuture(ctx context.Context, f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("%w: leadership not verified: %w", ErrNoLeader, ctx.Err())
+	}
 }
 
 func raftErr(err error) error {
