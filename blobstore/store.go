@@ -369,11 +369,11 @@ func (s *Store) WriteWith(ctx context.Context, r io.Reader, h hash.Hash, opts Wr
 			}
 			rerr = io.EOF
 		}
+		if h != nil {
+			h.Write(buf[:n]) // a hash.Hash never returns an error
+		}
 		if i == 0 && opts.Offset == 0 && n > 0 && n < s.cfg.InlineMax && (rerr == io.EOF || rerr == io.ErrUnexpectedEOF) {
 			// The whole blob, and small: inline.
-			if h != nil {
-				h.Write(buf[:n])
-			}
 			seg, err := inlineSegment(buf[:n:cap(buf)], seal)
 			s.putBuf(bp, class)
 			if err != nil {
@@ -382,9 +382,6 @@ func (s *Store) WriteWith(ctx context.Context, r io.Reader, h hash.Hash, opts Wr
 			return []*metastorepb.Segment{seg}, int64(n), nil
 		}
 		if n > 0 {
-			if h != nil {
-				h.Write(buf[:n]) // a hash.Hash never returns an error
-			}
 			at := uint64(opts.Offset + total) // this segment's offset in the blob
 			total += int64(n)
 			select {

@@ -64,24 +64,29 @@ func (t *txn) applyOnce(cmd *pb.Command) error {
 // expireRequests forgets a bounded number of request ids older than
 // requestTTL before this command's time.
 func (t *txn) expireRequests() error {
-	pfx := []byte(pfxReqTime)
-	it, err := t.b.NewIter(&pebble.IterOptions{LowerBound: pfx, UpperBound: reqTimeKey(t.now-requestTTL, "")})
+	return t.dropByTime(pfxReqTime, reqTimeKey(t.now-requestTTL, ""), 64, reqKey)
+}
+
+// dropByTime deletes up to limit entries of the time index pfx (keys
+// "<pfx><time BE>\0<id>") that sort before before, each with the record
+// key(id) it indexes.
+func (t *txn) dropByTime(pfx string, before []byte, limit int, key func(id string) []byte) error {
+	it, err := t.b.NewIter(&pebble.IterOptions{LowerBound: []byte(pfx), UpperBound: before})
 	if err != nil {
 		return err
 	}
 	var keys [][]byte
-	for ok := it.First(); ok && len(keys) < 64; ok = it.Next() {
+	for ok := it.First(); ok && len(keys) < limit; ok = it.Next() {
 		keys = append(keys, append([]byte(nil), it.Key()...))
 	}
 	if err := it.Close(); err != nil {
 		return err
 	}
-	for _, key := range keys {
-		id := string(key[len(pfx)+9:])
-		if err := t.del(reqKey(id)); err != nil {
+	for _, k := range keys {
+		if err := t.del(key(string(k[len(pfx)+9:]))); err != nil {
 			return err
 		}
-		if err := t.del(key); err != nil {
+		if err := t.del(k); err != nil {
 			return err
 		}
 	}
@@ -292,34 +297,14 @@ func (t *txn) checkNotEnded(id string) error {
 
 // endUpload records that upload id has ended.
 func (t *txn) endUpload(id string) error {
-	if err := t.b.Set(upEndKey(id), be64(nil, uint64(max(t.now, 0))), nil); err != nil {
+	if err := t.set(upEndKey(id)); err != nil {
 		return err
 	}
 	return t.set(upEndTimeKey(t.now, id))
 }
 
 func (t *txn) dropUploadEnds(c *pb.DropUploadEnds) error {
-	pfx := []byte(pfxUpEndT)
-	it, err := t.b.NewIter(&pebble.IterOptions{LowerBound: pfx, UpperBound: upEndTimeKey(c.BeforeUnixNano, "")})
-	if err != nil {
-		return err
-	}
-	var keys [][]byte
-	for ok := it.First(); ok && len(keys) < int(max(c.Limit, 1)); ok = it.Next() {
-		keys = append(keys, append([]byte(nil), it.Key()...))
-	}
-	if err := it.Close(); err != nil {
-		return err
-	}
-	for _, key := range keys {
-		if err := t.del(upEndKey(string(key[len(pfx)+9:]))); err != nil {
-			return err
-		}
-		if err := t.del(key); err != nil {
-			return err
-		}
-	}
-	return nil
+	return t.dropByTime(pfxUpEndT, upEndTimeKey(c.BeforeUnixNano, ""), int(max(c.Limit, 1)), upEndKey)
 }
 
 func (t *txn) loadUpload(id string) (*pb.Upload, error) {
@@ -413,8 +398,7 @@ func (t *txn) commitBlob(c *pb.CommitBlob) error {
 	}
 	segs := c.Segments
 	key := c.Key
-	var u *pb.Upload
-	deferred := false // a deferred session's only request
+	var u *pb.Upload // nil for a single-request push or a deferred session's only request
 	if c.UploadId != "" {
 		var err error
 		u, err = t.loadUpload(c.UploadId)
@@ -425,7 +409,7 @@ func (t *txn) commitBlob(c *pb.CommitBlob) error {
 			if c.ExpectOffset != 0 {
 				return fmt.Errorf("%w: upload %s is at 0, request started at %d", ErrUploadOffset, c.UploadId, c.ExpectOffset)
 			}
-			deferred, err = true, nil
+			err = nil
 		}
 		if err != nil {
 			return err
@@ -454,15 +438,12 @@ func (t *txn) commitBlob(c *pb.CommitBlob) error {
 		return err
 	}
 	// Checks done; write.
-	if deferred {
+	if c.UploadId != "" { // the session, recorded or deferred, ends here
 		if err := t.endUpload(c.UploadId); err != nil {
 			return err
 		}
 	}
 	if u != nil {
-		if err := t.endUpload(u.Id); err != nil {
-			return err
-		}
 		if err := t.del(uploadKey(u.Id)); err != nil {
 			return err
 		}
