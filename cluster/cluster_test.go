@@ -355,3 +355,48 @@ func TestMemberWithEmptyDiskCatchesUp(t *testing.T) {
 	c.WaitConverged()
 	checkBlobs(t, []*clustertest.Node{victim}, "wipe", acked)
 }
+
+// Proposals and reads in flight on a leader that is closed all return (with
+// an error or not), even without a deadline: Raft leaves batched applies it
+// had queued unanswered at shutdown, and a request waiting on one must not
+// hang. Found in CI: a tag PUT to a frontend whose meta node was killed
+// hung, and the test server's Close with it, until the test timeout.
+func TestRequestsInFlightEndWhenTheNodeCloses(t *testing.T) {
+	c := clustertest.Start(t, 3, clustertest.Options{})
+	leader := c.Leader()
+	var (
+		wg       sync.WaitGroup
+		started  atomic.Int64
+		answered atomic.Int64
+	)
+	for w := 0; w < 64; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				started.Add(1)
+				var err error
+				if i%4 == 3 {
+					err = leader.Raft.LinearizableRead(context.Background())
+				} else {
+					err = leader.Raft.Propose(context.Background(), commitBlob(fmt.Sprintf("r%d", w), i))
+				}
+				answered.Add(1)
+				if err != nil {
+					return // the node is closing
+				}
+			}
+		}(w)
+	}
+	for started.Load() < 2000 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.Kill(leader)
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("%d of %d requests still waiting a minute after the node closed", started.Load()-answered.Load(), started.Load())
+	}
+}

@@ -23,14 +23,21 @@ func (f doneFuture) Error() error { return f.err }
 func TestWaitFutureEndsWithTheContext(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	if err := waitFuture(ctx, stuckFuture{make(chan struct{})}); !errors.Is(err, ErrNoLeader) || !errors.Is(err, context.DeadlineExceeded) {
+	open := make(chan struct{})
+	if err := waitFuture(ctx, open, stuckFuture{make(chan struct{})}); !errors.Is(err, ErrNoLeader) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("unanswered verification: %v", err)
 	}
 	want := errors.New("leadership lost")
-	if err := waitFuture(context.Background(), doneFuture{want}); !errors.Is(err, want) {
+	if err := waitFuture(context.Background(), open, doneFuture{want}); !errors.Is(err, want) {
 		t.Fatalf("answered verification: %v", err)
 	}
-	if err := waitFuture(context.Background(), doneFuture{}); err != nil {
+	if err := waitFuture(context.Background(), open, doneFuture{}); err != nil {
 		t.Fatalf("verified: %v", err)
+	}
+	// Closing the node ends every wait, whatever the context.
+	closed := make(chan struct{})
+	close(closed)
+	if err := waitFuture(context.Background(), closed, stuckFuture{make(chan struct{})}); !errors.Is(err, ErrShutdown) {
+		t.Fatalf("unanswered future on a closed node: %v", err)
 	}
 }
