@@ -81,7 +81,9 @@ run: build ## Build, then run a single-process dev registry (bin/strata serve --
 .PHONY: test
 test: tools ## Tools, go vet, go test (unit + e2e with real clients), the quick chaos suite, then conformance on a dev cluster and on --dev
 	$(GO) vet ./...
-	$(TEST_ENV) $(GO) test -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) ./...
+	@mkdir -p $(BIN_DIR)
+	$(TEST_ENV) $(GO) test -timeout $(TEST_TIMEOUT) $(GOTEST_FLAGS) ./... 2>&1 | tee $(BIN_DIR)/go-test.log \
+		|| { $(CURDIR)/deploy/scripts/test-summary.sh $(BIN_DIR)/go-test.log; exit 1; }
 	@$(MAKE) chaos-quick
 	@$(MAKE) conformance-cluster
 	@$(MAKE) conformance
