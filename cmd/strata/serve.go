@@ -287,6 +287,7 @@ func serve(ctx context.Context, o *serveOptions) error {
 	defer peers.Close()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	go newMemTrimmer(reg, log).run(ctx)
 	gsrv := grpc.NewServer(cluster.ServerOptions(tlsConf)...)
 	gln, err := net.Listen("tcp", o.grpcAddr)
 	if err != nil {
