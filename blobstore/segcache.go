@@ -28,10 +28,12 @@ import (
 type SegmentCache struct {
 	max int64
 
-	mu       sync.Mutex
-	size     int64
-	lru      *list.List // of *cacheSeg, most recent first
-	entries  map[string]*list.Element
+	mu      sync.Mutex
+	size    int64
+	lru     *list.List // of *cacheSeg, most recent first
+	entries map[string]*list.Element
+	// inflight holds each fetch from its start until it has failed, or
+	// until no reader holds what it fetched.
 	inflight map[string]*segCall
 
 	hits, misses, shared prometheus.Counter
@@ -74,7 +76,7 @@ func NewSegmentCache(maxBytes int64, reg prometheus.Registerer) *SegmentCache {
 		max: maxBytes, lru: list.New(), entries: map[string]*list.Element{}, inflight: map[string]*segCall{},
 		hits:   prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_hits_total", Help: "Segment reads served from the frontend's segment cache."}),
 		misses: prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_misses_total", Help: "Segment reads that fetched shards from storage nodes."}),
-		shared: prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_shared_total", Help: "Segment reads that waited for a fetch another reader had started (singleflight)."}),
+		shared: prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_shared_total", Help: "Segment reads that shared a fetch another reader had started: waiting for it (singleflight), or joining readers still writing out what it fetched."}),
 		bytes:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "strata_segment_cache_bytes", Help: "Bytes of decoded segments held by the segment cache."}),
 	}
 	if reg != nil {
@@ -177,7 +179,12 @@ func (c *SegmentCache) run(wctx context.Context, key string, call *segCall,
 	}
 	call.err = err
 	c.mu.Lock()
-	if c.inflight[key] == call {
+	// A fetched segment stays shared while readers still write it out, even
+	// when the cache has no room for it (or evicts it): a reader arriving
+	// then joins it rather than fetching and holding a copy of its own. With
+	// a cache smaller than the segments a herd is reading, copies used to
+	// pile up, one per group of stragglers.
+	if c.inflight[key] == call && (err != nil || call.refs <= 1) {
 		delete(c.inflight, key)
 	}
 	if err == nil {
@@ -199,6 +206,9 @@ func (c *SegmentCache) unref(key string, call *segCall) {
 	switch {
 	case call.refs == 0:
 		release, call.release = call.release, nil
+		if c.inflight[key] == call {
+			delete(c.inflight, key)
+		}
 	case call.refs == 1 && !call.reserved: // only the fetch is left
 		call.stopWait()
 		if c.inflight[key] == call {

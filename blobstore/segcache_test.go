@@ -129,3 +129,57 @@ func TestSegmentCacheBoundAndFailures(t *testing.T) {
 		t.Fatal("the waiting reader lost the shared fetch")
 	}
 }
+
+// blockingWriter holds its first Write until release is closed, as a client
+// that reads slowly keeps the segment it is being sent.
+type blockingWriter struct {
+	started chan struct{}
+	release chan struct{}
+	out     bytes.Buffer
+	once    bool
+}
+
+func (w *blockingWriter) Write(p []byte) (int, error) {
+	if !w.once {
+		w.once = true
+		close(w.started)
+		<-w.release
+	}
+	return w.out.Write(p)
+}
+
+// A segment the cache has no room for is still shared while a reader is
+// writing it out: a second reader joins it instead of fetching (and holding)
+// a copy of its own. Once no reader holds it, a read fetches it again.
+func TestSegmentCacheSharesSegmentsStillBeingSent(t *testing.T) {
+	c := newCluster(t, 1)
+	cache := blobstore.NewSegmentCache(testSeg, nil) // a segment is more than a quarter: never kept
+	s := newStore(t, c, 1, 0, func(cfg *blobstore.Config) { cfg.SegmentCache = cache })
+	data := randomData(9, 2*testSeg)
+	segs := writeSealed(t, s, blobstore.Plain, data, 0)
+
+	before := shardGets(c)
+	slow := &blockingWriter{started: make(chan struct{}), release: make(chan struct{})}
+	first := make(chan error, 1)
+	go func() { first <- s.ReadRangeWith(bg, slow, segs[:1], 0, testSeg, blobstore.ReadOptions{}) }()
+	<-slow.started
+	if got, err := readSealed(s, blobstore.Plain, segs[:1], 0, testSeg); err != nil || !bytes.Equal(got, data[:testSeg]) {
+		t.Fatalf("second reader: %v", err)
+	}
+	if gets := shardGets(c) - before; gets != 1 {
+		t.Fatalf("two readers of one segment, the first still sending it, cost %d shard reads, want 1", gets)
+	}
+	close(slow.release)
+	if err := <-first; err != nil || !bytes.Equal(slow.out.Bytes(), data[:testSeg]) {
+		t.Fatalf("first reader: %v", err)
+	}
+	if n, _ := cache.Len(); n != 0 {
+		t.Fatalf("the cache kept %d segments larger than a quarter of it", n)
+	}
+	if got, err := readSealed(s, blobstore.Plain, segs[:1], 0, testSeg); err != nil || !bytes.Equal(got, data[:testSeg]) {
+		t.Fatalf("third reader: %v", err)
+	}
+	if gets := shardGets(c) - before; gets != 2 {
+		t.Fatalf("a read after every reader was done cost %d shard reads in all, want 2", gets)
+	}
+}
