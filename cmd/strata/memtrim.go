@@ -34,9 +34,16 @@ type memTrimmer struct {
 	minExcess uint64        // growth of the held heap over the baseline worth a trim
 	minGap    time.Duration // between two trims
 
-	trims   prometheus.Counter
-	trimmed prometheus.Counter
-	log     *slog.Logger
+	trims        prometheus.Counter
+	trimmedBytes prometheus.Counter
+	log          *slog.Logger
+
+	// What observe has seen so far.
+	started    bool
+	prev       heapSample
+	baseline   uint64 // heap held after the last trim, or the least held since
+	quietTicks int
+	last       time.Time // of the last trim
 }
 
 func newMemTrimmer(reg prometheus.Registerer, log *slog.Logger) *memTrimmer {
@@ -47,13 +54,13 @@ func newMemTrimmer(reg prometheus.Registerer, log *slog.Logger) *memTrimmer {
 			Name: "strata_memory_trims_total",
 			Help: "Times the process returned memory to the operating system after a burst (collections forced while quiet).",
 		}),
-		trimmed: prometheus.NewCounter(prometheus.CounterOpts{
+		trimmedBytes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "strata_memory_trimmed_bytes_total",
 			Help: "Bytes of heap the trims gave back to the operating system.",
 		}),
 	}
 	if reg != nil {
-		reg.MustRegister(t.trims, t.trimmed)
+		reg.MustRegister(t.trims, t.trimmedBytes)
 	}
 	return t
 }
@@ -97,14 +104,33 @@ func (t *memTrimmer) quiet(prev, cur heapSample) bool {
 	return float64(cur.allocs-prev.allocs)/dt < t.quietRate
 }
 
+// observe takes the sample of one tick and reports whether to trim now.
+func (t *memTrimmer) observe(cur heapSample) bool {
+	if !t.started {
+		t.started, t.prev, t.baseline = true, cur, cur.held
+		return false
+	}
+	if t.quiet(t.prev, cur) {
+		t.quietTicks++
+	} else {
+		t.quietTicks = 0
+	}
+	t.prev = cur
+	t.baseline = min(t.baseline, cur.held) // the runtime gave memory back itself
+	return t.quietTicks >= t.quietFor && cur.held >= t.baseline+t.minExcess &&
+		(t.last.IsZero() || cur.at.Sub(t.last) >= t.minGap)
+}
+
+// trimmed records a trim made at the sample before that left the heap as
+// after: what is left is taken as what the process needs.
+func (t *memTrimmer) trimmed(before, after heapSample) {
+	t.last, t.prev, t.baseline = before.at, after, after.held
+}
+
 // run samples until ctx ends.
 func (t *memTrimmer) run(ctx context.Context) {
 	tk := time.NewTicker(t.tick)
 	defer tk.Stop()
-	prev := readHeap()
-	baseline := prev.held
-	quietTicks := 0
-	var last time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -112,20 +138,12 @@ func (t *memTrimmer) run(ctx context.Context) {
 		case <-tk.C:
 		}
 		cur := readHeap()
-		if t.quiet(prev, cur) {
-			quietTicks++
-		} else {
-			quietTicks = 0
-		}
-		prev = cur
-		baseline = min(baseline, cur.held) // the runtime gave memory back itself
-		if quietTicks < t.quietFor || cur.held < baseline+t.minExcess || time.Since(last) < t.minGap {
+		if !t.observe(cur) {
 			continue
 		}
-		last = time.Now()
-		prev = t.trim(cur)
-		baseline = prev.held
-		t.log.Debug("memory trimmed after a burst", "held_before", cur.held, "held_after", prev.held)
+		after := t.trim(cur)
+		t.trimmed(cur, after)
+		t.log.Debug("memory trimmed after a burst", "held_before", cur.held, "held_after", after.held)
 	}
 }
 
@@ -137,7 +155,7 @@ func (t *memTrimmer) trim(before heapSample) heapSample {
 	after := readHeap()
 	t.trims.Inc()
 	if after.held < before.held {
-		t.trimmed.Add(float64(before.held - after.held))
+		t.trimmedBytes.Add(float64(before.held - after.held))
 	}
 	return after
 }
