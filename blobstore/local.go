@@ -374,6 +374,40 @@ func (s *LocalStore) Get(ctx context.Context, id ShardID) ([]byte, error) {
 // and length); the payload is not hashed: the reader checks it end to end
 // (see ShardStore.Get), and Verify checks it at rest.
 func (s *LocalStore) GetInto(ctx context.Context, id ShardID, dst []byte) ([]byte, error) {
+	return s.read(ctx, id, func(n int) []byte {
+		if cap(dst) < n {
+			return make([]byte, n)
+		}
+		return dst[:n]
+	})
+}
+
+// GetPooled is Get into a pooled buffer, which release gives back (once
+// nothing reads the payload any more). The shard server reads every shard it
+// sends this way: fresh buffers of shard size made its reads cost page faults,
+// clearing and collections.
+func (s *LocalStore) GetPooled(ctx context.Context, id ShardID) (data []byte, release func(), err error) {
+	var rel func()
+	data, err = s.read(ctx, id, func(n int) []byte {
+		var b []byte
+		b, rel = alignedBuffer(n)
+		return b
+	})
+	if err != nil {
+		if rel != nil {
+			rel()
+		}
+		return nil, nil, err
+	}
+	if rel == nil { // not read: nothing to give back
+		rel = func() {}
+	}
+	return data, rel, nil
+}
+
+// read reads the payload of id into a buffer of the payload's size from
+// alloc.
+func (s *LocalStore) read(ctx context.Context, id ShardID, alloc func(n int) []byte) ([]byte, error) {
 	if err := s.check(ctx, &id); err != nil {
 		return nil, err
 	}
@@ -401,11 +435,7 @@ func (s *LocalStore) GetInto(ctx context.Context, id ShardID, dst []byte) ([]byt
 	if err != nil {
 		return nil, fmt.Errorf("get %s on %s: %w", id, s.nodeID, err)
 	}
-	size := int(h.Length)
-	if cap(dst) < size {
-		dst = make([]byte, size)
-	}
-	dst = dst[:size]
+	dst := alloc(int(h.Length))
 	if _, err := io.ReadFull(f, dst); err != nil {
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			return nil, fmt.Errorf("%w: get %s on %s: file shorter than its header says", ErrShardCorrupt, id, s.nodeID)

@@ -12,6 +12,7 @@ import (
 	"github.com/zeebo/blake3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -230,10 +231,24 @@ func (s *shardServer) Get(req *shardpb.GetRequest, stream shardpb.Shards_GetServ
 	if err := s.begin(ctx, &id); err != nil {
 		return err
 	}
-	data, err := s.store.Get(ctx, id)
+	var (
+		data    []byte
+		release = func() {}
+		err     error
+	)
+	if p, ok := s.store.(pooledShardReader); ok {
+		data, release, err = p.GetPooled(ctx, id)
+	} else {
+		data, err = s.store.Get(ctx, id)
+	}
 	if err != nil {
 		return statusError(err)
 	}
+	// One reference for this handler, one per chunk in flight; gRPC drops a
+	// chunk's once its bytes are written, and the last drop gives the
+	// buffer back.
+	whole := mem.NewBuffer(&data, releaser(release))
+	defer whole.Free()
 	size := uint64(len(data))
 	off := req.GetOffset()
 	if off > size {
@@ -243,19 +258,33 @@ func (s *shardServer) Get(req *shardpb.GetRequest, stream shardpb.Shards_GetServ
 	if n := req.GetLength(); n > 0 && n < size-off {
 		end = off + n
 	}
-	data = data[off:end]
-	msg := &shardpb.GetResponse{Size: size, Length: uint64(len(data))}
-	for first := true; first || len(data) > 0; first = false {
-		n := min(len(data), ChunkSize)
-		msg.Data = data[:n]
-		if err := stream.Send(msg); err != nil {
+	msg := &getResponseOut{Size: size, Length: end - off}
+	for first := true; first || off < end; first = false {
+		n := min(end-off, ChunkSize)
+		msg.Data = whole.Slice(int(off), int(off+n))
+		if err := stream.SendMsg(msg); err != nil {
 			return statusError(err)
 		}
-		data = data[n:]
-		msg = &shardpb.GetResponse{}
+		off += n
+		msg = &getResponseOut{}
 	}
 	return nil
 }
+
+// pooledShardReader is implemented by stores that read a shard into a pooled
+// buffer (LocalStore).
+type pooledShardReader interface {
+	GetPooled(ctx context.Context, id ShardID) (data []byte, release func(), err error)
+}
+
+var _ pooledShardReader = (*LocalStore)(nil)
+
+// releaser is the mem.BufferPool of one pooled shard buffer: gRPC puts it
+// back when its last reference is dropped.
+type releaser func()
+
+func (r releaser) Get(int) *[]byte { panic("blobstore: releaser hands out no buffers") }
+func (r releaser) Put(*[]byte)     { r() }
 
 // Delete implements the Delete RPC.
 func (s *shardServer) Delete(ctx context.Context, req *shardpb.DeleteRequest) (*shardpb.DeleteResponse, error) {

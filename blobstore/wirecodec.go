@@ -65,20 +65,30 @@ const (
 
 func (c wireCodec) Name() string { return "proto" }
 
+// getResponseOut is a GetResponse whose data is a reference-counted gRPC
+// buffer (a view of a pooled shard buffer): Marshal hands the reference to
+// gRPC, which drops it once the bytes are written, and the shard buffer goes
+// back to its pool when the last chunk's reference is dropped. On the wire
+// it is a GetResponse.
+type getResponseOut struct {
+	Size, Length uint64
+	Data         mem.Buffer
+}
+
 func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 	switch m := v.(type) {
+	case *getResponseOut:
+		hdr := getResponseHeader(m.Size, m.Length)
+		if m.Data.Len() == 0 { // proto3 leaves an empty field out
+			m.Data.Free()
+			return mem.BufferSlice{mem.SliceBuffer(hdr)}, nil
+		}
+		hdr = protowire.AppendTag(hdr, getDataField, protowire.BytesType)
+		hdr = protowire.AppendVarint(hdr, uint64(m.Data.Len()))
+		return mem.BufferSlice{mem.SliceBuffer(hdr), m.Data}, nil
 	case *shardpb.GetResponse:
 		if len(m.GetData()) >= zeroCopyMin {
-			var hdr []byte
-			if m.GetSize() != 0 {
-				hdr = protowire.AppendTag(hdr, getSizeField, protowire.VarintType)
-				hdr = protowire.AppendVarint(hdr, m.GetSize())
-			}
-			if m.GetLength() != 0 {
-				hdr = protowire.AppendTag(hdr, getLengthField, protowire.VarintType)
-				hdr = protowire.AppendVarint(hdr, m.GetLength())
-			}
-			return withData(hdr, getDataField, m.GetData()), nil
+			return withData(getResponseHeader(m.GetSize(), m.GetLength()), getDataField, m.GetData()), nil
 		}
 	case *shardpb.PutRequest:
 		if len(m.GetData()) >= zeroCopyMin {
@@ -90,6 +100,20 @@ func (c wireCodec) Marshal(v any) (mem.BufferSlice, error) {
 		}
 	}
 	return c.std.Marshal(v)
+}
+
+// getResponseHeader encodes a GetResponse's fields other than its data.
+func getResponseHeader(size, length uint64) []byte {
+	var hdr []byte
+	if size != 0 {
+		hdr = protowire.AppendTag(hdr, getSizeField, protowire.VarintType)
+		hdr = protowire.AppendVarint(hdr, size)
+	}
+	if length != 0 {
+		hdr = protowire.AppendTag(hdr, getLengthField, protowire.VarintType)
+		hdr = protowire.AppendVarint(hdr, length)
+	}
+	return hdr
 }
 
 // withData appends the tag and length of a bytes field to hdr and returns it
