@@ -399,10 +399,7 @@ func (s *LocalStore) GetPooled(ctx context.Context, id ShardID) (data []byte, re
 		}
 		return nil, nil, err
 	}
-	if rel == nil { // not read: nothing to give back
-		rel = func() {}
-	}
-	return data, rel, nil
+	return data, rel, nil // read succeeds only after alloc
 }
 
 // read reads the payload of id into a buffer of the payload's size from

@@ -52,7 +52,7 @@ func (t *txn) applyOnce(cmd *pb.Command) error {
 	if err := t.put(reqKey(cmd.RequestId), rec); err != nil {
 		return err
 	}
-	if err := t.set(reqTimeKey(t.now, cmd.RequestId)); err != nil {
+	if err := t.set(timeKey(pfxReqTime, t.now, cmd.RequestId)); err != nil {
 		return err
 	}
 	if err := t.expireRequests(); err != nil {
@@ -64,14 +64,13 @@ func (t *txn) applyOnce(cmd *pb.Command) error {
 // expireRequests forgets a bounded number of request ids older than
 // requestTTL before this command's time.
 func (t *txn) expireRequests() error {
-	return t.dropByTime(pfxReqTime, reqTimeKey(t.now-requestTTL, ""), 64, reqKey)
+	return t.dropByTime(pfxReqTime, t.now-requestTTL, 64, reqKey)
 }
 
-// dropByTime deletes up to limit entries of the time index pfx (keys
-// "<pfx><time BE>\0<id>") that sort before before, each with the record
-// key(id) it indexes.
-func (t *txn) dropByTime(pfx string, before []byte, limit int, key func(id string) []byte) error {
-	it, err := t.b.NewIter(&pebble.IterOptions{LowerBound: []byte(pfx), UpperBound: before})
+// dropByTime deletes up to limit entries of the time index pfx (timeKey)
+// older than before, each with the record key(id) it indexes.
+func (t *txn) dropByTime(pfx string, before int64, limit int, key func(id string) []byte) error {
+	it, err := t.b.NewIter(&pebble.IterOptions{LowerBound: []byte(pfx), UpperBound: timeKey(pfx, before, "")})
 	if err != nil {
 		return err
 	}
@@ -300,11 +299,11 @@ func (t *txn) endUpload(id string) error {
 	if err := t.set(upEndKey(id)); err != nil {
 		return err
 	}
-	return t.set(upEndTimeKey(t.now, id))
+	return t.set(timeKey(pfxUpEndT, t.now, id))
 }
 
 func (t *txn) dropUploadEnds(c *pb.DropUploadEnds) error {
-	return t.dropByTime(pfxUpEndT, upEndTimeKey(c.BeforeUnixNano, ""), int(max(c.Limit, 1)), upEndKey)
+	return t.dropByTime(pfxUpEndT, c.BeforeUnixNano, int(max(c.Limit, 1)), upEndKey)
 }
 
 func (t *txn) loadUpload(id string) (*pb.Upload, error) {

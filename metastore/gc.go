@@ -355,7 +355,7 @@ func (s *Store) IdleUploads(cutoff int64, limit int) ([]*pb.Upload, error) {
 // UploadEndsBefore counts, up to limit, the records of ended uploads made
 // before before (what DropUploadEnds would drop).
 func (s *Store) UploadEndsBefore(before int64, limit int) (int, error) {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte(pfxUpEndT), UpperBound: upEndTimeKey(before, "")})
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte(pfxUpEndT), UpperBound: timeKey(pfxUpEndT, before, "")})
 	if err != nil {
 		return 0, err
 	}

@@ -121,21 +121,16 @@ func reqKey(id string) []byte { return k(pfxReq, id) }
 
 // upEndKey records that upload id has ended (committed, cancelled or
 // expired), so that its id is not taken for a deferred session that has not
-// started; upEndTimeKey orders those records by time, for DropUploadEnds.
+// started; the time index pfxUpEndT orders those records for DropUploadEnds.
 func upEndKey(id string) []byte { return k(pfxUpEnd, id) }
-func upEndTimeKey(t int64, id string) []byte {
-	if t < 0 {
-		t = 0
-	}
-	return append(be64([]byte(pfxUpEndT), uint64(t)), append([]byte{0}, id...)...)
-}
 
-// reqTimeKey orders request ids by proposer time (negative times sort first).
-func reqTimeKey(t int64, id string) []byte {
+// timeKey is the key of id in the time index pfx (request ids, upload
+// ends): "<pfx><t, 8 bytes big-endian>\0<id>", negative times first.
+func timeKey(pfx string, t int64, id string) []byte {
 	if t < 0 {
 		t = 0
 	}
-	return append(be64([]byte(pfxReqTime), uint64(t)), append([]byte{0}, id...)...)
+	return append(be64([]byte(pfx), uint64(t)), append([]byte{0}, id...)...)
 }
 
 func tagHistKey(repo, tag string, seq uint64) []byte {
