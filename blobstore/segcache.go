@@ -16,8 +16,24 @@ import (
 // and makes concurrent reads of one segment share one fetch (singleflight):
 // a herd of clients pulling the same blob costs the storage nodes one read
 // of each segment, and the frontend one buffer per segment instead of one
-// per client. It is bounded in bytes (least recently used segments go
-// first) and safe for concurrent use; one cache may serve several Stores.
+// per client. It is bounded in bytes and safe for concurrent use; one cache
+// may serve several Stores.
+//
+// What it keeps is decided by how often segments are read, not only by how
+// recently (W-TinyLFU: a small LRU window in front of a main LRU list
+// guarded by an admission test). A fetched segment enters the window; the
+// one the window pushes out moves to the main list only if there is room
+// or it has been read more often lately than each segment it would push
+// out of it. A plain LRU keeps nothing useful when clients cycle through
+// more than it holds (8 runners pulling 8 distinct 64 MiB layers over and
+// over through a 256 MiB cache: every read a miss), and a single pull of
+// a big image empties it of what everyone else pulls; with the admission
+// test the main list keeps its share of such a cycle and one-off reads
+// pass through the window, which still serves readers close behind one
+// another. Reads are counted per segment (hits, misses and readers joining
+// a fetch), at most 15, and every count is halved after ten times as many
+// reads as the cache holds segments, so that what was popular yesterday
+// gives way.
 //
 // Segments never change once written (repair rewrites the same bytes), so
 // entries need no invalidation. An entry is keyed by the segment id, its
@@ -26,24 +42,48 @@ import (
 // encrypted segment never gets its plaintext, and a layout whose segments
 // were reordered or cut is still checked by the seal.
 type SegmentCache struct {
-	max int64
-
-	mu      sync.Mutex
-	size    int64
-	lru     *list.List // of *cacheSeg, most recent first
-	entries map[string]*list.Element
+	mu sync.Mutex
+	// window takes every fetched segment; main keeps what the admission
+	// test lets in from it. Both are most recent first.
+	window, main segList
+	entries      map[string]*list.Element // of *cacheSeg, in window or main
 	// inflight holds each fetch from its start until it has failed, or
 	// until no reader holds what it fetched.
 	inflight map[string]*segCall
+
+	// freq counts recent reads of each segment (saturating at freqMax;
+	// halved, and zeros dropped, every period reads).
+	freq    map[string]uint8
+	reads   int
+	period  int
+	dropped prometheus.Counter
 
 	hits, misses, shared prometheus.Counter
 	bytes                prometheus.Gauge
 }
 
 type cacheSeg struct {
-	key    string
-	pieces [][]byte
-	size   int64
+	key      string
+	pieces   [][]byte
+	size     int64
+	inWindow bool
+}
+
+// segList is an LRU list of segments and their bytes.
+type segList struct {
+	l         *list.List
+	size, max int64
+}
+
+func (l *segList) remove(el *list.Element) *cacheSeg {
+	e := l.l.Remove(el).(*cacheSeg)
+	l.size -= e.size
+	return e
+}
+
+func (l *segList) pushFront(e *cacheSeg) *list.Element {
+	l.size += e.size
+	return l.l.PushFront(e)
 }
 
 // segCall is one fetch of a segment, shared by every reader that asks for
@@ -59,6 +99,7 @@ type segCall struct {
 	stopWait context.CancelFunc // ends the fetch's wait for read memory
 
 	// Guarded by the cache's mu.
+	fetched  bool   // pieces are set and err is nil
 	refs     int    // the fetch itself, and readers waiting for or writing out the pieces
 	reserved bool   // the fetch has stopped waiting for read memory
 	release  func() // gives the fetch's read memory back; run when refs drops to 0
@@ -69,18 +110,31 @@ type segCall struct {
 // the first one goes away.
 const segmentFetchTimeout = 2 * time.Minute
 
+// freqMax is where a segment's read count stops (as TinyLFU's 4-bit
+// counters do): a segment a herd read a thousand times is as hot as one
+// read 15 times, and so loses its place after four halvings unread.
+const freqMax = 15
+
 // NewSegmentCache returns a cache of at most maxBytes of segments; its
 // metrics go to reg when it is not nil.
 func NewSegmentCache(maxBytes int64, reg prometheus.Registerer) *SegmentCache {
+	// Counts are halved after ten times as many reads as the cache holds
+	// segments of the default size (TinyLFU's sample size).
+	period := max(64, int(10*maxBytes/DefaultSegmentSize))
+	window := maxBytes / 4 // as large as the largest segment kept
 	c := &SegmentCache{
-		max: maxBytes, lru: list.New(), entries: map[string]*list.Element{}, inflight: map[string]*segCall{},
-		hits:   prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_hits_total", Help: "Segment reads served from the frontend's segment cache."}),
-		misses: prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_misses_total", Help: "Segment reads that fetched shards from storage nodes."}),
-		shared: prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_shared_total", Help: "Segment reads that shared a fetch another reader had started: waiting for it (singleflight), or joining readers still writing out what it fetched."}),
-		bytes:  prometheus.NewGauge(prometheus.GaugeOpts{Name: "strata_segment_cache_bytes", Help: "Bytes of decoded segments held by the segment cache."}),
+		window:  segList{l: list.New(), max: window},
+		main:    segList{l: list.New(), max: maxBytes - window},
+		entries: map[string]*list.Element{}, inflight: map[string]*segCall{},
+		freq: map[string]uint8{}, period: period,
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_rejected_total", Help: "Fetched segments not kept in the segment cache: read less often lately than the segments they would have pushed out, or larger than a quarter of it."}),
+		hits:    prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_hits_total", Help: "Segment reads served from the frontend's segment cache."}),
+		misses:  prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_misses_total", Help: "Segment reads that fetched shards from storage nodes."}),
+		shared:  prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_shared_total", Help: "Segment reads that shared a fetch another reader had started: waiting for it (singleflight), or joining readers still writing out what it fetched."}),
+		bytes:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "strata_segment_cache_bytes", Help: "Bytes of decoded segments held by the segment cache."}),
 	}
 	if reg != nil {
-		reg.MustRegister(c.hits, c.misses, c.shared, c.bytes)
+		reg.MustRegister(c.hits, c.misses, c.shared, c.bytes, c.dropped)
 	}
 	return c
 }
@@ -109,9 +163,15 @@ func (c *SegmentCache) get(ctx context.Context, seg *metastorepb.Segment, seal S
 	reserve func(context.Context) (func(), error), fetch func(context.Context) ([][]byte, error)) (pieces [][]byte, done func(), err error) {
 	key := fmt.Sprintf("%s\x00%s\x00%d\x00%d", seg.GetId(), sealerKeyID(seal), at, seg.GetLength())
 	c.mu.Lock()
+	c.countLocked(key)
 	if el, ok := c.entries[key]; ok {
-		c.lru.MoveToFront(el)
-		pieces := el.Value.(*cacheSeg).pieces
+		e := el.Value.(*cacheSeg)
+		if e.inWindow {
+			c.window.l.MoveToFront(el)
+		} else {
+			c.main.l.MoveToFront(el)
+		}
+		pieces := e.pieces
 		c.mu.Unlock()
 		c.hits.Inc()
 		return pieces, func() {}, nil
@@ -179,20 +239,21 @@ func (c *SegmentCache) run(wctx context.Context, key string, call *segCall,
 	}
 	call.err = err
 	c.mu.Lock()
-	// A fetched segment stays shared while readers still write it out, even
-	// when the cache has no room for it (or evicts it): a reader arriving
-	// then joins it rather than fetching and holding a copy of its own. With
-	// a cache smaller than the segments a herd is reading, copies used to
-	// pile up, one per group of stragglers.
-	if c.inflight[key] == call && (err != nil || call.refs <= 1) {
+	// A fetched segment stays shared while readers still write it out,
+	// whether or not the cache will keep it: a reader arriving then joins it
+	// rather than fetching and holding a copy of its own. With a cache
+	// smaller than the segments a herd is reading, copies used to pile up,
+	// one per group of stragglers. It is offered to the cache when its last
+	// reader is done (unref), counted with every reader that joined it.
+	if err != nil && c.inflight[key] == call {
 		delete(c.inflight, key)
 	}
-	if err == nil {
-		c.addLocked(key, call.pieces)
-	}
+	call.fetched = err == nil
 	c.mu.Unlock()
-	close(call.done)
+	// The fetch's own reference goes first, so that a segment nobody waits
+	// for any more is in the cache before done says it was fetched.
 	c.unref(key, call)
+	close(call.done)
 }
 
 // unref drops one reference to call: the fetch's, or a reader's. The last
@@ -208,6 +269,9 @@ func (c *SegmentCache) unref(key string, call *segCall) {
 		release, call.release = call.release, nil
 		if c.inflight[key] == call {
 			delete(c.inflight, key)
+			if call.fetched {
+				c.addLocked(key, call.pieces)
+			}
 		}
 	case call.refs == 1 && !call.reserved: // only the fetch is left
 		call.stopWait()
@@ -221,29 +285,71 @@ func (c *SegmentCache) unref(key string, call *segCall) {
 	}
 }
 
+// countLocked counts a read of key, and halves every count once period
+// reads have been counted since the last halving.
+func (c *SegmentCache) countLocked(key string) {
+	if n := c.freq[key]; n < freqMax {
+		c.freq[key] = n + 1
+	}
+	if c.reads++; c.reads < c.period {
+		return
+	}
+	c.reads = 0
+	for k, n := range c.freq {
+		if n >>= 1; n == 0 {
+			delete(c.freq, k)
+		} else {
+			c.freq[k] = n
+		}
+	}
+}
+
+// addLocked puts a fetched segment at the front of the window; what the
+// window pushes out is offered to the main list.
 func (c *SegmentCache) addLocked(key string, pieces [][]byte) {
+	if _, ok := c.entries[key]; ok {
+		return
+	}
 	var size int64
 	for _, p := range pieces {
 		size += int64(cap(p))
 	}
-	if size > c.max/4 { // one segment may not flush a quarter of the cache
+	if size > c.window.max { // one segment may not flush a quarter of the cache
+		c.dropped.Inc()
 		return
 	}
-	c.entries[key] = c.lru.PushFront(&cacheSeg{key: key, pieces: pieces, size: size})
-	c.size += size
-	for c.size > c.max {
-		el := c.lru.Back()
-		e := el.Value.(*cacheSeg)
-		c.lru.Remove(el)
+	c.entries[key] = c.window.pushFront(&cacheSeg{key: key, pieces: pieces, size: size, inWindow: true})
+	for c.window.size > c.window.max {
+		e := c.window.remove(c.window.l.Back())
 		delete(c.entries, e.key)
-		c.size -= e.size
+		c.admitLocked(e)
 	}
-	c.bytes.Set(float64(c.size))
+	c.bytes.Set(float64(c.window.size + c.main.size))
+}
+
+// admitLocked moves e into the main list if there is room for it, or if
+// it has been read more often lately than each of the least recently used
+// segments that would make room for it (which then go); else e goes.
+func (c *SegmentCache) admitLocked(e *cacheSeg) {
+	freed, want := int64(0), c.main.size+e.size-c.main.max
+	for el := c.main.l.Back(); freed < want && el != nil; el = el.Prev() {
+		victim := el.Value.(*cacheSeg)
+		if c.freq[victim.key] >= c.freq[e.key] {
+			c.dropped.Inc()
+			return
+		}
+		freed += victim.size
+	}
+	for c.main.size+e.size > c.main.max {
+		delete(c.entries, c.main.remove(c.main.l.Back()).key)
+	}
+	e.inWindow = false
+	c.entries[e.key] = c.main.pushFront(e)
 }
 
 // Len returns the number of segments cached and their bytes.
 func (c *SegmentCache) Len() (segments int, bytes int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.lru.Len(), c.size
+	return len(c.entries), c.window.size + c.main.size
 }

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/strata-registry/strata/blobstore"
+	"github.com/strata-registry/strata/metastore/metastorepb"
 )
 
 func shardGets(c *cluster) int {
@@ -181,5 +183,77 @@ func TestSegmentCacheSharesSegmentsStillBeingSent(t *testing.T) {
 	}
 	if gets := shardGets(c) - before; gets != 2 {
 		t.Fatalf("a read after every reader was done cost %d shard reads in all, want 2", gets)
+	}
+}
+
+// readPasses reads the whole of segs passes times, one read after the
+// other, and returns the shard reads each pass cost.
+func readPasses(t *testing.T, c *cluster, s *blobstore.Store, segs []*metastorepb.Segment, data []byte, passes int) []int {
+	t.Helper()
+	gets := make([]int, passes)
+	for i := range gets {
+		before := shardGets(c)
+		if got, err := readSealed(s, blobstore.Plain, segs, 0, int64(len(data))); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("pass %d: %v", i, err)
+		}
+		gets[i] = shardGets(c) - before
+	}
+	return gets
+}
+
+// Clients cycling through more segments than the cache holds still get
+// the cache's share of them: the segments its main list holds (3 of the 4
+// here; the window takes the fourth) stay, where a least recently used
+// list would evict each just before it is read again and serve nothing.
+func TestSegmentCacheKeepsItsShareOfACycle(t *testing.T) {
+	c := newCluster(t, 1)
+	cache := blobstore.NewSegmentCache(4*testSeg, nil) // room for 4 segments
+	s := newStore(t, c, 1, 0, func(cfg *blobstore.Config) { cfg.SegmentCache = cache })
+	data := randomData(31, 8*testSeg)
+	segs := writeSealed(t, s, blobstore.Plain, data, 0)
+
+	gets := readPasses(t, c, s, segs, data, 20) // 160 reads: counts halved twice
+	if gets[0] != 8 {
+		t.Fatalf("the first pass read %d shards, want 8", gets[0])
+	}
+	for i, n := range gets[1:] {
+		if n > 5 {
+			t.Fatalf("pass %d of a cycle through 8 segments with room for 4 read %d shards (passes: %v), want at most 5", i+1, n, gets)
+		}
+	}
+}
+
+// A single read of many segments (a one-off pull of a big image) passes
+// through the cache without pushing out the segments everyone reads; a
+// new blob read again and again takes their place once they are no longer
+// read.
+func TestSegmentCacheAdmitsByFrequency(t *testing.T) {
+	c := newCluster(t, 1)
+	cache := blobstore.NewSegmentCache(4*testSeg, nil) // room for 4 segments
+	s := newStore(t, c, 1, 0, func(cfg *blobstore.Config) { cfg.SegmentCache = cache })
+	hot := randomData(32, 2*testSeg)
+	hotSegs := writeSealed(t, s, blobstore.Plain, hot, 0)
+	scan := randomData(33, 8*testSeg)
+	scanSegs := writeSealed(t, s, blobstore.Plain, scan, 0)
+
+	readPasses(t, c, s, hotSegs, hot, 3)
+	if gets := readPasses(t, c, s, scanSegs, scan, 1); gets[0] != 8 {
+		t.Fatalf("the one-off read of 8 segments read %d shards", gets[0])
+	}
+	if gets := readPasses(t, c, s, hotSegs, hot, 1); gets[0] != 0 {
+		t.Fatalf("the hot blob read %d shards after a one-off read of another, want 0: it was pushed out", gets[0])
+	}
+
+	// A new blob of 4 segments read over and over: its segments are read
+	// more often than the old ones after a few passes, and then all of it
+	// is served from the cache.
+	fresh := randomData(34, 4*testSeg)
+	freshSegs := writeSealed(t, s, blobstore.Plain, fresh, 0)
+	gets := readPasses(t, c, s, freshSegs, fresh, 40)
+	if gets[0] != 4 {
+		t.Fatalf("the new blob's first read read %d shards", gets[0])
+	}
+	if last := gets[len(gets)-5:]; slices.Max(last) != 0 {
+		t.Fatalf("a blob read 40 times in a row is still not all cached (shard reads per pass: %v)", gets)
 	}
 }
