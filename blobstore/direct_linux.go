@@ -10,3 +10,8 @@ import (
 func openDirect(path string) (*os.File, error) {
 	return os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_DIRECT, 0o644)
 }
+
+// openDirectRead opens path for reading with O_DIRECT.
+func openDirectRead(path string) (*os.File, error) {
+	return os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECT, 0)
+}

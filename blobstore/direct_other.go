@@ -10,3 +10,5 @@ import (
 // openDirect: direct I/O is only used on Linux; elsewhere shards are
 // written through the page cache.
 func openDirect(string) (*os.File, error) { return nil, errors.ErrUnsupported }
+
+func openDirectRead(string) (*os.File, error) { return nil, errors.ErrUnsupported }

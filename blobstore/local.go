@@ -356,6 +356,17 @@ func alignedBuffer(n int) ([]byte, func()) {
 	return (*raw)[off : off+n], func() { pool.Put(raw) }
 }
 
+// alignedFresh returns a new directAlign-aligned buffer of n bytes, for a
+// caller that keeps it.
+func alignedFresh(n int) []byte {
+	raw := make([]byte, n+directAlign)
+	off := 0
+	if r := int(uintptr(unsafe.Pointer(unsafe.SliceData(raw))) % directAlign); r != 0 {
+		off = directAlign - r
+	}
+	return raw[off : off+n : off+n]
+}
+
 // putError wraps an error of Put, as ErrNoSpace when the filesystem is full
 // or the store over its quota.
 func putError(id ShardID, err error) error {
@@ -365,8 +376,14 @@ func putError(id ShardID, err error) error {
 	return fmt.Errorf("blobstore: put %s: %w", id, err)
 }
 
-// Get implements ShardStore: GetInto a buffer of the payload's size.
+// Get implements ShardStore. A large shard is read with direct I/O into a
+// buffer of its own (readDirect); others GetInto a buffer of the payload's
+// size.
 func (s *LocalStore) Get(ctx context.Context, id ShardID) ([]byte, error) {
+	data, ok, err := s.readDirect(ctx, id, func(n int) ([]byte, func()) { return alignedFresh(n), nil })
+	if ok {
+		return data, err
+	}
 	return s.GetInto(ctx, id, nil)
 }
 
@@ -388,6 +405,20 @@ func (s *LocalStore) GetInto(ctx context.Context, id ShardID, dst []byte) ([]byt
 // clearing and collections.
 func (s *LocalStore) GetPooled(ctx context.Context, id ShardID) (data []byte, release func(), err error) {
 	var rel func()
+	data, ok, err := s.readDirect(ctx, id, func(n int) ([]byte, func()) {
+		var b []byte
+		b, rel = alignedBuffer(n)
+		return b, rel
+	})
+	if ok {
+		if err != nil {
+			if rel != nil {
+				rel()
+			}
+			return nil, nil, err
+		}
+		return data, rel, nil
+	}
 	data, err = s.read(ctx, id, func(n int) []byte {
 		var b []byte
 		b, rel = alignedBuffer(n)
@@ -400,6 +431,57 @@ func (s *LocalStore) GetPooled(ctx context.Context, id ShardID) (data []byte, re
 		return nil, nil, err
 	}
 	return data, rel, nil // read succeeds only after alloc
+}
+
+// readDirect reads a large shard file whole with direct I/O (O_DIRECT)
+// into a buffer from alloc (page-aligned, of the file's size rounded up to
+// directAlign) and returns its payload, which starts shardHeaderSize bytes
+// into the buffer. Reads through the page cache cost a copy out of it on
+// every read (a sixth of `--dev`'s CPU on pulls of distinct blobs), and
+// keep in memory what the frontends' segment caches already keep decoded;
+// large shards are written with direct I/O for the same reason. ok is false
+// when the shard is small, or direct I/O cannot be used (the filesystem
+// refuses it, or the file is missing or unreadable: read reports that):
+// the caller reads through the page cache instead.
+func (s *LocalStore) readDirect(ctx context.Context, id ShardID, alloc func(n int) ([]byte, func())) (data []byte, ok bool, err error) {
+	if s.noDirect.Load() {
+		return nil, false, nil
+	}
+	if err := s.check(ctx, &id); err != nil {
+		return nil, true, err
+	}
+	f, err := openDirectRead(s.ShardPath(id))
+	if err != nil {
+		if errors.Is(err, errors.ErrUnsupported) || errors.Is(err, syscall.EINVAL) {
+			s.noDirect.Store(true)
+		}
+		return nil, false, nil
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || fi.Size()-shardHeaderSize < directMin {
+		return nil, false, nil
+	}
+	size := int(fi.Size())
+	buf, _ := alloc((size + directAlign - 1) / directAlign * directAlign)
+	n, err := io.ReadFull(f, buf)
+	switch {
+	case errors.Is(err, syscall.EINVAL):
+		s.noDirect.Store(true)
+		return nil, false, nil
+	case err != nil && err != io.ErrUnexpectedEOF: // the last block is short
+		return nil, true, fmt.Errorf("blobstore: get %s: %w", id, err)
+	case n < size:
+		return nil, true, fmt.Errorf("%w: get %s on %s: read %d of %d bytes", ErrShardCorrupt, id, s.nodeID, n, size)
+	}
+	h, err := decodeShardHeader(buf[:shardHeaderSize])
+	if err == nil {
+		err = checkHeader(h, id, fi.Size())
+	}
+	if err != nil {
+		return nil, true, fmt.Errorf("get %s on %s: %w", id, s.nodeID, err)
+	}
+	return buf[shardHeaderSize : shardHeaderSize+int(h.Length)], true, nil
 }
 
 // read reads the payload of id into a buffer of the payload's size from
