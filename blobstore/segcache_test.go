@@ -74,12 +74,10 @@ func TestSegmentCacheHerdAndKeys(t *testing.T) {
 	}
 }
 
-// The cache stays within its bound (least recently used segments go), does
-// not keep failures, and a reader that gives up does not fail the others.
+// The cache stays within its bound, does not keep failures, and a reader that gives up does not fail the others.
 func TestSegmentCacheBoundAndFailures(t *testing.T) {
 	c := newCluster(t, 1)
-	cache := blobstore.NewSegmentCache(4*testSeg, nil) // room for 4 segments
-	s := newStore(t, c, 1, 0, func(cfg *blobstore.Config) { cfg.SegmentCache = cache })
+	cache, s := cachedStore(t, c, 4) // room for 4 segments
 	data := randomData(5, 8*testSeg)
 	segs := writeSealed(t, s, blobstore.Plain, data, 0)
 	if got, err := readSealed(s, blobstore.Plain, segs, 0, int64(len(data))); err != nil || !bytes.Equal(got, data) {
@@ -186,6 +184,13 @@ func TestSegmentCacheSharesSegmentsStillBeingSent(t *testing.T) {
 	}
 }
 
+// cachedStore is a store of k = 1 on c with a segment cache of room for
+// segments segments of testSeg.
+func cachedStore(t *testing.T, c *cluster, segments int64) (*blobstore.SegmentCache, *blobstore.Store) {
+	cache := blobstore.NewSegmentCache(segments*testSeg, nil)
+	return cache, newStore(t, c, 1, 0, func(cfg *blobstore.Config) { cfg.SegmentCache = cache })
+}
+
 // readPasses reads the whole of segs passes times, one read after the
 // other, and returns the shard reads each pass cost.
 func readPasses(t *testing.T, c *cluster, s *blobstore.Store, segs []*metastorepb.Segment, data []byte, passes int) []int {
@@ -207,8 +212,7 @@ func readPasses(t *testing.T, c *cluster, s *blobstore.Store, segs []*metastorep
 // list would evict each just before it is read again and serve nothing.
 func TestSegmentCacheKeepsItsShareOfACycle(t *testing.T) {
 	c := newCluster(t, 1)
-	cache := blobstore.NewSegmentCache(4*testSeg, nil) // room for 4 segments
-	s := newStore(t, c, 1, 0, func(cfg *blobstore.Config) { cfg.SegmentCache = cache })
+	_, s := cachedStore(t, c, 4) // room for 4 segments
 	data := randomData(31, 8*testSeg)
 	segs := writeSealed(t, s, blobstore.Plain, data, 0)
 
@@ -229,8 +233,7 @@ func TestSegmentCacheKeepsItsShareOfACycle(t *testing.T) {
 // read.
 func TestSegmentCacheAdmitsByFrequency(t *testing.T) {
 	c := newCluster(t, 1)
-	cache := blobstore.NewSegmentCache(4*testSeg, nil) // room for 4 segments
-	s := newStore(t, c, 1, 0, func(cfg *blobstore.Config) { cfg.SegmentCache = cache })
+	_, s := cachedStore(t, c, 4) // room for 4 segments
 	hot := randomData(32, 2*testSeg)
 	hotSegs := writeSealed(t, s, blobstore.Plain, hot, 0)
 	scan := randomData(33, 8*testSeg)
