@@ -419,6 +419,10 @@ func (s *LocalStore) GetPooled(ctx context.Context, id ShardID) (data []byte, re
 		}
 		return data, rel, nil
 	}
+	if rel != nil { // direct I/O was refused after all
+		rel()
+		rel = nil
+	}
 	data, err = s.read(ctx, id, func(n int) []byte {
 		var b []byte
 		b, rel = alignedBuffer(n)

@@ -27,10 +27,9 @@ import (
 // out of it. A plain LRU keeps nothing useful when clients cycle through
 // more than it holds in step (each segment goes just before it is read
 // again), and a single pull of a big image empties it of what everyone
-// else pulls; with the admission
-// test the main list keeps its share of such a cycle and one-off reads
-// pass through the window, which still serves readers close behind one
-// another. Reads are counted per segment (hits, misses and readers joining
+// else pulls; with the admission test the main list keeps its share of
+// such a cycle and one-off reads pass through the window, which still
+// serves readers close behind one another. Reads are counted per segment (hits, misses and readers joining
 // a fetch), at most 15, and every count is halved after twice as many
 // reads as the cache holds segments, so that what was popular a while ago
 // soon gives way.
