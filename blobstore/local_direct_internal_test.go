@@ -51,6 +51,27 @@ func TestReadDirect(t *testing.T) {
 		release()
 	}
 
+	// A store whose filesystem refused direct I/O (tmpfs before Linux 6.6)
+	// reads large shards through the page cache, the same bytes.
+	big := ShardID{Segment: "d1ec7", Index: 5}
+	want, err := s.Get(ctx, big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.noDirect.Store(true)
+	if _, ok, _ := s.readDirect(ctx, big, fresh); ok {
+		t.Fatal("readDirect ran on a store without direct I/O")
+	}
+	if got, err := s.Get(ctx, big); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("Get without direct I/O = %d bytes, %v", len(got), err)
+	}
+	if got, release, err := s.GetPooled(ctx, big); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("GetPooled without direct I/O = %d bytes, %v", len(got), err)
+	} else {
+		release()
+	}
+	s.noDirect.Store(false)
+
 	small := ShardID{Segment: "5a11", Index: 0}
 	put(small, make([]byte, directMin-1))
 	if _, ok, err := s.readDirect(ctx, small, fresh); ok || err != nil {
