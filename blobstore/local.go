@@ -267,7 +267,7 @@ const directAlign = 4096
 // disks, against 0.4 for direct I/O and a copy into the aligned buffer).
 // Direct I/O needs lengths in whole blocks: the file is written padded with
 // zeros and then cut to its size, and the fsync makes both durable. A
-// filesystem that refuses O_DIRECT (tmpfs) turns it off for the store.
+// filesystem that refuses O_DIRECT (tmpfs before Linux 6.6) turns it off for the store.
 func (s *LocalStore) writeStaging(id ShardID, hdr, data []byte) (string, error) {
 	if len(data) >= directMin && !s.noDirect.Load() {
 		name, err := s.writeDirect(id, hdr, data)
