@@ -51,3 +51,48 @@ func TestMemoryLimit(t *testing.T) {
 		t.Fatalf("with GOMEMLIMIT: %d from %q", got, source)
 	}
 }
+
+// Nodes with the api role collect at half again their live heap; others
+// keep Go's default; GOGC wins.
+func TestGCPercent(t *testing.T) {
+	prev := debug.SetGCPercent(100)
+	t.Cleanup(func() { debug.SetGCPercent(prev) })
+	t.Setenv("GOGC", "")
+	for _, tc := range []struct {
+		roles  string
+		want   int
+		source string
+	}{
+		{"api", apiGCPercent, "api role"},
+		{"meta,storage,api", apiGCPercent, "api role"},
+		{"storage", 100, ""},
+		{"meta", 100, ""},
+	} {
+		debug.SetGCPercent(100)
+		o := &serveOptions{}
+		if err := newServeCmdFor(o).ParseFlags([]string{"--roles", tc.roles}); err != nil {
+			t.Fatal(err)
+		}
+		got, source := o.setGCPercent()
+		if got != tc.want || source != tc.source {
+			t.Fatalf("roles %s: setGCPercent = %d from %q, want %d from %q", tc.roles, got, source, tc.want, tc.source)
+		}
+		if inForce := debug.SetGCPercent(100); inForce != tc.want {
+			t.Fatalf("roles %s: the runtime's target is %d, want %d", tc.roles, inForce, tc.want)
+		}
+	}
+
+	// GOGC wins: the runtime read it at start; the node keeps it.
+	t.Setenv("GOGC", "80")
+	debug.SetGCPercent(80)
+	o := &serveOptions{}
+	if err := newServeCmdFor(o).ParseFlags([]string{"--roles", "api"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, source := o.setGCPercent(); got != 80 || source != "GOGC" {
+		t.Fatalf("with GOGC=80: %d from %q", got, source)
+	}
+	if inForce := debug.SetGCPercent(100); inForce != 80 {
+		t.Fatalf("with GOGC=80 the runtime's target became %d", inForce)
+	}
+}
