@@ -74,7 +74,8 @@ func TestSegmentCacheHerdAndKeys(t *testing.T) {
 	}
 }
 
-// The cache stays within its bound, does not keep failures, and a reader that gives up does not fail the others.
+// The cache stays within its bound, does not keep failures, and a reader
+// that gives up does not fail the others.
 func TestSegmentCacheBoundAndFailures(t *testing.T) {
 	c := newCluster(t, 1)
 	cache, s := cachedStore(t, c, 4) // room for 4 segments
