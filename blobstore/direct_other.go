@@ -11,4 +11,4 @@ import (
 // written through the page cache.
 func openDirect(string) (*os.File, error) { return nil, errors.ErrUnsupported }
 
-func openDirectRead(string) (*os.File, error) { return nil, errors.ErrUnsupported }
+func setDirect(*os.File) error { return errors.ErrUnsupported }

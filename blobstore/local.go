@@ -376,27 +376,22 @@ func putError(id ShardID, err error) error {
 	return fmt.Errorf("blobstore: put %s: %w", id, err)
 }
 
-// Get implements ShardStore. A large shard is read with direct I/O into a
-// buffer of its own (readDirect); others GetInto a buffer of the payload's
-// size.
+// Get implements ShardStore: the payload in a buffer of its own.
 func (s *LocalStore) Get(ctx context.Context, id ShardID) ([]byte, error) {
-	data, ok, err := s.readDirect(ctx, id, func(n int) ([]byte, func()) { return alignedFresh(n), nil })
-	if ok {
-		return data, err
-	}
-	return s.GetInto(ctx, id, nil)
+	return s.read(ctx, id, func(n int) []byte { return make([]byte, n) }, alignedFresh)
 }
 
 // GetInto implements ShardReaderInto. The header is checked (its CRC, index
 // and length); the payload is not hashed: the reader checks it end to end
-// (see ShardStore.Get), and Verify checks it at rest.
+// (see ShardStore.Get), and Verify checks it at rest. The payload goes to
+// dst itself, so it is read through the page cache.
 func (s *LocalStore) GetInto(ctx context.Context, id ShardID, dst []byte) ([]byte, error) {
 	return s.read(ctx, id, func(n int) []byte {
 		if cap(dst) < n {
 			return make([]byte, n)
 		}
 		return dst[:n]
-	})
+	}, nil)
 }
 
 // GetPooled is Get into a pooled buffer, which release gives back (once
@@ -405,30 +400,15 @@ func (s *LocalStore) GetInto(ctx context.Context, id ShardID, dst []byte) ([]byt
 // clearing and collections.
 func (s *LocalStore) GetPooled(ctx context.Context, id ShardID) (data []byte, release func(), err error) {
 	var rel func()
-	data, ok, err := s.readDirect(ctx, id, func(n int) ([]byte, func()) {
-		var b []byte
-		b, rel = alignedBuffer(n)
-		return b, rel
-	})
-	if ok {
-		if err != nil {
-			if rel != nil {
-				rel()
-			}
-			return nil, nil, err
+	pooled := func(n int) []byte {
+		if rel != nil { // a direct read refused after it took a buffer
+			rel()
 		}
-		return data, rel, nil
-	}
-	if rel != nil { // direct I/O was refused after all
-		rel()
-		rel = nil
-	}
-	data, err = s.read(ctx, id, func(n int) []byte {
 		var b []byte
 		b, rel = alignedBuffer(n)
 		return b
-	})
-	if err != nil {
+	}
+	if data, err = s.read(ctx, id, pooled, pooled); err != nil {
 		if rel != nil {
 			rel()
 		}
@@ -437,60 +417,17 @@ func (s *LocalStore) GetPooled(ctx context.Context, id ShardID) (data []byte, re
 	return data, rel, nil // read succeeds only after alloc
 }
 
-// readDirect reads a large shard file whole with direct I/O (O_DIRECT)
-// into a buffer from alloc (page-aligned, of the file's size rounded up to
-// directAlign) and returns its payload, which starts shardHeaderSize bytes
-// into the buffer. Reads through the page cache cost a copy out of it on
-// every read (a sixth of `--dev`'s CPU on pulls of distinct blobs), and
-// keep in memory what the frontends' segment caches already keep decoded;
-// large shards are written with direct I/O for the same reason. ok is false
-// when the shard is small, or direct I/O cannot be used (the filesystem
-// refuses it, or the file is missing or unreadable: read reports that):
-// the caller reads through the page cache instead.
-func (s *LocalStore) readDirect(ctx context.Context, id ShardID, alloc func(n int) ([]byte, func())) (data []byte, ok bool, err error) {
-	if s.noDirect.Load() {
-		return nil, false, nil
-	}
-	if err := s.check(ctx, &id); err != nil {
-		return nil, true, err
-	}
-	f, err := openDirectRead(s.ShardPath(id))
-	if err != nil {
-		if errors.Is(err, errors.ErrUnsupported) || errors.Is(err, syscall.EINVAL) {
-			s.noDirect.Store(true)
-		}
-		return nil, false, nil
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil || fi.Size()-shardHeaderSize < directMin {
-		return nil, false, nil
-	}
-	size := int(fi.Size())
-	buf, _ := alloc((size + directAlign - 1) / directAlign * directAlign)
-	n, err := io.ReadFull(f, buf)
-	switch {
-	case errors.Is(err, syscall.EINVAL):
-		s.noDirect.Store(true)
-		return nil, false, nil
-	case err != nil && err != io.ErrUnexpectedEOF: // the last block is short
-		return nil, true, fmt.Errorf("blobstore: get %s: %w", id, err)
-	case n < size:
-		return nil, true, fmt.Errorf("%w: get %s on %s: read %d of %d bytes", ErrShardCorrupt, id, s.nodeID, n, size)
-	}
-	h, err := decodeShardHeader(buf[:shardHeaderSize])
-	if err == nil {
-		err = checkHeader(h, id, fi.Size())
-	}
-	if err != nil {
-		return nil, true, fmt.Errorf("get %s on %s: %w", id, s.nodeID, err)
-	}
-	return buf[shardHeaderSize : shardHeaderSize+int(h.Length)], true, nil
-}
-
-// read reads the payload of id into a buffer of the payload's size from
-// alloc.
-func (s *LocalStore) read(ctx context.Context, id ShardID, alloc func(n int) []byte) ([]byte, error) {
+// read reads the payload of id. A large shard (directMin or more) is read
+// whole with direct I/O into a buffer from direct, when it is not nil
+// (page-aligned, of the file's size rounded up to directAlign): the payload
+// starts shardHeaderSize bytes into it. Reads through the page cache cost a
+// copy out of it on every read (a sixth of `--dev`'s CPU on pulls of
+// distinct blobs) and keep in memory what the frontends' segment caches
+// already keep decoded; large shards are written with direct I/O for the
+// same reason. Other shards, and every shard on a filesystem that refuses
+// direct I/O, are read through the page cache into a buffer of the
+// payload's size from alloc.
+func (s *LocalStore) read(ctx context.Context, id ShardID, alloc, direct func(n int) []byte) ([]byte, error) {
 	if err := s.check(ctx, &id); err != nil {
 		return nil, err
 	}
@@ -505,6 +442,14 @@ func (s *LocalStore) read(ctx context.Context, id ShardID, alloc func(n int) []b
 	fi, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("blobstore: get %s: %w", id, err)
+	}
+	if direct != nil && s.useDirect(f, fi.Size()) {
+		data, err := s.readWhole(f, id, fi.Size(), direct)
+		if errors.Is(err, syscall.EINVAL) { // direct I/O refused after all
+			s.noDirect.Store(true)
+			return s.read(ctx, id, alloc, nil)
+		}
+		return data, err
 	}
 	var hb [shardHeaderSize]byte
 	n, err := io.ReadFull(f, hb[:])
@@ -526,6 +471,41 @@ func (s *LocalStore) read(ctx context.Context, id ShardID, alloc func(n int) []b
 		return nil, fmt.Errorf("blobstore: get %s: %w", id, err)
 	}
 	return dst, nil
+}
+
+// useDirect reports whether f, a shard file of size bytes not read yet, is
+// to be read with direct I/O, and turns direct I/O on for it if so. The
+// first refusal turns direct I/O off for the store.
+func (s *LocalStore) useDirect(f *os.File, size int64) bool {
+	if size-shardHeaderSize < directMin || s.noDirect.Load() {
+		return false
+	}
+	if err := setDirect(f); err != nil {
+		s.noDirect.Store(true)
+		return false
+	}
+	return true
+}
+
+// readWhole reads f, a shard file of size bytes opened for direct I/O,
+// whole into a buffer from alloc and returns its payload.
+func (s *LocalStore) readWhole(f *os.File, id ShardID, size int64, alloc func(n int) []byte) ([]byte, error) {
+	buf := alloc(int((size + directAlign - 1) / directAlign * directAlign))
+	n, err := io.ReadFull(f, buf)
+	switch {
+	case err != nil && err != io.ErrUnexpectedEOF: // the last block is short
+		return nil, fmt.Errorf("blobstore: get %s: %w", id, err)
+	case int64(n) < size:
+		return nil, fmt.Errorf("%w: get %s on %s: read %d of %d bytes", ErrShardCorrupt, id, s.nodeID, n, size)
+	}
+	h, err := decodeShardHeader(buf[:shardHeaderSize])
+	if err == nil {
+		err = checkHeader(h, id, size)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get %s on %s: %w", id, s.nodeID, err)
+	}
+	return buf[shardHeaderSize : shardHeaderSize+int(h.Length)], nil
 }
 
 // checkHeader checks a decoded header against the shard it should describe

@@ -28,7 +28,20 @@ func TestReadDirect(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	fresh := func(n int) ([]byte, func()) { return alignedFresh(n), nil }
+	// direct reports whether a read of id takes the direct path.
+	direct := func(id ShardID) bool {
+		t.Helper()
+		f, err := os.Open(s.ShardPath(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		fi, err := f.Stat()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.useDirect(f, fi.Size())
+	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i, n := range []int{directMin, directMin + 1, 32*4096 - shardHeaderSize, 32*4096 - shardHeaderSize + 1, 1<<20 + 13, 2 << 20} {
 		data := make([]byte, n)
@@ -37,12 +50,14 @@ func TestReadDirect(t *testing.T) {
 		}
 		id := ShardID{Segment: "d1ec7", Index: uint32(i)}
 		put(id, data)
-		got, ok, err := s.readDirect(ctx, id, fresh)
-		if !ok && s.noDirect.Load() {
-			t.Skip("the test directory's filesystem refuses direct I/O")
+		if !direct(id) {
+			if s.noDirect.Load() {
+				t.Skip("the test directory's filesystem refuses direct I/O")
+			}
+			t.Fatalf("%d bytes: not read with direct I/O", n)
 		}
-		if !ok || err != nil || !bytes.Equal(got, data) {
-			t.Fatalf("%d bytes: readDirect = %d bytes, %v, %v", n, len(got), ok, err)
+		if got, err := s.Get(ctx, id); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%d bytes: Get = %d bytes, %v", n, len(got), err)
 		}
 		pooled, release, err := s.GetPooled(ctx, id)
 		if err != nil || !bytes.Equal(pooled, data) {
@@ -59,8 +74,8 @@ func TestReadDirect(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.noDirect.Store(true)
-	if _, ok, _ := s.readDirect(ctx, big, fresh); ok {
-		t.Fatal("readDirect ran on a store without direct I/O")
+	if direct(big) {
+		t.Fatal("a store without direct I/O read with it")
 	}
 	if got, err := s.Get(ctx, big); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("Get without direct I/O = %d bytes, %v", len(got), err)
@@ -74,11 +89,11 @@ func TestReadDirect(t *testing.T) {
 
 	small := ShardID{Segment: "5a11", Index: 0}
 	put(small, make([]byte, directMin-1))
-	if _, ok, err := s.readDirect(ctx, small, fresh); ok || err != nil {
-		t.Fatalf("readDirect of a small shard = %v, %v; want it left to the page cache", ok, err)
+	if direct(small) {
+		t.Fatal("a small shard is read with direct I/O; want it left to the page cache")
 	}
-	if _, ok, _ := s.readDirect(ctx, ShardID{Segment: "ab5e", Index: 0}, fresh); ok {
-		t.Fatal("readDirect of a missing shard took it on itself (Get reports it missing)")
+	if _, err := s.Get(ctx, ShardID{Segment: "ab5e", Index: 0}); !errors.Is(err, ErrShardNotFound) {
+		t.Fatalf("Get of a missing shard = %v", err)
 	}
 
 	for _, tc := range []struct {
@@ -100,8 +115,8 @@ func TestReadDirect(t *testing.T) {
 		if err := os.WriteFile(s.ShardPath(id), tc.damage(b), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		if _, ok, err := s.readDirect(ctx, id, fresh); !ok || !errors.Is(err, ErrShardCorrupt) {
-			t.Fatalf("%s: readDirect = %v, %v; want ErrShardCorrupt", tc.name, ok, err)
+		if !direct(id) {
+			t.Fatalf("%s: the damaged shard is not read with direct I/O", tc.name)
 		}
 		if _, err := s.Get(ctx, id); !errors.Is(err, ErrShardCorrupt) {
 			t.Fatalf("%s: Get = %v; want ErrShardCorrupt", tc.name, err)

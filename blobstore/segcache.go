@@ -52,10 +52,10 @@ type SegmentCache struct {
 
 	// freq counts recent reads of each segment (saturating at freqMax;
 	// halved, and zeros dropped, every period reads).
-	freq    map[string]uint8
-	reads   int
-	period  int
-	dropped prometheus.Counter
+	freq     map[string]uint8
+	reads    int
+	period   int
+	rejected prometheus.Counter
 
 	hits, misses, shared prometheus.Counter
 	bytes                prometheus.Gauge
@@ -129,14 +129,14 @@ func NewSegmentCache(maxBytes int64, reg prometheus.Registerer) *SegmentCache {
 		main:    segList{l: list.New(), max: maxBytes - window},
 		entries: map[string]*list.Element{}, inflight: map[string]*segCall{},
 		freq: map[string]uint8{}, period: period,
-		dropped: prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_rejected_total", Help: "Fetched segments not kept in the segment cache: read less often lately than the segments they would have pushed out, or larger than a quarter of it."}),
-		hits:    prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_hits_total", Help: "Segment reads served from the frontend's segment cache."}),
-		misses:  prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_misses_total", Help: "Segment reads that fetched shards from storage nodes."}),
-		shared:  prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_shared_total", Help: "Segment reads that shared a fetch another reader had started: waiting for it (singleflight), or joining readers still writing out what it fetched."}),
-		bytes:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "strata_segment_cache_bytes", Help: "Bytes of decoded segments held by the segment cache."}),
+		rejected: prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_rejected_total", Help: "Fetched segments not kept in the segment cache: read less often lately than the segments they would have pushed out, or larger than a quarter of it."}),
+		hits:     prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_hits_total", Help: "Segment reads served from the frontend's segment cache."}),
+		misses:   prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_misses_total", Help: "Segment reads that fetched shards from storage nodes."}),
+		shared:   prometheus.NewCounter(prometheus.CounterOpts{Name: "strata_segment_cache_shared_total", Help: "Segment reads that shared a fetch another reader had started: waiting for it (singleflight), or joining readers still writing out what it fetched."}),
+		bytes:    prometheus.NewGauge(prometheus.GaugeOpts{Name: "strata_segment_cache_bytes", Help: "Bytes of decoded segments held by the segment cache."}),
 	}
 	if reg != nil {
-		reg.MustRegister(c.hits, c.misses, c.shared, c.bytes, c.dropped)
+		reg.MustRegister(c.hits, c.misses, c.shared, c.bytes, c.rejected)
 	}
 	return c
 }
@@ -317,7 +317,7 @@ func (c *SegmentCache) addLocked(key string, pieces [][]byte) {
 		size += int64(cap(p))
 	}
 	if size > c.window.max { // one segment may not flush a quarter of the cache
-		c.dropped.Inc()
+		c.rejected.Inc()
 		return
 	}
 	c.entries[key] = c.window.pushFront(&cacheSeg{key: key, pieces: pieces, size: size, inWindow: true})
@@ -337,7 +337,7 @@ func (c *SegmentCache) admitLocked(e *cacheSeg) {
 	for el := c.main.l.Back(); freed < want && el != nil; el = el.Prev() {
 		victim := el.Value.(*cacheSeg)
 		if c.freq[victim.key] >= c.freq[e.key] {
-			c.dropped.Inc()
+			c.rejected.Inc()
 			return
 		}
 		freed += victim.size
