@@ -400,3 +400,118 @@ func TestRequestsInFlightEndWhenTheNodeCloses(t *testing.T) {
 		t.Fatalf("%d of %d requests still waiting a minute after the node closed", started.Load()-answered.Load(), started.Load())
 	}
 }
+
+// The leader answers a steady stream of linearizable reads within its read
+// lease, and the lease ends before any other node can be elected: cut off
+// from the others, the old leader never serves a tag older than one the new
+// leader acknowledged, and its lease has run out before a new leader is
+// seen. With leases off, every read takes a heartbeat round.
+func TestReadLease(t *testing.T) {
+	t.Run("bounded by the election", func(t *testing.T) {
+		c := clustertest.Start(t, 3, clustertest.Options{})
+		leader := c.Leader()
+		ctx := ctxT(t, 30*time.Second)
+		if err := leader.Meta.Propose(ctx, tagCmd("r", "latest", 1)); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 200; i++ {
+			if tag, err := leader.Meta.Tag(ctx, "r", "latest"); err != nil || tag.Digest != dg(1_000_001) {
+				t.Fatalf("read %d: %v %v", i, tag, err)
+			}
+		}
+		leased, confirmed := leader.Raft.ReadCounts()
+		if leased < 150 {
+			t.Fatalf("%d of 200 reads within the lease (%d after a round of their own)", leased, confirmed)
+		}
+
+		var majority []*clustertest.Node
+		for _, n := range c.Nodes {
+			if n != leader {
+				majority = append(majority, n)
+			}
+		}
+		// Reads hammer the old leader from before the cut until well after
+		// the new leader acknowledged a newer tag.
+		var (
+			mu    sync.Mutex
+			acked time.Time // when the majority acknowledged tag 2
+			stale []string
+			stop  = make(chan struct{})
+			done  = make(chan struct{})
+		)
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				began := time.Now()
+				rctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+				tag, err := leader.Meta.Tag(rctx, "r", "latest")
+				cancel()
+				mu.Lock()
+				if err == nil && !acked.IsZero() && began.After(acked) && tag.Digest != dg(1_000_002) {
+					stale = append(stale, fmt.Sprintf("read at +%v after the ack returned %s", began.Sub(acked), tag.Digest))
+				}
+				mu.Unlock()
+			}
+		}()
+		time.Sleep(50 * time.Millisecond)
+		c.Partition([]*clustertest.Node{leader}, majority)
+		// The lease the old leader holds now can only end earlier than it
+		// says, never later: nothing it proposes commits any more.
+		leaseEnd, ok := leader.Raft.ReadLease()
+		if !ok {
+			t.Fatal("the leader held no read lease while it was being read")
+		}
+		var elected time.Time
+		var newLeader *clustertest.Node
+		for deadline := time.Now().Add(20 * time.Second); newLeader == nil && time.Now().Before(deadline); {
+			for _, n := range majority {
+				if n.Raft.IsLeader() {
+					elected, newLeader = time.Now(), n
+				}
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if newLeader == nil {
+			t.Fatal("the majority elected no leader")
+		}
+		if !leaseEnd.Before(elected) {
+			t.Fatalf("the old leader's lease ran until %v after %s was seen leading", leaseEnd.Sub(elected), newLeader.ID)
+		}
+		if err := newLeader.Meta.Propose(ctx, tagCmd("r", "latest", 2)); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		acked = time.Now()
+		mu.Unlock()
+		time.Sleep(time.Second)
+		close(stop)
+		<-done
+		if len(stale) > 0 {
+			t.Fatalf("the cut-off leader served %d stale reads, first: %s", len(stale), stale[0])
+		}
+	})
+	t.Run("off", func(t *testing.T) {
+		c := clustertest.Start(t, 3, clustertest.Options{NoReadLease: true})
+		leader := c.Leader()
+		ctx := ctxT(t, 30*time.Second)
+		if err := leader.Meta.Propose(ctx, tagCmd("r", "latest", 1)); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 50; i++ {
+			if _, err := leader.Meta.Tag(ctx, "r", "latest"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if leased, confirmed := leader.Raft.ReadCounts(); leased != 0 || confirmed < 50 {
+			t.Fatalf("leases off: %d reads leased, %d confirmed by a round", leased, confirmed)
+		}
+		if _, ok := leader.Raft.ReadLease(); ok {
+			t.Fatal("a lease was granted with leases off")
+		}
+	})
+}

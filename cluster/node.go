@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/strata-registry/strata/metastore"
@@ -55,7 +56,13 @@ type Config struct {
 	// AdvertiseRaftAddr is the address other meta nodes dial (host:port,
 	// the host may be a DNS name); RaftAddr's listener address if empty.
 	AdvertiseRaftAddr string
-	Logger            *slog.Logger
+	// NoReadLease makes every linearizable read confirm leadership with a
+	// heartbeat round of its own instead of within a read lease (see
+	// LinearizableRead).
+	NoReadLease bool
+	// Registerer, if set, receives the node's metrics.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -100,6 +107,15 @@ type Node struct {
 	// index current, and so its reads linearizable.
 	readyTerm atomic.Uint64
 
+	// lease is how long this node may answer linearizable reads without
+	// asking a quorum again (LinearizableRead); zero with NoReadLease.
+	lease      time.Duration
+	leased     atomic.Pointer[readLease]
+	renewing   atomic.Bool
+	epoch      time.Time // leases are monotonic-clock offsets from it
+	leaseReads atomic.Int64
+	roundReads atomic.Int64
+
 	// closed ends with Close: a proposal or read still waiting on Raft
 	// then returns ErrShutdown (see wait).
 	closed    chan struct{}
@@ -124,7 +140,7 @@ func Open(cfg Config, st *metastore.Store) (*Node, error) {
 	// The metastore keeps its own applied index durably, so a restart need
 	// not rebuild it from the snapshot; entries it already has are skipped.
 	rc.NoSnapshotRestoreOnStart = true
-	rc.HeartbeatTimeout = 500 * time.Millisecond
+	rc.HeartbeatTimeout = heartbeatTimeout
 	rc.ElectionTimeout = 500 * time.Millisecond
 	rc.LeaderLeaseTimeout = 250 * time.Millisecond
 	rc.BatchApplyCh = true
@@ -145,6 +161,17 @@ func Open(cfg Config, st *metastore.Store) (*Node, error) {
 	if err := restoreIfBehindSnapshot(snaps, logs, st, cfg.Logger); err != nil {
 		logs.Close()
 		return nil, err
+	}
+	has, err := raft.HasExistingState(logs, logs, snaps)
+	if err != nil {
+		logs.Close()
+		return nil, err
+	}
+	if has && !cfg.NoReadLease {
+		// A restarted node has forgotten which leader it heard from last,
+		// and would vote at once: it waits until any read lease its last
+		// life helped grant has run out (see LinearizableRead).
+		time.Sleep(readLeaseDuration)
 	}
 	stream := cfg.StreamLayer
 	if stream == nil {
@@ -173,13 +200,20 @@ func Open(cfg Config, st *metastore.Store) (*Node, error) {
 		logs.Close()
 		return nil, fmt.Errorf("cluster: start raft: %w", err)
 	}
-	n := &Node{cfg: cfg, raft: r, store: st, logs: logs, transport: transport, closed: make(chan struct{})}
-	if cfg.Bootstrap {
-		has, err := raft.HasExistingState(logs, logs, snaps)
-		if err != nil {
-			n.Close()
-			return nil, err
+	n := &Node{cfg: cfg, raft: r, store: st, logs: logs, transport: transport, closed: make(chan struct{}), epoch: time.Now()}
+	if !cfg.NoReadLease {
+		n.lease = readLeaseDuration
+	}
+	if reg := cfg.Registerer; reg != nil {
+		c := func(fence, help string, v *atomic.Int64) prometheus.Collector {
+			return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "strata", Subsystem: "meta",
+				Name: "linearizable_reads_" + fence + "_total", Help: help}, func() float64 { return float64(v.Load()) })
 		}
+		reg.MustRegister(
+			c("leased", "Linearizable reads this node answered as leader within its read lease.", &n.leaseReads),
+			c("confirmed", "Linearizable reads this node answered as leader after a heartbeat round of their own.", &n.roundReads))
+	}
+	if cfg.Bootstrap {
 		if !has {
 			f := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{
 				ID: rc.LocalID, Address: transport.LocalAddr(), Suffrage: raft.Voter,
@@ -364,14 +398,31 @@ func (n *Node) Propose(ctx context.Context, cmd *pb.Command) error {
 	if err != nil {
 		return err
 	}
+	term, start := n.raft.CurrentTerm(), time.Since(n.epoch)
 	f := n.raft.Apply(data, timeoutOf(ctx))
 	if err := n.wait(ctx, f); err != nil {
 		return raftErr(err)
 	}
+	n.extendLease(term, start) // a commit renews the read lease
 	if resp, ok := f.Response().(error); ok {
 		return resp
 	}
 	return nil
+}
+
+// heartbeatTimeout is how long a follower goes without hearing from the
+// leader before it stands for election; readLeaseDuration is the read lease
+// it bounds (LinearizableRead).
+const (
+	heartbeatTimeout  = 500 * time.Millisecond
+	readLeaseDuration = heartbeatTimeout * 3 / 5
+)
+
+// readLease is a leadership lease: until `until` (an offset on the node's
+// monotonic clock) in term `term`, no other node can have been elected.
+type readLease struct {
+	term  uint64
+	until time.Duration
 }
 
 // LinearizableRead returns once a read of the local state will see every
@@ -382,18 +433,46 @@ func (n *Node) Propose(ctx context.Context, cmd *pb.Command) error {
 // acknowledged until the new leader commits an entry of its own term; so the
 // first read of each term waits for a barrier first (found by the chaos
 // suite: a read after a leader change missed an acknowledged tag write).
+//
+// Leadership is confirmed by a heartbeat round (VerifyLeader), or by a read
+// lease, which costs no round trip. An entry this leader proposed at t and
+// got committed was stored by a quorum, each of which received it after t
+// and so heard from this leader after t. A follower that knows a leader
+// refuses to vote for anyone else (Raft rejects votes while it knows a
+// leader), and only forgets it after a full heartbeatTimeout without
+// contact on its own clock: no other leader can be elected before
+// t+heartbeatTimeout. Until t+readLeaseDuration (three fifths of that, room
+// for clocks that run at different rates) this node's state therefore holds
+// every acknowledged write. Every commit of this leader's proposals renews
+// the lease; reads that find it half spent renew it with a barrier in the
+// background, so that a steady stream of reads never waits for a round.
+// A heartbeat round cannot grant a lease: hashicorp/raft counts answers to
+// heartbeats sent before the round began. A follower that restarts forgets
+// its leader and would vote at once: Open waits out the lease before it
+// starts Raft on existing state. Raft's leadership transfers would break
+// the lease; Strata never starts one. A leader whose monotonic
+// clock stops (a suspended machine) could serve stale reads after it
+// resumes: Config.NoReadLease turns leases off.
 func (n *Node) LinearizableRead(ctx context.Context) error {
 	term := n.raft.CurrentTerm()
 	if n.readyTerm.Load() != term {
+		start := time.Since(n.epoch)
 		if err := n.wait(ctx, n.raft.Barrier(timeoutOf(ctx))); err != nil {
 			return raftErr(err)
 		}
 		if n.raft.CurrentTerm() == term {
 			n.readyTerm.Store(term)
+			n.extendLease(term, start)
 		}
 	}
-	if err := n.wait(ctx, n.raft.VerifyLeader()); err != nil {
-		return raftErr(err)
+	if n.withinLease(term) {
+		n.leaseReads.Add(1)
+	} else {
+		if err := n.wait(ctx, n.raft.VerifyLeader()); err != nil {
+			return raftErr(err)
+		}
+		n.roundReads.Add(1)
+		n.renewLease(term)
 	}
 	if n.raft.CurrentTerm() != term || n.readyTerm.Load() != term {
 		return fmt.Errorf("%w: leadership changed during the read", ErrNotLeader)
@@ -407,6 +486,74 @@ func (n *Node) LinearizableRead(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// withinLease reports whether this node holds a read lease for term, and
+// renews it once it is half spent.
+func (n *Node) withinLease(term uint64) bool {
+	l := n.leased.Load()
+	if l == nil || l.term != term || n.raft.State() != raft.Leader {
+		return false
+	}
+	left := l.until - time.Since(n.epoch)
+	if left <= 0 {
+		return false
+	}
+	if left < n.lease/2 {
+		n.renewLease(term)
+	}
+	return true
+}
+
+// ReadLease returns when this node's read lease ends, if it holds one for
+// its current term.
+func (n *Node) ReadLease() (time.Time, bool) {
+	l := n.leased.Load()
+	if l == nil || l.term != n.raft.CurrentTerm() {
+		return time.Time{}, false
+	}
+	return n.epoch.Add(l.until), true
+}
+
+// ReadCounts returns how many linearizable reads this node answered as
+// leader within its read lease, and how many after a heartbeat round.
+func (n *Node) ReadCounts() (leased, confirmed int64) {
+	return n.leaseReads.Load(), n.roundReads.Load()
+}
+
+// renewLease commits a barrier in the background, unless leases are off
+// or a renewal is under way; its commit extends the lease.
+func (n *Node) renewLease(term uint64) {
+	if n.lease <= 0 || !n.renewing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer n.renewing.Store(false)
+		start := time.Since(n.epoch)
+		ctx, cancel := context.WithTimeout(context.Background(), heartbeatTimeout)
+		defer cancel()
+		if n.wait(ctx, n.raft.Barrier(heartbeatTimeout)) == nil {
+			n.extendLease(term, start)
+		}
+	}()
+}
+
+// extendLease records that an entry this node proposed at start (an offset
+// on its monotonic clock) while leader in term has been committed.
+func (n *Node) extendLease(term uint64, start time.Duration) {
+	if n.lease <= 0 || n.raft.CurrentTerm() != term {
+		return
+	}
+	next := &readLease{term: term, until: start + n.lease}
+	for {
+		cur := n.leased.Load()
+		if cur != nil && cur.term == term && cur.until >= next.until {
+			return
+		}
+		if n.leased.CompareAndSwap(cur, next) {
+			return
+		}
+	}
 }
 
 // wait waits for a Raft future while ctx lasts and the node is open. Raft

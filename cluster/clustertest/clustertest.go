@@ -50,6 +50,7 @@ type Options struct {
 	SnapshotThreshold uint64
 	TrailingLogs      uint64
 	ReadConsistency   string
+	NoReadLease       bool
 }
 
 // Cluster is a set of meta nodes.
@@ -130,7 +131,8 @@ func (c *Cluster) start(n *Node, bootstrap bool, seed string) {
 	}
 	n.RaftAddr = n.Bridge.Addr().String()
 	n.Raft, err = cluster.Open(cluster.Config{NodeID: n.ID, Dir: filepath.Join(n.Dir, "raft"), StreamLayer: n.Bridge,
-		Bootstrap: bootstrap, SnapshotThreshold: c.opts.SnapshotThreshold, TrailingLogs: c.opts.TrailingLogs}, n.Store)
+		Bootstrap: bootstrap, SnapshotThreshold: c.opts.SnapshotThreshold, TrailingLogs: c.opts.TrailingLogs,
+		NoReadLease: c.opts.NoReadLease}, n.Store)
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -56,6 +56,7 @@ type serveOptions struct {
 	strict          bool
 	readConsistency string
 	maxStaleness    time.Duration
+	noReadLease     bool
 	deadAfter       time.Duration
 	repairRate      int64
 	repairConc      int
@@ -148,6 +149,7 @@ flags win over the environment, which wins over the file.`,
 	f.BoolVar(&o.strict, "strict-manifests", false, "refuse image manifests whose layers are not all in the repository (default: sparse manifests are accepted)")
 	f.StringVar(&o.readConsistency, "read-consistency", "linearizable", "tag and listing reads: linearizable, or stale (served by any replica within --max-staleness)")
 	f.DurationVar(&o.maxStaleness, "max-staleness", 5*time.Second, "bound on the staleness of reads with --read-consistency=stale")
+	f.BoolVar(&o.noReadLease, "no-read-lease", false, "meta role: confirm leadership with a heartbeat round for every linearizable read instead of within a read lease (leases assume meta nodes' clocks never stop, as they do when a machine is suspended)")
 	f.DurationVar(&o.deadAfter, "dead-after", 5*time.Minute, "a storage node silent this long is declared dead")
 	f.Int64Var(&o.repairRate, "repair-rate", 256<<20, "bytes per second the leader's repairer may fetch and write (meta role; 0: no bound)")
 	f.IntVar(&o.repairConc, "repair-concurrency", cluster.DefaultRepairConcurrency, "segments the leader's repairer rebuilds at once (meta role)")
@@ -377,6 +379,7 @@ func serve(ctx context.Context, o *serveOptions) error {
 			NodeID: nodeID, Dir: filepath.Join(o.dataDir, "meta", "raft"), RaftAddr: o.raftAddr, AdvertiseRaftAddr: o.advRaft,
 			Bootstrap: len(o.join) == 0, Logger: log,
 			SnapshotThreshold: o.snapshotThreshold, TrailingLogs: o.trailingLogs, SnapshotInterval: o.snapshotInterval,
+			NoReadLease: o.noReadLease, Registerer: reg,
 		}, st)
 		if err != nil {
 			return err
