@@ -258,8 +258,9 @@ func serve(ctx context.Context, o *serveOptions) error {
 	if limit, source := o.setMemoryLimit(); limit > 0 {
 		log.Info("memory limit", "bytes", limit, "size", fmtBenchSize(limit), "from", source)
 	}
-	if percent, source := o.setGCPercent(); source != "" {
-		log.Info("garbage collector target", "gogc", percent, "from", source)
+	gcPercent, gcSource := o.setGCPercent()
+	if gcSource != "" {
+		log.Info("garbage collector target", "gogc", gcPercent, "from", gcSource)
 	}
 	if err := os.MkdirAll(o.dataDir, 0o750); err != nil {
 		return err
@@ -293,6 +294,9 @@ func serve(ctx context.Context, o *serveOptions) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	go newMemTrimmer(reg, log).run(ctx)
+	if gcSource != "GOGC" {
+		tuneGC(ctx, gcPercent)
+	}
 	gsrv := grpc.NewServer(cluster.ServerOptions(tlsConf)...)
 	gln, err := net.Listen("tcp", o.grpcAddr)
 	if err != nil {
@@ -705,32 +709,6 @@ func (o *serveOptions) setMemoryLimit() (int64, string) {
 	}
 	debug.SetMemoryLimit(limit)
 	return limit, source
-}
-
-// apiGCPercent is the collector's target (GOGC) on nodes with the api role.
-// Their heap is mostly the segment cache and segments in flight: large
-// pointer-free buffers that cost a collection almost nothing to mark, so
-// collecting at half again the live heap instead of twice it costs little
-// CPU and keeps RSS near what is live. `--dev`, 4 clients pulling 4
-// distinct 1 GiB blobs: peak RSS 916 and 748 MiB with Go's default of 100,
-// 573 and 531 MiB with 50; 256 MiB pushes 362-379 against 268-304 MiB;
-// throughput and CPU within the runs' noise.
-const apiGCPercent = 50
-
-// setGCPercent sets the collector's target of a node with the api role to
-// apiGCPercent and returns the target in force and where it came from (""
-// when it is Go's default). GOGC, when set, wins.
-func (o *serveOptions) setGCPercent() (int, string) {
-	if os.Getenv("GOGC") != "" {
-		p := debug.SetGCPercent(100)
-		debug.SetGCPercent(p)
-		return p, "GOGC"
-	}
-	if !o.has(cluster.RoleAPI) {
-		return 100, ""
-	}
-	debug.SetGCPercent(apiGCPercent)
-	return apiGCPercent, "api role"
 }
 
 // sizeFlag is a flag of bytes, given as 1073741824, 1GiB, 512MiB or 1.5GB
