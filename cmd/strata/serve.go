@@ -259,8 +259,13 @@ func serve(ctx context.Context, o *serveOptions) error {
 		log.Info("memory limit", "bytes", limit, "size", fmtBenchSize(limit), "from", source)
 	}
 	gcPercent, gcSource := o.setGCPercent()
-	if gcSource != "" {
+	switch gcSource {
+	case "GOGC":
 		log.Info("garbage collector target", "gogc", gcPercent, "from", gcSource)
+	case "":
+		log.Info("garbage collector target", "gogc", gcPercent, "least_growth", fmtBenchSize(gcHeadroom))
+	default:
+		log.Info("garbage collector target", "gogc", gcPercent, "from", gcSource, "least_growth", fmtBenchSize(gcHeadroom))
 	}
 	if err := os.MkdirAll(o.dataDir, 0o750); err != nil {
 		return err
