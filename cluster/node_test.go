@@ -134,3 +134,34 @@ func TestRestartAfterSnapshotAndCompaction(t *testing.T) {
 		}
 	}
 }
+
+// A node that restarts on existing state has forgotten which leader it heard
+// from and would vote at once: before Raft starts it waits until any read
+// lease it helped grant in its last life has run out.
+func TestRestartWaitsOutReadLeases(t *testing.T) {
+	dir := t.TempDir()
+	tn := openNode(t, dir, 8192)
+	ctx := context.Background()
+	if err := tn.node.Propose(ctx, commit("r", dg(1))); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := tn.node.ReadLease(); !ok {
+		t.Fatal("a committed proposal granted no read lease")
+	}
+	tn.node.Close()
+	began := time.Now()
+	n, err := Open(Config{NodeID: "n1", Dir: filepath.Join(dir, "raft"), RaftAddr: "127.0.0.1:0", Bootstrap: true}, tn.st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	took := time.Since(began)
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if took < readLeaseDuration {
+		t.Fatalf("restart on existing state took %v, less than the read lease (%v)", took, readLeaseDuration)
+	}
+	if err := tn.st.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
