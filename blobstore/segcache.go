@@ -64,8 +64,13 @@ type SegmentCache struct {
 type cacheSeg struct {
 	key      string
 	pieces   [][]byte
+	buf      *segBuf // the pieces lie in it (nil: they do not)
 	size     int64
 	inWindow bool
+	// readers counts cache hits still writing the pieces out; a segment
+	// dropped from the cache (dropped) lets go of buf after the last one.
+	readers int
+	dropped bool
 }
 
 // segList is an LRU list of segments and their bytes.
@@ -88,8 +93,9 @@ func (l *segList) pushFront(e *cacheSeg) *list.Element {
 // segCall is one fetch of a segment, shared by every reader that asks for
 // the segment while it runs.
 type segCall struct {
-	done   chan struct{} // closed when pieces and err are set
+	done   chan struct{} // closed when pieces, buf and err are set
 	pieces [][]byte
+	buf    *segBuf // held by the call until its last reference goes, then by the cache or nobody
 	err    error
 
 	// admitted is closed once the fetch holds its read memory (or has
@@ -162,7 +168,7 @@ func sealerKeyID(seal Sealer) string {
 // read memory, then leaves with ErrReadBudget (the fetch goes on waiting for
 // the other readers, if any; with none left, it is dropped).
 func (c *SegmentCache) get(ctx context.Context, seg *metastorepb.Segment, seal Sealer, at uint64, admit time.Duration,
-	reserve func(context.Context) (func(), error), fetch func(context.Context) ([][]byte, error)) (pieces [][]byte, done func(), err error) {
+	reserve func(context.Context) (func(), error), fetch func(context.Context) ([][]byte, *segBuf, error)) (pieces [][]byte, done func(), err error) {
 	key := fmt.Sprintf("%s\x00%s\x00%d\x00%d", seg.GetId(), sealerKeyID(seal), at, seg.GetLength())
 	c.mu.Lock()
 	c.countLocked(key)
@@ -174,9 +180,10 @@ func (c *SegmentCache) get(ctx context.Context, seg *metastorepb.Segment, seal S
 			c.main.l.MoveToFront(el)
 		}
 		pieces := e.pieces
+		e.readers++
 		c.mu.Unlock()
 		c.hits.Inc()
-		return pieces, func() {}, nil
+		return pieces, func() { c.doneReading(e) }, nil
 	}
 	call, ok := c.inflight[key]
 	if ok {
@@ -227,7 +234,7 @@ func (c *SegmentCache) get(ctx context.Context, seg *metastorepb.Segment, seal S
 // lasts), fetches on behalf of every reader waiting for it (so it does not
 // end when the first one goes away), and caches what it got.
 func (c *SegmentCache) run(wctx context.Context, key string, call *segCall,
-	reserve func(context.Context) (func(), error), fetch func(context.Context) ([][]byte, error)) {
+	reserve func(context.Context) (func(), error), fetch func(context.Context) ([][]byte, *segBuf, error)) {
 	release, err := reserve(wctx)
 	call.stopWait()
 	c.mu.Lock()
@@ -236,7 +243,7 @@ func (c *SegmentCache) run(wctx context.Context, key string, call *segCall,
 	close(call.admitted)
 	if err == nil {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(wctx), segmentFetchTimeout)
-		call.pieces, err = fetch(fctx)
+		call.pieces, call.buf, err = fetch(fctx)
 		cancel()
 	}
 	call.err = err
@@ -272,9 +279,12 @@ func (c *SegmentCache) unref(key string, call *segCall) {
 		if c.inflight[key] == call {
 			delete(c.inflight, key)
 			if call.fetched {
-				c.addLocked(key, call.pieces)
+				c.addLocked(key, call.pieces, call.buf)
+				call.buf = nil // the cache's now
 			}
 		}
+		call.buf.unref()
+		call.buf = nil
 	case call.refs == 1 && !call.reserved: // only the fetch is left
 		call.stopWait()
 		if c.inflight[key] == call {
@@ -306,10 +316,32 @@ func (c *SegmentCache) countLocked(key string) {
 	}
 }
 
-// addLocked puts a fetched segment at the front of the window; what the
-// window pushes out is offered to the main list.
-func (c *SegmentCache) addLocked(key string, pieces [][]byte) {
+// doneReading ends a cache hit's read of e.
+func (c *SegmentCache) doneReading(e *cacheSeg) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e.readers--; e.readers == 0 && e.dropped {
+		e.buf.unref()
+		e.buf = nil
+	}
+}
+
+// dropLocked takes e out of the cache's keeping: its buffer goes back once
+// no cache hit is still writing it out.
+func (c *SegmentCache) dropLocked(e *cacheSeg) {
+	e.dropped = true
+	if e.readers == 0 {
+		e.buf.unref()
+		e.buf = nil
+	}
+}
+
+// addLocked puts a fetched segment, whose pieces lie in buf, at the front
+// of the window; what the window pushes out is offered to the main list.
+// The cache takes over buf.
+func (c *SegmentCache) addLocked(key string, pieces [][]byte, buf *segBuf) {
 	if _, ok := c.entries[key]; ok {
+		buf.unref()
 		return
 	}
 	var size int64
@@ -318,9 +350,10 @@ func (c *SegmentCache) addLocked(key string, pieces [][]byte) {
 	}
 	if size > c.window.max { // one segment may not flush a quarter of the cache
 		c.rejected.Inc()
+		buf.unref()
 		return
 	}
-	c.entries[key] = c.window.pushFront(&cacheSeg{key: key, pieces: pieces, size: size, inWindow: true})
+	c.entries[key] = c.window.pushFront(&cacheSeg{key: key, pieces: pieces, buf: buf, size: size, inWindow: true})
 	for c.window.size > c.window.max {
 		e := c.window.remove(c.window.l.Back())
 		delete(c.entries, e.key)
@@ -338,12 +371,15 @@ func (c *SegmentCache) admitLocked(e *cacheSeg) {
 		victim := el.Value.(*cacheSeg)
 		if c.freq[victim.key] >= c.freq[e.key] {
 			c.rejected.Inc()
+			c.dropLocked(e)
 			return
 		}
 		freed += victim.size
 	}
 	for c.main.size+e.size > c.main.max {
-		delete(c.entries, c.main.remove(c.main.l.Back()).key)
+		victim := c.main.remove(c.main.l.Back())
+		delete(c.entries, victim.key)
+		c.dropLocked(victim)
 	}
 	e.inWindow = false
 	c.entries[e.key] = c.main.pushFront(e)

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -259,5 +262,69 @@ func TestSegmentCacheAdmitsByFrequency(t *testing.T) {
 	}
 	if last := gets[len(gets)-5:]; slices.Max(last) != 0 {
 		t.Fatalf("a blob read 40 times in a row is still not all cached (shard reads per pass: %v)", gets)
+	}
+}
+
+// slowBuffer is a bytes.Buffer whose writes take a millisecond before they
+// copy: a reader that holds a segment's pieces a while.
+type slowBuffer struct{ bytes.Buffer }
+
+func (b *slowBuffer) Write(p []byte) (int, error) {
+	time.Sleep(time.Millisecond)
+	return b.Buffer.Write(p)
+}
+
+// Segment buffers are pooled: a buffer goes back for another segment only
+// once its reader (or the cache, and every reader of the cached segment)
+// and every fetch still writing into it are done. Readers pull blobs side
+// by side through a cache smaller than what they read, while one data shard
+// in two arrives late: hedged reads finish without it, and the late fetch
+// writes into its region after the read has returned. Every read must come
+// back byte for byte (and, under the race detector, without a race on a
+// reused buffer), though each takes its time writing what it read out.
+func TestPooledSegmentBuffersOutliveLateFetches(t *testing.T) {
+	for _, withCache := range []bool{true, false} {
+		c := newCluster(t, 6)
+		s := newStore(t, c, 4, 2, func(cfg *blobstore.Config) {
+			cfg.HedgeAfter = 2 * time.Millisecond
+			if withCache {
+				cfg.SegmentCache = blobstore.NewSegmentCache(12*testSeg, nil) // half of what is read
+			}
+		})
+		var blobs [][]byte
+		var layouts [][]*metastorepb.Segment
+		for i := range 6 {
+			data := randomData(uint64(100+i), 4*testSeg-i*1000)
+			blobs, layouts = append(blobs, data), append(layouts, write(t, s, data))
+		}
+		for _, f := range c.faulty {
+			f.Inject(blobstore.Fault{Op: blobstore.OpGet, Delay: 15 * time.Millisecond,
+				Match: func(id blobstore.ShardID) bool { return id.Index == 1 && rand.IntN(2) == 0 }})
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, 8)
+		for r := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for n := range 12 {
+					i := (r + n*5) % len(blobs)
+					var out slowBuffer
+					if err := s.ReadRange(bg, &out, layouts[i], 0, int64(len(blobs[i]))); err != nil {
+						errs <- err
+						return
+					}
+					if !bytes.Equal(out.Bytes(), blobs[i]) {
+						errs <- fmt.Errorf("reader %d, read %d: blob %d came back different", r, n, i)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatalf("cache %v: %v", withCache, err)
+		}
 	}
 }
