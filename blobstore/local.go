@@ -330,8 +330,9 @@ func (s *LocalStore) writeDirect(id ShardID, hdr, data []byte) (string, error) {
 	return name, err
 }
 
-// alignedBuffers pools the page-aligned buffers of writeDirect by size
-// class (whole multiples of alignedClass).
+// alignedBuffers pools page-aligned buffers by size class (whole multiples
+// of alignedClass): those of writeDirect and of pooled direct reads, and the
+// buffers segments are read into (segBuf).
 var alignedBuffers sync.Map // int -> *sync.Pool of *[]byte
 
 const alignedClass = 64 << 10
@@ -349,17 +350,16 @@ func alignedBuffer(n int) ([]byte, func()) {
 	}
 	pool := p.(*sync.Pool)
 	raw := pool.Get().(*[]byte)
-	off := 0
-	if r := int(uintptr(unsafe.Pointer(unsafe.SliceData(*raw))) % directAlign); r != 0 {
-		off = directAlign - r
-	}
-	return (*raw)[off : off+n], func() { pool.Put(raw) }
+	return alignIn(*raw, n), func() { pool.Put(raw) }
 }
 
 // alignedFresh returns a new directAlign-aligned buffer of n bytes, for a
 // caller that keeps it.
-func alignedFresh(n int) []byte {
-	raw := make([]byte, n+directAlign)
+func alignedFresh(n int) []byte { return alignIn(make([]byte, n+directAlign), n) }
+
+// alignIn returns the first n bytes of raw (at least n+directAlign long)
+// that start on a directAlign boundary, with no capacity beyond them.
+func alignIn(raw []byte, n int) []byte {
 	off := 0
 	if r := int(uintptr(unsafe.Pointer(unsafe.SliceData(raw))) % directAlign); r != 0 {
 		off = directAlign - r

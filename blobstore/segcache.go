@@ -276,15 +276,16 @@ func (c *SegmentCache) unref(key string, call *segCall) {
 	switch {
 	case call.refs == 0:
 		release, call.release = call.release, nil
+		buf := call.buf
+		call.buf = nil
 		if c.inflight[key] == call {
 			delete(c.inflight, key)
 			if call.fetched {
-				c.addLocked(key, call.pieces, call.buf)
-				call.buf = nil // the cache's now
+				c.addLocked(key, call.pieces, buf) // the cache takes buf over
+				buf = nil
 			}
 		}
-		call.buf.unref()
-		call.buf = nil
+		buf.unref()
 	case call.refs == 1 && !call.reserved: // only the fetch is left
 		call.stopWait()
 		if c.inflight[key] == call {

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -265,6 +266,26 @@ func TestSegmentCacheAdmitsByFrequency(t *testing.T) {
 	}
 }
 
+// lateShards delivers one data shard in four 15 ms late when late is set,
+// writing it into the caller's buffer then whatever the caller's context
+// says.
+type lateShards struct {
+	blobstore.ShardStore
+	late *atomic.Bool
+}
+
+func (l lateShards) Get(ctx context.Context, id blobstore.ShardID) ([]byte, error) {
+	return l.GetInto(ctx, id, nil)
+}
+
+func (l lateShards) GetInto(ctx context.Context, id blobstore.ShardID, dst []byte) ([]byte, error) {
+	if l.late.Load() && id.Index < 4 && rand.IntN(4) == 0 {
+		time.Sleep(15 * time.Millisecond)
+		ctx = context.WithoutCancel(ctx)
+	}
+	return l.ShardStore.(blobstore.ShardReaderInto).GetInto(ctx, id, dst)
+}
+
 // slowBuffer is a bytes.Buffer whose writes take a millisecond before they
 // copy: a reader that holds a segment's pieces a while.
 type slowBuffer struct{ bytes.Buffer }
@@ -278,29 +299,37 @@ func (b *slowBuffer) Write(p []byte) (int, error) {
 // once its reader (or the cache, and every reader of the cached segment)
 // and every fetch still writing into it are done. Readers pull blobs side
 // by side through a cache smaller than what they read, while one data shard
-// in two arrives late: hedged reads finish without it, and the late fetch
-// writes into its region after the read has returned. Every read must come
-// back byte for byte (and, under the race detector, without a race on a
-// reused buffer), though each takes its time writing what it read out.
+// in four arrives late: hedged reads finish without it, and the late fetch,
+// deaf to the read's cancellation (a transfer already under way), writes
+// into its region after the read has returned. Every read must come back
+// byte for byte (and, under the race detector, without a race on a reused
+// buffer), though each takes its time writing what it read out.
 func TestPooledSegmentBuffersOutliveLateFetches(t *testing.T) {
 	for _, withCache := range []bool{true, false} {
 		c := newCluster(t, 6)
-		s := newStore(t, c, 4, 2, func(cfg *blobstore.Config) {
-			cfg.HedgeAfter = 2 * time.Millisecond
-			if withCache {
-				cfg.SegmentCache = blobstore.NewSegmentCache(12*testSeg, nil) // half of what is read
+		var late atomic.Bool
+		nodes := func() []blobstore.Node {
+			ns := c.nodes()
+			for i := range ns {
+				ns[i].Shards = lateShards{ns[i].Shards, &late}
 			}
-		})
+			return ns
+		}
+		cfg := blobstore.Config{SegmentSize: testSeg, K: 4, M: 2, SmallBlobThreshold: 4 << 10, HedgeAfter: 2 * time.Millisecond}
+		if withCache {
+			cfg.SegmentCache = blobstore.NewSegmentCache(12*testSeg, nil) // half of what is read
+		}
+		s, err := blobstore.New(cfg, nodes)
+		if err != nil {
+			t.Fatal(err)
+		}
 		var blobs [][]byte
 		var layouts [][]*metastorepb.Segment
 		for i := range 6 {
 			data := randomData(uint64(100+i), 4*testSeg-i*1000)
 			blobs, layouts = append(blobs, data), append(layouts, write(t, s, data))
 		}
-		for _, f := range c.faulty {
-			f.Inject(blobstore.Fault{Op: blobstore.OpGet, Delay: 15 * time.Millisecond,
-				Match: func(id blobstore.ShardID) bool { return id.Index == 1 && rand.IntN(2) == 0 }})
-		}
+		late.Store(true)
 		var wg sync.WaitGroup
 		errs := make(chan error, 8)
 		for r := range 8 {

@@ -890,7 +890,7 @@ func (s *Store) readSegmentOnce(ctx context.Context, nodes map[string]ShardStore
 	var sb *segBuf // buf, for the fetches (buf is this reader's, nil on error)
 	if k > 1 {
 		sb = getSegBuf(k * size)
-		side, busy = sb.b[:k*size:k*size], make([]bool, k)
+		side, busy = sb.b, make([]bool, k)
 		defer func() {
 			if err != nil {
 				sb.unref()
@@ -990,42 +990,28 @@ func (s *Store) readSegmentOnce(ctx context.Context, nodes map[string]ShardStore
 }
 
 // segBuf is a buffer the data shards of a segment are read into side by
-// side (readSegmentOnce), from a pool: a fresh one is cleared before use,
-// which cost a frontend 7.6% of its CPU in pulls of distinct blobs (4+2).
-// It goes back to the pool when the last of its holders lets go (unref):
-// the reader of the segment (or the segment cache, and every reader of a
-// cached segment), and each fetch still writing into it. A nil *segBuf
-// (a segment not read that way) is never pooled.
+// side (readSegmentOnce), from alignedBuffers: a fresh one is cleared before
+// use, which cost a frontend 7.6% of its CPU in pulls of distinct blobs
+// (4+2). It goes back to its pool when the last of its holders lets go
+// (unref): the reader of the segment (or the segment cache, and every
+// reader of a cached segment), and each fetch still writing into it. A nil
+// *segBuf (a segment not read that way) holds nothing.
 type segBuf struct {
-	b    []byte
-	refs atomic.Int32
+	b       []byte
+	release func()
+	refs    atomic.Int32
 }
 
-// segBufMaxPooled is the largest buffer kept in a pool; sizes are rounded
-// up to 64 KiB so that the last, shorter segments of blobs share pools.
-const segBufMaxPooled = 64 << 20
-
-var segBufPools sync.Map // rounded size -> *sync.Pool of *segBuf
-
-func segBufClass(n int) int { return (n + 64<<10 - 1) &^ (64<<10 - 1) }
-
 func getSegBuf(n int) *segBuf {
-	c := segBufClass(n)
-	if c <= segBufMaxPooled {
-		p, _ := segBufPools.LoadOrStore(c, &sync.Pool{})
-		if b, ok := p.(*sync.Pool).Get().(*segBuf); ok {
-			b.refs.Store(1)
-			return b
-		}
-	}
-	b := &segBuf{b: make([]byte, c)}
+	b := &segBuf{}
+	b.b, b.release = alignedBuffer(n)
 	b.refs.Store(1)
 	return b
 }
 
 func (b *segBuf) ref() { b.refs.Add(1) }
 
-// unref lets go of b; the last holder puts it back in its pool.
+// unref lets go of b; the last holder gives it back.
 func (b *segBuf) unref() {
 	if b == nil {
 		return
@@ -1033,9 +1019,8 @@ func (b *segBuf) unref() {
 	switch n := b.refs.Add(-1); {
 	case n < 0:
 		panic("blobstore: segment buffer let go of once too often")
-	case n == 0 && len(b.b) <= segBufMaxPooled:
-		p, _ := segBufPools.Load(len(b.b))
-		p.(*sync.Pool).Put(b)
+	case n == 0:
+		b.release()
 	}
 }
 

@@ -259,14 +259,14 @@ func serve(ctx context.Context, o *serveOptions) error {
 		log.Info("memory limit", "bytes", limit, "size", fmtBenchSize(limit), "from", source)
 	}
 	gcPercent, gcSource := o.setGCPercent()
-	switch gcSource {
-	case "GOGC":
-		log.Info("garbage collector target", "gogc", gcPercent, "from", gcSource)
-	case "":
-		log.Info("garbage collector target", "gogc", gcPercent, "least_growth", fmtBenchSize(gcHeadroom))
-	default:
-		log.Info("garbage collector target", "gogc", gcPercent, "from", gcSource, "least_growth", fmtBenchSize(gcHeadroom))
+	gcAttrs := []any{"gogc", gcPercent}
+	if gcSource != "" {
+		gcAttrs = append(gcAttrs, "from", gcSource)
 	}
+	if gcSource != "GOGC" { // tuneGC below keeps the floor
+		gcAttrs = append(gcAttrs, "least_growth", fmtBenchSize(gcHeadroom))
+	}
+	log.Info("garbage collector target", gcAttrs...)
 	if err := os.MkdirAll(o.dataDir, 0o750); err != nil {
 		return err
 	}
